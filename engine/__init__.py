@@ -1,0 +1,1 @@
+"""Humanizer Studio engine: all ML, jobs and serving logic. Never imports Textual."""

@@ -1,0 +1,230 @@
+"""A run's record: runs/<id>/job.json, events.jsonl and log.txt.
+
+A `Run` is what long work writes to, whether started as a detached job or straight
+from the CLI. Each event is one JSON line, appended and flushed as it happens, so a
+reader (the TUI, `jobs attach`) can tail it while the run goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+class Cancelled(Exception):
+    """Raised inside a run when it receives SIGTERM; the work saves what it can and exits."""
+
+
+def new_run_id(kind: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{kind.replace(' ', '-')}-{secrets.token_hex(2)}"
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """Events from byte `offset` on, and the offset to continue from.
+
+    Only whole lines count: a torn last line (a writer killed mid-write, or one still
+    writing) is left for the next call; an undecodable whole line is skipped."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict):
+            events.append(ev)
+    return events, offset + end
+
+
+@dataclass
+class Run:
+    """Writes one run's events. Use as a context manager around the work."""
+
+    dir: Path
+    kind: str = ""
+    argv: list[str] = field(default_factory=list)
+    _events: Any = None
+
+    @classmethod
+    def create(cls, runs_dir: Path, kind: str, argv: list[str]) -> "Run":
+        run_id = new_run_id(kind)
+        d = runs_dir / run_id
+        d.mkdir(parents=True)
+        return cls(d, kind, argv)
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    # job.json -------------------------------------------------------------
+    def _update(self, **fields) -> dict:
+        info = read_json(self.dir / "job.json") or {}
+        info.update(fields)
+        write_json(self.dir / "job.json", info)
+        return info
+
+    def start(self) -> "Run":
+        info = read_json(self.dir / "job.json") or {}
+        self._update(
+            id=self.id,
+            kind=self.kind or info.get("kind", ""),
+            argv=self.argv or info.get("argv", []),
+            pid=os.getpid(),
+            pid_start=process_start_time(os.getpid()),
+            host=socket.gethostname(),
+            status="running",
+            started=info.get("started") or time.time(),
+            ended=None,
+        )
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        return self
+
+    def finish(self, status: str, **fields) -> None:
+        self._update(status=status, ended=time.time(), **fields)
+        if self._events:
+            self._events.close()
+            self._events = None
+
+    def __enter__(self) -> "Run":
+        if self._events is None:
+            self.start()
+        self._old_term = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, _raise_cancelled)
+        except ValueError:  # not the main thread: cancel then only kills
+            self._old_term = None
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
+        if exc_type is None:
+            self.finish("done")
+        elif issubclass(exc_type, (Cancelled, KeyboardInterrupt)):
+            self.emit("log", message="cancelled")
+            self.finish("cancelled")
+        else:
+            self.emit("error", message=getattr(exc, "message", str(exc)), hint=getattr(exc, "hint", None))
+            self.finish("failed", error=getattr(exc, "message", str(exc)))
+        return False
+
+    # events ---------------------------------------------------------------
+    def emit(self, type: str, **fields) -> dict:
+        ev = {"t": time.time(), "type": type, **fields}
+        if self._events is not None:
+            self._events.write(json.dumps(ev, default=str) + "\n")
+            self._events.flush()
+        return ev
+
+    def progress(self, step: int, total: int | None, message: str | None = None, eta: float | None = None, **extra):
+        return self.emit("progress", step=step, total=total, eta=eta, message=message, **extra)
+
+    def metric(self, step: int, **values):
+        return self.emit("metric", step=step, values=values)
+
+    def log(self, message: str):
+        return self.emit("log", message=message)
+
+    def artifact(self, path: str | os.PathLike, **extra):
+        return self.emit("artifact", path=str(path), **extra)
+
+    def done(self, **summary):
+        return self.emit("done", **summary)
+
+
+class NullRun(Run):
+    """A Run that records nothing: for library calls and tests that need no run folder."""
+
+    def __init__(self):
+        super().__init__(Path(os.devnull))
+
+    def start(self):
+        return self
+
+    def finish(self, status, **fields):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _raise_cancelled(signum, frame):
+    raise Cancelled()
+
+
+def process_start_time(pid: int) -> str | None:
+    """An identity for a process beyond its pid (pids are reused): its start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        pass
+    try:
+        import subprocess
+
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def process_alive(pid: int | None, pid_start: str | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:  # a zombie has exited; it only waits to be reaped
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
+    return pid_start is None or process_start_time(pid) in (None, pid_start)
+
+
+def current_run_dir() -> Path | None:
+    """The run folder a job runner made for this process, if any."""
+    d = os.environ.get("HUMANIZER_RUN_DIR")
+    return Path(d) if d else None
+
+
+def open_run(runs_dir: Path, kind: str, argv: list[str]) -> Run:
+    """The run to record into: the job runner's folder if this process is a job, else a new one,
+    so runs started from a shell show up in the TUI too."""
+    d = current_run_dir()
+    return Run(d, kind, argv) if d else Run.create(runs_dir, kind, argv)
