@@ -14,7 +14,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 TERMINAL = ("done", "failed", "cancelled")
 
@@ -72,6 +72,7 @@ class Run:
     dir: Path
     kind: str = ""
     argv: list[str] = field(default_factory=list)
+    listeners: list[Callable[[dict], None]] = field(default_factory=list)  # e.g. the CLI's progress view
     _events: Any = None
 
     @classmethod
@@ -143,6 +144,8 @@ class Run:
         if self._events is not None:
             self._events.write(json.dumps(ev, default=str) + "\n")
             self._events.flush()
+        for listener in self.listeners:
+            listener(ev)
         return ev
 
     def progress(self, step: int, total: int | None, message: str | None = None, eta: float | None = None, **extra):
@@ -164,8 +167,8 @@ class Run:
 class NullRun(Run):
     """A Run that records nothing: for library calls and tests that need no run folder."""
 
-    def __init__(self):
-        super().__init__(Path(os.devnull))
+    def __init__(self, listeners: list | None = None):
+        super().__init__(Path(os.devnull), listeners=listeners or [])
 
     def start(self):
         return self
