@@ -129,6 +129,12 @@ def cancel_job(ws: Workspace, job_id: str, timeout: float = 10.0) -> JobInfo:
         if not job.running:
             break
         time.sleep(0.05)
+    info = read_json(job.dir / "job.json") or {}
+    if not job.running and info.get("status") in ("running", "starting"):
+        # Killed by the signal before it could record anything (e.g. still importing).
+        info.update(status="cancelled", ended=time.time())
+        write_json(job.dir / "job.json", info)
+        job = job_info(job.dir)
     return job
 
 

@@ -1,0 +1,196 @@
+"""The `humanizer` command: the TUI with no arguments, else a CLI verb.
+
+Long verbs record a run under runs/ (or into the job's run folder when started by the
+job runner) and show its events as a Rich progress view, or as JSON lines with --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON (events as JSON lines)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="humanizer",
+        description="Humanizer Studio: convert, train, serve and chat with stacked LoRA humanizers on MLX. "
+        "Run with no arguments to open the terminal app.",
+    )
+    parser.add_argument("--home", help="workspace folder (default: $HUMANIZER_HOME or ~/.humanizer)")
+    parser.add_argument("--model", help="model to select in the app (default: smollm2-135m)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    models = sub.add_parser("models", help="pull, import and list models").add_subparsers(dest="action", required=True)
+    p = models.add_parser("pull", help="fetch an embedded model into the workspace (default smollm2-135m)")
+    p.add_argument("name", nargs="?", default="smollm2-135m")
+    _add_json(p)
+    p = models.add_parser("import", help="import a llama-family .gguf file as an MLX model")
+    p.add_argument("file")
+    p.add_argument("--output", help="model folder to write (default: <workspace>/models/<file stem>)")
+    _add_json(p)
+    p = models.add_parser("list", help="models in the workspace")
+    _add_json(p)
+
+    jobs = sub.add_parser("jobs", help="list, show, cancel and attach to runs").add_subparsers(dest="action", required=True)
+    p = jobs.add_parser("list", help="every run in the workspace, newest first")
+    _add_json(p)
+    for name, help_ in (("show", "a run's status and events"), ("cancel", "stop a running job (SIGTERM)"),
+                        ("attach", "follow a run's events until it ends")):
+        p = jobs.add_parser(name, help=help_)
+        p.add_argument("id", help="run id (a unique prefix is enough)")
+        _add_json(p)
+
+    p = sub.add_parser("doctor", help="platform, MLX device, BLAS in use, workspace, models")
+    _add_json(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from engine.blas import ensure_fast_blas  # before anything imports mlx
+
+    ensure_fast_blas()
+    args = build_parser().parse_args(argv)
+    from engine.errors import HumanizerError
+    from engine.workspace import Workspace
+
+    if args.home:
+        os.environ["HUMANIZER_HOME"] = os.path.abspath(os.path.expanduser(args.home))
+    try:
+        ws = Workspace.open(args.home)
+        if args.command is None:
+            from tui.app import run_app
+
+            run_app(ws, model=args.model)
+            return 0
+        return COMMANDS[args.command](ws, args, argv) or 0
+    except HumanizerError as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"type": "error", "message": e.message, "hint": e.hint}))
+        else:
+            print(f"error: {e.message}", file=sys.stderr)
+            if e.hint:
+                print(f"hint: {e.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_long(ws, kind: str, argv: list[str], as_json: bool, work):
+    """Run `work(run)` recorded as a run, showing its events live."""
+    from engine.events import open_run
+    from tui.progress import EventPrinter
+
+    run = open_run(ws.runs_dir, kind, ["humanizer", *argv])
+    with EventPrinter(as_json) as printer:
+        run.listeners.append(printer)
+        with run:
+            return work(run)
+
+
+def cmd_models(ws, args, argv) -> int:
+    from engine import models
+
+    if args.action == "list":
+        found = models.list_models(ws)
+        if args.json:
+            print(json.dumps([m.to_dict() for m in found], indent=2))
+        else:
+            from tui.progress import print_table
+
+            print_table(["name", "size", "quantization", "architecture", "path"],
+                        [[m.name, f"{m.size_bytes / 1e6:.1f} MB", m.quantization, m.architecture, str(m.path)]
+                         for m in found], empty="no models yet: run `humanizer models pull smollm2-135m`")
+        return 0
+    if args.action == "pull":
+        path = _run_long(ws, "models pull", argv, args.json, lambda run: models.pull_default(ws, args.name, run=run))
+    else:
+        from pathlib import Path
+
+        from engine.gguf import import_gguf
+
+        src = Path(args.file).expanduser()
+        out = Path(args.output).expanduser() if args.output else ws.models_dir / src.stem
+        path = _run_long(ws, "models import", argv, args.json, lambda run: import_gguf(src, out, run=run))
+    if not args.json:
+        print(f"model ready: {path}")
+    return 0
+
+
+def cmd_jobs(ws, args, argv) -> int:
+    from engine import jobs
+
+    if args.action == "list":
+        found = jobs.list_jobs(ws)
+        if args.json:
+            print(json.dumps([j.to_dict() for j in found], indent=2))
+        else:
+            from tui.progress import print_table
+
+            print_table(["id", "kind", "status", "progress", "started"],
+                        [[j.id, j.kind, j.status, _progress_text(j), _time_text(j.started)] for j in found],
+                        empty="no runs yet")
+        return 0
+    job = jobs.find_job(ws, args.id)
+    if args.action == "cancel":
+        job = jobs.cancel_job(ws, job.id)
+        print(json.dumps(job.to_dict()) if args.json else f"{job.id}: {job.status}")
+        return 0
+    if args.action == "show":
+        events, _ = jobs.job_events(job)
+        if args.json:
+            print(json.dumps({**job.to_dict(), "events": events}, indent=2))
+            return 0
+        print(f"{job.id}  {job.kind}  {job.status}  pid {job.pid}\n  argv: {' '.join(job.argv)}")
+        if job.error:
+            print(f"  error: {job.error}")
+        from tui.progress import format_event
+
+        for ev in events:
+            print(format_event(ev))
+        return 0
+    from tui.progress import EventPrinter  # attach
+
+    with EventPrinter(args.json) as printer:
+        for ev in jobs.follow(ws, job.id):
+            printer(ev)
+    job = jobs.job_info(job.dir)
+    if not args.json:
+        print(f"{job.id}: {job.status}")
+    return 0 if job.status == "done" else 1
+
+
+def _progress_text(job) -> str:
+    from engine.jobs import job_events, last_progress
+
+    if job.status == "done":
+        return "100%"
+    ev = last_progress(job_events(job)[0])
+    if ev and ev.get("total"):
+        return f"{100 * ev['step'] / ev['total']:.0f}%"
+    return ""
+
+
+def _time_text(t: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def cmd_doctor(ws, args, argv) -> int:
+    from engine.doctor import doctor_report, format_doctor
+
+    report = doctor_report(ws)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_doctor(report))
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "jobs": cmd_jobs, "doctor": cmd_doctor}
+
+if __name__ == "__main__":
+    sys.exit(main())

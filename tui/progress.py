@@ -1,0 +1,82 @@
+"""The CLI's view of run events: a Rich progress bar plus log lines, or raw JSON lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def format_event(ev: dict) -> str:
+    """One line of plain text for an event."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("t", 0)))
+    kind = ev.get("type", "?")
+    if kind == "progress":
+        total = ev.get("total")
+        frac = f"{ev.get('step')}/{total}" if total else str(ev.get("step"))
+        return f"{stamp} progress {frac} {ev.get('message') or ''}".rstrip()
+    if kind == "metric":
+        values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.get("values", {}).items())
+        return f"{stamp} metric step {ev.get('step')}: {values}"
+    if kind == "error":
+        hint = f" (hint: {ev['hint']})" if ev.get("hint") else ""
+        return f"{stamp} error {ev.get('message')}{hint}"
+    if kind == "artifact":
+        return f"{stamp} wrote {ev.get('path')}"
+    if kind == "log":
+        return f"{stamp} {ev.get('message')}"
+    rest = {k: v for k, v in ev.items() if k not in ("t", "type")}
+    return f"{stamp} {kind} {json.dumps(rest, default=str)}" if rest else f"{stamp} {kind}"
+
+
+class EventPrinter:
+    """Callable that shows each event as it arrives; use as a context manager."""
+
+    def __init__(self, as_json: bool = False):
+        self.as_json = as_json
+        self.console = Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task = None
+
+    def __enter__(self) -> "EventPrinter":
+        if not self.as_json and self.console.is_terminal:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def __call__(self, ev: dict) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps(ev, default=str) + "\n")
+            sys.stdout.flush()
+            return
+        if ev.get("type") == "progress" and self.progress:
+            desc = (ev.get("message") or "working")[:40]
+            if self.task is None:
+                self.task = self.progress.add_task(desc, total=ev.get("total"))
+            self.progress.update(self.task, completed=ev.get("step") or 0, total=ev.get("total"), description=desc)
+            return
+        if ev.get("type") == "progress" and ev.get("total") and ev.get("step") not in (0, ev.get("total")):
+            return  # without a live bar, print only the first and last step of a phase
+        self.console.print(format_event(ev), markup=False, highlight=False)
+
+
+def print_table(headers: list[str], rows: list[list[str]], empty: str = "") -> None:
+    console = Console()
+    if not rows:
+        console.print(empty)
+        return
+    table = Table(*headers, box=None, pad_edge=False)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
