@@ -6,6 +6,7 @@ Plain functions (not fixtures), so any test or fixture can call them."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import mlx.core as mx
@@ -219,12 +220,119 @@ def write_tiny_gguf(path, seed=0, quantize=False, tie_word_embeddings=True) -> t
     if not quantize:
         mx.save_gguf(str(path), _to_gguf_names(weights, cfg), meta)
         return path, ref
-    raise NotImplementedError("quantized tiny GGUF: coming")
+    types = {}
+    for k, w in weights.items():
+        if w.ndim == 2:
+            types[k] = _quant_type_for(k)
+            weights[k] = mx.array(_dequantize_blocks(_quantize_blocks(np.array(w), types[k]), types[k], w.shape))
+    mx.save_safetensors(str(ref / "model.safetensors"), weights, metadata={"format": "mlx"})
+    tensors = _to_gguf_names(weights, cfg)
+    gtypes = {g: _quant_type_for(_from_gguf_name(g)) if tensors[g].ndim == 2 else "F32" for g in tensors}
+    _write_gguf(path, {g: np.array(t) for g, t in tensors.items()}, meta, gtypes)
+    return path, ref
 
 
-def _gguf_sources(weights: dict) -> list[str]:
-    """The mlx-lm names in the order _to_gguf_names emits their GGUF names."""
-    order = ["model.embed_tokens.weight", "model.norm.weight"]
-    if "lm_head.weight" in weights:
-        order.append("lm_head.weight")
-    return order + [k for k in weights if k.startswith("model.layers.")]
+# --- a minimal GGUF v3 writer with Q8_0 / Q4_0 / Q4_1 blocks (mx.save_gguf writes floats only) ---
+
+GGML_TYPES = {"F32": 0, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
+
+
+def _quant_type_for(mlx_name: str) -> str:
+    """Mixed like a real llama.cpp file: Q8_0 embedding, Q4_1 q/k/gate, Q4_0 v, Q8_0 the rest."""
+    if any(s in mlx_name for s in ("q_proj", "k_proj", "gate_proj", "lm_head")):
+        return "Q4_1"
+    if "v_proj" in mlx_name:
+        return "Q4_0"
+    return "Q8_0"
+
+
+def _from_gguf_name(g: str) -> str:
+    if g.startswith("blk."):
+        short = g.split(".")[2]
+        return next(k for k, v in GGUF_LAYER_NAMES.items() if v == short)
+    return {"token_embd.weight": "embed_tokens", "output.weight": "lm_head"}.get(g, g)
+
+
+def _quantize_blocks(w: np.ndarray, qtype: str) -> bytes:
+    """ggml block quantization of a float32 matrix (rows of 32-value blocks)."""
+    x = w.astype(np.float32).reshape(-1, 32)
+    if qtype == "Q8_0":
+        d = (np.abs(x).max(axis=1) / 127).astype(np.float16)
+        inv = np.where(d == 0, 0, 1 / d.astype(np.float32))
+        q = np.clip(np.round(x * inv[:, None]), -127, 127).astype(np.int8)
+        return np.concatenate([d.view(np.uint8).reshape(-1, 2), q.view(np.uint8)], axis=1).tobytes()
+    if qtype == "Q4_0":
+        amax_i = np.abs(x).argmax(axis=1)
+        mx_ = x[np.arange(len(x)), amax_i]
+        d = (mx_ / -8).astype(np.float16)
+        inv = np.where(d == 0, 0, 1 / d.astype(np.float32))
+        q = np.clip(np.round(x * inv[:, None] + 8), 0, 15).astype(np.uint8)
+        head = d.view(np.uint8).reshape(-1, 2)
+    else:  # Q4_1
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        d = ((hi - lo) / 15).astype(np.float16)
+        m = lo.astype(np.float16)
+        inv = np.where(d == 0, 0, 1 / d.astype(np.float32))
+        q = np.clip(np.round((x - m.astype(np.float32)[:, None]) * inv[:, None]), 0, 15).astype(np.uint8)
+        head = np.concatenate([d.view(np.uint8).reshape(-1, 2), m.view(np.uint8).reshape(-1, 2)], axis=1)
+    nib = q[:, :16] | (q[:, 16:] << 4)
+    return np.concatenate([head, nib], axis=1).tobytes()
+
+
+def _dequantize_blocks(data: bytes, qtype: str, shape) -> np.ndarray:
+    """The exact values a reader gets back (float32 arithmetic on the float16 block constants)."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    if qtype == "Q8_0":
+        b = b.reshape(-1, 34)
+        d = b[:, :2].copy().view(np.float16).astype(np.float32)
+        return (b[:, 2:].copy().view(np.int8).astype(np.float32) * d).reshape(shape)
+    head = 2 if qtype == "Q4_0" else 4
+    b = b.reshape(-1, head + 16)
+    d = b[:, :2].copy().view(np.float16).astype(np.float32)
+    nib = b[:, head:]
+    q = np.concatenate([nib & 15, nib >> 4], axis=1).astype(np.float32)
+    if qtype == "Q4_0":
+        return ((q - 8) * d).reshape(shape)
+    m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
+    return (q * d + m).reshape(shape)
+
+
+def _gguf_str(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _gguf_value(v) -> bytes:
+    """(type id + payload) for a metadata value: str, list of str, or a 0-d/1-d mx array."""
+    kinds = {"uint32": (4, "<u4"), "int32": (5, "<i4"), "float32": (6, "<f4"), "bool": (7, "u1")}
+    if isinstance(v, str):
+        return struct.pack("<I", 8) + _gguf_str(v)
+    if isinstance(v, list):
+        return struct.pack("<IIQ", 9, 8, len(v)) + b"".join(_gguf_str(s) for s in v)
+    a = np.array(v)
+    tid, dt = kinds[str(a.dtype)]
+    if a.ndim == 0:
+        return struct.pack("<I", tid) + a.astype(dt).tobytes()
+    return struct.pack("<IIQ", 9, tid, a.size) + a.astype(dt).tobytes()
+
+
+def _write_gguf(path: Path, tensors: dict[str, np.ndarray], meta: dict, types: dict[str, str]) -> None:
+    align = 32
+    blobs, infos, offset = [], [], 0
+    for name, t in tensors.items():
+        if types[name] == "F32":
+            data = t.astype(np.float32).tobytes()
+        else:  # the values must already be on the block grid, so the file encodes them exactly
+            data = _quantize_blocks(t, types[name])
+            assert np.array_equal(_dequantize_blocks(data, types[name], t.shape), t), name
+        dims = list(reversed(t.shape))
+        infos.append(_gguf_str(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+                     + struct.pack("<IQ", GGML_TYPES[types[name]], offset))
+        pad = (-len(data)) % align
+        blobs.append(data + b"\0" * pad)
+        offset += len(data) + pad
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta))
+    out += b"".join(_gguf_str(k) + _gguf_value(v) for k, v in meta.items())
+    out += b"".join(infos)
+    out += b"\0" * ((-len(out)) % align)
+    path.write_bytes(out + b"".join(blobs))
