@@ -172,6 +172,21 @@ def patch_tensor_type(gguf, name: bytes, old: int, new: int) -> bytes:
     return bytes(data)
 
 
+def test_implausible_hyperparameters(tmp_path):
+    """A damaged count (here 2**31 layers) is refused before anything is sized by it."""
+    gguf, _ = write_tiny_gguf(tmp_path / "tiny.gguf")
+    weights, meta = mx.load(str(gguf), return_metadata=True)
+    meta["llama.block_count"] = mx.array(2**31, dtype=mx.uint32)
+    mx.save_gguf(str(tmp_path / "huge.gguf"), weights, meta)
+    with pytest.raises(HumanizerError, match="implausible hyperparameters"):
+        import_gguf(tmp_path / "huge.gguf", tmp_path / "imported")
+    meta["llama.block_count"] = mx.array(3, dtype=mx.uint32)  # more layers than tensors for them
+    mx.save_gguf(str(tmp_path / "three.gguf"), weights, meta)
+    with pytest.raises(HumanizerError, match="lacks the tensor for 'model.layers.2"):
+        import_gguf(tmp_path / "three.gguf", tmp_path / "imported")
+    assert_no_output(tmp_path)
+
+
 def test_unsupported_tensor_type(tmp_path):
     """A tensor type MLX cannot read (here Q5_0, ggml type 6) gives an error naming the type."""
     gguf, _ = write_tiny_gguf(tmp_path / "q.gguf", quantize=True)
@@ -195,7 +210,7 @@ def test_damaged_files_never_crash(tmp_path):
     bad = tmp_path / "bad.gguf"
     header_end = data.index(b"blk.1.ffn_up.weight") + 64
     cases = [data[:n] for n in rng.integers(0, len(data), 20)]
-    for at in rng.integers(4, header_end, 40):
+    for at in rng.integers(4, header_end, 150):
         flipped = bytearray(data)
         flipped[at] ^= 0xFF
         cases.append(bytes(flipped))
