@@ -90,7 +90,9 @@ def _run_long(ws, kind: str, argv: list[str], as_json: bool, work):
     with EventPrinter(as_json) as printer:
         run.listeners.append(printer)
         with run:
-            return work(run)
+            result = work(run)
+            run.done(result=str(result))
+            return result
 
 
 def cmd_models(ws, args, argv) -> int:

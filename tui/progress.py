@@ -72,7 +72,7 @@ class EventPrinter:
 
 
 def print_table(headers: list[str], rows: list[list[str]], empty: str = "") -> None:
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=250)  # pipes get whole ids
     if not rows:
         console.print(empty)
         return

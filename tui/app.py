@@ -1,0 +1,151 @@
+"""The Humanizer Studio app: one mode per screen, switched with number keys or the
+command palette (ctrl+p); a status bar on every screen; settings from config.toml.
+
+Long work never runs here: screens start detached jobs (engine.jobs) and tail their
+events.jsonl on a timer, so a restarted app reattaches to whatever is still running."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.reactive import reactive, var
+from textual.screen import ModalScreen
+
+from engine.jobs import JobInfo, list_jobs
+from engine.workspace import Workspace
+from screens.jobs import JobsScreen
+from screens.models import EMBEDDED, ModelsScreen
+from tui.config import ConfigError, keymap_line, load_config, set_value
+from tui.keymap import APP_BINDINGS, MODES, check_keymap
+
+SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen}
+POLL_HZ = 2
+THEMES = ("textual-dark", "textual-light")
+
+Command = tuple[str, str, Callable]
+
+
+class StudioCommands(Provider):
+    """Commands for the palette, from the app and the current screen, so they change
+    with context (the highlighted job, the models present, the current mode)."""
+
+    def _commands(self) -> list[Command]:
+        return list(self.app.palette_commands(self.screen))
+
+    async def discover(self) -> Hits:
+        for name, help_, callback in self._commands():
+            yield DiscoveryHit(name, callback, help=help_)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_, callback in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_)
+
+
+class HumanizerApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "Humanizer Studio"
+    BINDINGS = APP_BINDINGS
+    COMMANDS = App.COMMANDS | {StudioCommands}
+
+    model: reactive[str | None] = reactive(None)
+    jobs: var[list[JobInfo]] = var(list)
+    running_jobs: reactive[int] = reactive(0)
+    server_state: reactive[str] = reactive("off")
+
+    def __init__(self, ws: Workspace, model: str | None = None, clock: Callable[[], float] = time.time,
+                 mode: str = "models") -> None:
+        super().__init__()
+        self.ws, self.clock, self.start_mode = ws, clock, mode
+        self._model_given = model is not None
+        self.set_reactive(HumanizerApp.model, model)
+        for name, screen in SCREENS_BY_MODE.items():
+            self.add_mode(name, screen)
+        config, self.config_problems = load_config(ws.config_path)
+        keymap, problems = check_keymap(config.keymap, lambda b: keymap_line(ws.config_path, b))
+        self.config_problems += problems
+        self.keymap_overrides = keymap
+        self.set_keymap(keymap)
+        if config.theme in self.available_themes:
+            self.theme = config.theme
+        elif config.theme is not None:
+            self.config_problems.append(f"config.toml: unknown theme {config.theme!r}; use one of "
+                                        f"{', '.join(THEMES)}")
+        self.poll_jobs()
+
+    def on_mount(self) -> None:
+        self.switch_mode(self.start_mode)
+        self.set_interval(1 / POLL_HZ, self.poll_jobs)
+        for problem in self.config_problems:
+            self.notify(problem, title="config.toml", severity="error", timeout=12)
+
+    # shared state -------------------------------------------------------------
+    def poll_jobs(self) -> None:
+        """Re-read runs/ (job.json files only; screens tail the events they show)."""
+        self.jobs = list_jobs(self.ws)
+        self.running_jobs = sum(1 for j in self.jobs if j.status in ("running", "starting"))
+
+    def models_changed(self, names: list[str]) -> None:
+        """The Models screen read the models folder: pick a default if none is chosen."""
+        if self.model is None or (not self._model_given and self.model not in names):
+            self.model = EMBEDDED if EMBEDDED in names else (names[0] if names else None)
+
+    def select_model(self, name: str) -> None:
+        self.model = name
+        self._model_given = True
+
+    def mode_tabs(self) -> list[tuple[str, str, str]]:
+        """(mode, title, key) for the header, with the keys as the keymap has them."""
+        tabs = []
+        for mode, title, key in MODES:
+            key = self.keymap_overrides.get(f"mode_{mode}", key).split(",")[0].strip()
+            tabs.append((mode, title, self.get_key_display(Binding(key, ""))))
+        return tabs
+
+    # actions ------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action in ("mode", "quit", "toggle_keys") and isinstance(self.screen, ModalScreen):
+            return False  # a dialog is open: plain keys belong to it (ctrl+q still quits)
+        return True
+
+    def action_mode(self, mode: str) -> None:
+        self.switch_mode(mode)
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+        try:
+            set_value(self.ws.config_path, "theme", self.theme)
+        except (ConfigError, OSError) as e:
+            self.notify(f"theme not saved: {e}", severity="warning")
+
+    def action_toggle_keys(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    async def _in_models(self, action: str) -> None:
+        await self.switch_mode("models")
+        await self.screen.run_action(action)
+
+    def palette_commands(self, screen) -> Iterable[Command]:
+        for mode, title, key in MODES:
+            if mode != self.current_mode:
+                yield (f"Mode: {title}", f"switch to {title} (key {key})", lambda m=mode: self.switch_mode(m))
+        yield (f"Pull embedded model {EMBEDDED}", "SmolLM2-135M-Instruct, as a job (key p in Models)",
+               lambda: self._in_models("pull"))
+        yield ("Import GGUF model…", "convert a llama-family .gguf into models/ (key i in Models)",
+               lambda: self._in_models("import_gguf"))
+        yield ("Toggle dark/light theme", "remembered in config.toml", self.action_toggle_theme)
+        if hasattr(screen, "palette_commands"):
+            yield from screen.palette_commands()
+
+
+def run_app(ws: Workspace, model: str | None = None) -> None:
+    HumanizerApp(ws, model=model).run()

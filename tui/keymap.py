@@ -1,0 +1,57 @@
+"""Key bindings: the app's own, and the registry of every binding id the user can
+rebind in config.toml's [keymap] table (`binding_id = "key"`, several keys comma-separated).
+
+Every binding has an id and a tooltip. Number keys switch modes; later modes
+(3 Convert, 4 Train, 5 Adapters, 6 Server, 7 Chat) take the next numbers."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+
+# (mode name, title, key): the order of the number keys.
+MODES: list[tuple[str, str, str]] = [
+    ("models", "Models", "1"),
+    ("jobs", "Jobs", "2"),
+]
+
+APP_BINDINGS: list[Binding] = [
+    *(Binding(key, f"mode('{mode}')", title, id=f"mode_{mode}", show=False,
+              tooltip=f"Switch to the {title} mode (the header lists the modes and their keys)")
+      for mode, title, key in MODES),
+    Binding("ctrl+t", "toggle_theme", "Dark/light", id="toggle_theme",
+            tooltip="Switch between the dark and light theme (remembered in config.toml)"),
+    Binding("question_mark", "toggle_keys", "Keys", id="show_keys",
+            tooltip="Show or hide every key of this screen, with what it does"),
+    Binding("q", "quit", "Quit", id="quit", tooltip="Quit the app (running jobs keep running)"),
+]
+
+
+def _binding_owners():
+    from screens.jobs import JobsScreen, JobTable
+    from screens.models import ModelsScreen, ModelTable
+    from screens.widgets import ConfirmDialog, InputDialog
+
+    return [ModelsScreen, ModelTable, JobsScreen, JobTable, InputDialog, ConfirmDialog]
+
+
+def known_bindings() -> dict[str, Binding]:
+    """Every binding id that a [keymap] entry can name."""
+    found = {b.id: b for b in APP_BINDINGS if b.id}
+    for owner in _binding_owners():
+        for b in getattr(owner, "BINDINGS", []):
+            if isinstance(b, Binding) and b.id:
+                found.setdefault(b.id, b)
+    return found
+
+
+def check_keymap(overrides: dict[str, str], where=lambda binding_id: "config.toml") -> tuple[dict[str, str], list[str]]:
+    """The overrides that name a known binding, and a message for each that does not."""
+    known = known_bindings()
+    good, problems = {}, []
+    for binding_id, keys in overrides.items():
+        if binding_id in known:
+            good[binding_id] = keys
+        else:
+            problems.append(f"{where(binding_id)}: [keymap] has no binding {binding_id!r}; "
+                            f"known: {', '.join(sorted(known))}")
+    return good, problems
