@@ -1,6 +1,12 @@
 """Shared fixtures. Tiny models and tokenizers are built in tests/tiny.py."""
 
+import os
+
 import pytest
+
+# Tests never reach the real Hugging Face Hub: any Hub call goes to a closed loopback port.
+# Set before huggingface_hub/datasets are imported, since they read it at import time.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
 from engine.workspace import Workspace
 
