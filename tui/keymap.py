@@ -16,13 +16,13 @@ MODES: list[tuple[str, str, str]] = [
 
 APP_BINDINGS: list[Binding] = [
     *(Binding(key, f"mode('{mode}')", title, id=f"mode_{mode}", show=False,
-              tooltip=f"Switch to the {title} mode (the header lists the modes and their keys)")
+              tooltip=f"Switch to {title}")
       for mode, title, key in MODES),
     Binding("ctrl+t", "toggle_theme", "Dark/light", id="toggle_theme",
-            tooltip="Switch between the dark and light theme (remembered in config.toml)"),
+            tooltip="Remembered in config.toml"),
     Binding("question_mark", "toggle_keys", "Keys", id="show_keys",
-            tooltip="Show or hide every key of this screen, with what it does"),
-    Binding("q", "quit", "Quit", id="quit", tooltip="Quit the app (running jobs keep running)"),
+            tooltip="Show/hide this panel"),
+    Binding("q", "quit", "Quit", id="quit", tooltip="Jobs keep running"),
 ]
 
 

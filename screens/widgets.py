@@ -1,0 +1,422 @@
+"""Widgets and helpers shared by the screens: the status bar, a job's live progress,
+the input and confirm dialogs, table syncing and event formatting.
+
+Screens reach the app's shared state by duck typing (screens never import tui/):
+  app.ws            the Workspace
+  app.model         reactive: the selected model name, or None
+  app.jobs          reactive: list[JobInfo], newest first, polled by the app at 2 Hz
+  app.running_jobs  reactive: how many jobs are running
+  app.server_state  reactive: "off" until a server exists
+  app.clock()       the time now (tests pass a fixed clock)
+  app.poll_jobs()   re-read runs/ now
+  app.select_model(name)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
+
+from engine.events import TERMINAL, read_events
+from engine.jobs import JobInfo, job_info, last_progress
+
+TAIL_HZ = 4  # how often a screen re-reads a job it is showing (never per event)
+
+STATUS_LOOK = {  # a symbol as well as a colour, so NO_COLOR still tells them apart
+    "starting": ("…", "dim"),
+    "running": ("●", "bold"),
+    "done": ("✓", "green"),
+    "failed": ("✗", "bold red"),
+    "cancelled": ("⊘", "italic dark_orange"),
+}
+
+
+# formatting --------------------------------------------------------------------
+def display_path(path: str | os.PathLike, base: Path | None = None) -> str:
+    """`path` relative to `base` when inside it, else with the home folder as ~."""
+    p = Path(path)
+    if base is not None:
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            pass
+    try:
+        return "~/" + str(p.relative_to(Path.home()))
+    except (ValueError, RuntimeError):
+        return str(p)
+
+
+def fmt_time(t: float | None) -> str:
+    return time.strftime("%m-%d %H:%M", time.localtime(t)) if t else "—"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def status_text(status: str) -> Text:
+    symbol, style = STATUS_LOOK.get(status, ("?", ""))
+    return Text(f"{symbol} {status}", style=style)
+
+
+def progress_pct(ev: dict | None) -> float | None:
+    if not ev or not ev.get("total"):
+        return None
+    return max(0.0, min(100.0, 100.0 * (ev.get("step") or 0) / ev["total"]))
+
+
+def format_event(ev: dict) -> Text:
+    """One event as one log line: time, type, then what it says."""
+    t = ev.get("t")
+    stamp = time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "--:--:--"
+    kind = ev.get("type", "?")
+    line = Text(f"{stamp} ", style="dim")
+    if kind == "progress":
+        total = ev.get("total")
+        pct = progress_pct(ev)
+        line.append(f"{ev.get('step', 0)}/{total}" if total else f"step {ev.get('step', 0)}", style="bold")
+        if pct is not None:
+            line.append(f" {pct:3.0f}%")
+        if ev.get("message"):
+            line.append(f"  {ev['message']}")
+        if ev.get("eta"):
+            line.append(f"  eta {fmt_duration(ev['eta'])}", style="dim")
+    elif kind == "metric":
+        vals = ev.get("values") or {}
+        line.append(f"step {ev.get('step', '?')} ", style="bold")
+        line.append("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items()))
+    elif kind == "layer":
+        rest = {k: v for k, v in ev.items() if k not in ("t", "type", "path", "name")}
+        line.append(f"layer {ev.get('path') or ev.get('name', '?')} ", style="bold")
+        line.append(" ".join(f"{k}={v}" for k, v in rest.items()))
+    elif kind == "artifact":
+        line.append("wrote ", style="bold")
+        line.append(str(ev.get("path", "")))
+    elif kind == "done":
+        line.append("✓ done", style="bold green")
+        extra = {k: v for k, v in ev.items() if k not in ("t", "type")}
+        if extra:
+            line.append("  " + " ".join(f"{k}={v}" for k, v in extra.items()))
+    elif kind == "error":
+        line.append(f"✗ {ev.get('message', 'error')}", style="bold red")
+        if ev.get("hint"):
+            line.append(f"  hint: {ev['hint']}", style="italic")
+    else:
+        line.append(str(ev.get("message", "")) if kind == "log" else f"{kind} {ev}")
+    return line
+
+
+# data tables ------------------------------------------------------------------
+def sync_table(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
+    """Show `rows` (key, cells) in order, keeping the cursor on the same key.
+
+    Only changed cells are updated; the table is rebuilt only when its set of keys
+    or their order changes, so a live table neither flickers nor loses its place."""
+    keys = [k for k, _ in rows]
+    current = [rk.value for rk in table.rows]
+    if keys != current:
+        cursor_key = current[table.cursor_row] if 0 <= table.cursor_row < len(current) else None
+        table.clear()
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        if cursor_key in keys:
+            table.move_cursor(row=keys.index(cursor_key), animate=False)
+        return
+    columns = list(table.columns)
+    for key, cells in rows:
+        old = table.get_row(key)
+        for col, new, was in zip(columns, cells, old):
+            if new != was:
+                table.update_cell(key, col, new)
+
+
+def cursor_key(table: DataTable) -> str | None:
+    if not table.row_count or not (0 <= table.cursor_row < table.row_count):
+        return None
+    return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+
+
+# the header and the status bar --------------------------------------------------
+class ModeHeader(Widget):
+    """The app's name and the modes with their keys, the current one highlighted."""
+
+    DEFAULT_CSS = """
+    ModeHeader { height: 1; background: $panel; color: $foreground; padding: 0 1; }
+    """
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def render(self) -> Text:
+        line = Text(self.app.title, style="bold")
+        line.append("  ")
+        for mode, title, key in self.app.mode_tabs():
+            if mode == self.mode:
+                line.append(f" {key} {title} ", style="bold reverse")
+            else:
+                line.append(f" {key} ", style="bold")
+                line.append(f"{title} ", style="dim")
+        return line
+
+
+class StatusBar(Widget):
+    """Workspace, selected model, running jobs and server state: one line on every screen."""
+
+    DEFAULT_CSS = """
+    StatusBar { height: 1; background: $panel; color: $foreground; padding: 0 1; }
+    """
+
+    def on_mount(self) -> None:
+        for attr in ("model", "running_jobs", "server_state"):
+            self.watch(self.app, attr, lambda *_: self.refresh(), init=False)
+
+    def render(self) -> Text:
+        app = self.app
+        model = getattr(app, "model", None)
+        n = getattr(app, "running_jobs", 0)
+        right = Text()
+        right.append("model: ", style="dim")
+        right.append(model or "none — press p to pull", style="bold" if model else "italic")
+        right.append(" │ ", style="dim")
+        right.append(f"jobs: {n} running" if n else "jobs: none running", style="bold" if n else "")
+        right.append(" │ ", style="dim")
+        right.append(f"server: {getattr(app, 'server_state', 'off')}")
+        home = display_path(app.ws.home)
+        room = self.size.width - 2 - right.cell_len - 3
+        if room < 8:  # too narrow: the workspace goes first
+            return right
+        if len(home) > room:
+            home = "…" + home[-(room - 1):]
+        left = Text(home, style="dim")
+        left.append(" │ ", style="dim")
+        return left + right
+
+
+# a job's live progress --------------------------------------------------------
+class EventTail:
+    """Reads a run's events.jsonl from where it left off."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "events.jsonl"
+        self.offset = 0
+
+    def read(self) -> list[dict]:
+        events, self.offset = read_events(self.path, self.offset)
+        return events
+
+
+class LogTail:
+    """Reads log.txt: its last `first` bytes at first, then whatever is appended."""
+
+    def __init__(self, path: Path, first: int = 32_000):
+        self.path, self.first, self.offset, self.rest = Path(path), first, None, b""
+
+    def read(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                if self.offset is None:
+                    size = f.seek(0, 2)
+                    self.offset = max(0, size - self.first)
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self.rest + data
+        end = data.rfind(b"\n") + 1
+        self.rest = data[end:]
+        return data[:end].decode("utf-8", "replace").splitlines()
+
+
+class JobProgress(Vertical):
+    """One job's progress bar and latest message, tailed at TAIL_HZ until it ends;
+    then the outcome (the error and its hint when it failed)."""
+
+    DEFAULT_CSS = """
+    JobProgress { height: auto; padding: 0 1; display: none; border-top: hkey $primary; }
+    JobProgress.-shown { display: block; }
+    JobProgress #jp-title { width: 1fr; text-style: bold; }
+    JobProgress ProgressBar { width: 1fr; }
+    JobProgress #jp-message { width: 1fr; color: $text-muted; }
+    JobProgress.-failed #jp-message { color: $error; }
+    """
+
+    class Ended(Message):
+        def __init__(self, job: JobInfo) -> None:
+            super().__init__()
+            self.job = job
+
+    def __init__(self, job: JobInfo | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._initial = job
+        self.job: JobInfo | None = job
+        self._tail: EventTail | None = None
+        self._timer: Timer | None = None
+        self._last: dict | None = None
+        self._error: dict | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Label("", id="jp-title")
+        yield ProgressBar(total=None, show_eta=False, id="jp-bar")
+        yield Label("", id="jp-message")
+
+    def on_mount(self) -> None:
+        if self._initial is not None:
+            self.follow(self._initial)
+
+    def follow(self, job: JobInfo) -> None:
+        """Show `job` from its first event, and keep following it."""
+        self.job, self._tail, self._last, self._error = job, EventTail(job.dir), None, None
+        self.set_class(False, "-failed")
+        self.add_class("-shown")
+        if self._timer is None:
+            self._timer = self.set_interval(1 / TAIL_HZ, self.tick)
+        else:
+            self._timer.resume()
+        self.tick()
+
+    @property
+    def following(self) -> bool:
+        return self.job is not None and self.job.status not in TERMINAL
+
+    def tick(self) -> None:
+        if self.job is None or self._tail is None:
+            return
+        self.job = job_info(self.job.dir)  # the status first, then every event written before it
+        events = self._tail.read()
+        self._error = next((ev for ev in reversed(events) if ev.get("type") == "error"), self._error)
+        self._last = last_progress(events) or self._last
+        self._show()
+        if self.job.status in TERMINAL:
+            if self._timer is not None:
+                self._timer.pause()
+            self.post_message(self.Ended(self.job))
+
+    def _show(self) -> None:
+        job, last = self.job, self._last or {}
+        self.query_one("#jp-title", Label).update(
+            Text.assemble((f"{job.kind} ", "bold"), status_text(job.status), (f"  {job.id}", "dim")))
+        bar = self.query_one(ProgressBar)
+        if job.status == "done":
+            bar.update(total=1, progress=1)
+        elif last.get("total"):
+            bar.update(total=last["total"], progress=last.get("step") or 0)
+        message = last.get("message") or ("starting…" if job.running or job.status == "starting" else "")
+        if job.status == "failed":
+            err = self._error or {}
+            message = f"✗ {err.get('message') or job.error or 'failed'}"
+            if err.get("hint"):
+                message += f"\n  hint: {err['hint']}"
+            self.add_class("-failed")
+        elif job.status == "cancelled":
+            message = "⊘ cancelled"
+        elif job.status == "done":
+            message = "✓ done" + (f": {last['message']}" if last.get("message") else "")
+        self.query_one("#jp-message", Label).update(message)
+
+
+# dialogs ----------------------------------------------------------------------
+class InputDialog(ModalScreen[str | None]):
+    """Asks for one line; `validate` returns an error to show inline (the dialog stays)
+    or None to accept. Enter submits, Escape cancels."""
+
+    DEFAULT_CSS = """
+    InputDialog { align: center middle; }
+    InputDialog > Vertical {
+        width: 72; max-width: 95%; height: auto; padding: 1 2;
+        border: thick $primary; background: $surface;
+    }
+    InputDialog Static { width: 1fr; height: auto; }
+    InputDialog .dlg-title { text-style: bold; margin-bottom: 1; }
+    InputDialog #dlg-error { color: $error; }
+    InputDialog #dlg-help { color: $text-muted; }
+    """
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog_cancel", tooltip="Close, do nothing")]
+
+    def __init__(self, title: str, placeholder: str = "", value: str = "",
+                 validate: Callable[[str], str | None] | None = None, help: str = "") -> None:
+        super().__init__()
+        self.title_text, self.placeholder, self.value = title, placeholder, value
+        self.validate = validate
+        self.help = help or "enter: OK · escape: cancel"
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.title_text, classes="dlg-title")
+            yield Input(value=self.value, placeholder=self.placeholder, id="dlg-input")
+            yield Static("", id="dlg-error")
+            yield Static(self.help, id="dlg-help")
+
+    def on_input_changed(self) -> None:
+        self.query_one("#dlg-error", Static).update("")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        value = event.value.strip()
+        error = self.validate(value) if self.validate else None
+        if error:
+            self.query_one("#dlg-error", Static).update(f"✗ {error}")
+            return
+        self.dismiss(value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """A yes/no question: y confirms, n or Escape declines."""
+
+    DEFAULT_CSS = """
+    ConfirmDialog { align: center middle; }
+    ConfirmDialog > Vertical {
+        width: 64; max-width: 95%; height: auto; padding: 1 2;
+        border: thick $warning; background: $surface;
+    }
+    ConfirmDialog Horizontal { height: auto; margin-top: 1; align-horizontal: right; }
+    ConfirmDialog Button { margin-left: 2; }
+    """
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes", id="confirm_yes", tooltip="Confirm"),
+        Binding("n,escape", "answer(False)", "No", id="confirm_no", tooltip="Decline"),
+    ]
+
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
+        super().__init__()
+        self.question, self.yes, self.no = question, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.question)
+            with Horizontal():
+                yield Button(f"{self.yes} (y)", variant="error", id="yes")
+                yield Button(f"{self.no} (n)", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
