@@ -1,0 +1,324 @@
+"""Adapter folders: save, read, and check that an adapter fits a base model.
+
+An adapter is a folder with
+
+    adapters.safetensors   the LoRA weights, mlx-lm names: model.layers.N.<key>.lora_a (in, r)
+                           and .lora_b (r, out)
+    adapter_config.json    mlx-lm's format: fine_tune_type "lora", num_layers,
+                           lora_parameters {rank, scale, dropout, keys}; plus ours under
+                           "humanizer": method, base {name, fingerprint}, parent (for a
+                           delta: {name, path, fingerprint} of the adapter it was trained
+                           on top of), training config, final metrics
+
+so a single SFT adapter loads in stock `mlx_lm.load(model, adapter_path=...)`. A delta
+(a DPO adapter trained on top of a mounted SFT adapter) holds only its own change and
+is refused unless its parent is mounted with it.
+
+Fingerprints: a base model's is a SHA-256 over its safetensors tensors' names, dtypes,
+shapes and a strided sample of their bytes (read from the file, cheap and stable); an
+adapter's is the SHA-256 of its adapters.safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from engine.errors import HumanizerError
+from engine.workspace import atomic_dir
+
+ADAPTER_FILE = "adapters.safetensors"
+CONFIG_FILE = "adapter_config.json"
+FORMAT_VERSION = 1
+SAMPLES_PER_TENSOR = 8
+SAMPLE_BYTES = 64
+
+
+# --- fingerprints --------------------------------------------------------------------
+
+
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """(header without __metadata__, byte offset where the data starts)."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise HumanizerError(f"{path} is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise HumanizerError(f"{path} is not a safetensors file (bad header)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise HumanizerError(f"{path} is not a safetensors file (bad header)") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def model_fingerprint(model_dir) -> str:
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise HumanizerError(f"no *.safetensors in {model_dir}", "is this an MLX model folder?")
+    h = hashlib.sha256()
+    for file in files:
+        header, base = safetensors_header(file)
+        with open(file, "rb") as f:
+            for name in sorted(header):
+                t = header[name]
+                start, end = t["data_offsets"]
+                h.update(f"{name}|{t['dtype']}|{t['shape']}|".encode())
+                size = end - start
+                if size <= SAMPLES_PER_TENSOR * SAMPLE_BYTES:
+                    f.seek(base + start)
+                    h.update(f.read(size))
+                    continue
+                stride = (size - SAMPLE_BYTES) // (SAMPLES_PER_TENSOR - 1)
+                for i in range(SAMPLES_PER_TENSOR):
+                    f.seek(base + start + i * stride)
+                    h.update(f.read(SAMPLE_BYTES))
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def file_fingerprint(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def model_linear_dims(model_dir) -> dict[str, tuple[int, int]]:
+    """Module path -> (input dims, output dims) of every 2-D `.weight` in the model folder
+    (quantized weights unpacked using the folder's quantization config)."""
+    model_dir = Path(model_dir)
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = {}
+    quant = cfg.get("quantization") or cfg.get("quantization_config") or {}
+    dims: dict[str, tuple[int, int]] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        header, _ = safetensors_header(file)
+        for name, t in header.items():
+            if not name.endswith(".weight") or len(t["shape"]) != 2:
+                continue
+            path = name[: -len(".weight")]
+            out_d, in_d = t["shape"]
+            if path + ".scales" in header:
+                layer_q = quant.get(path)
+                bits = layer_q.get("bits", 4) if isinstance(layer_q, dict) else quant.get("bits", 4)
+                in_d = in_d * 32 // bits
+            dims[path] = (in_d, out_d)
+    return dims
+
+
+# --- adapter folders -----------------------------------------------------------------
+
+
+@dataclass
+class AdapterInfo:
+    path: Path
+    name: str
+    fine_tune_type: str
+    num_layers: int
+    rank: int
+    scale: float
+    dropout: float
+    keys: list[str] | None
+    method: str | None = None  # "sft" / "dpo"; None for an adapter made by another tool
+    base: dict | None = None  # {"name", "fingerprint"}
+    parent: dict | None = None  # {"name", "path", "fingerprint"} for a delta
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    config: dict = field(default_factory=dict)
+
+    @property
+    def is_delta(self) -> bool:
+        return bool(self.parent)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "config"}
+        d["path"] = str(self.path)
+        d["is_delta"] = self.is_delta
+        return d
+
+
+def adapter_weights_of(model) -> dict:
+    """The trainable lora_a / lora_b of a model (mlx-lm names); a dict passes through."""
+    if isinstance(model, Mapping) and not hasattr(model, "trainable_parameters"):
+        return dict(model)
+    from mlx.utils import tree_flatten
+
+    return {
+        k: v for k, v in tree_flatten(model.trainable_parameters())
+        if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b")
+    }
+
+
+def adapter_config(config: Mapping, metadata: Mapping) -> dict:
+    keys = config.get("keys")
+    return {
+        "fine_tune_type": "lora",
+        "num_layers": int(config["num_layers"]),
+        "lora_parameters": {
+            "rank": int(config["rank"]),
+            "scale": float(config["scale"]),
+            "dropout": float(config.get("dropout", 0.0)),
+            "keys": list(keys) if keys is not None else None,
+        },
+        "humanizer": {"format": FORMAT_VERSION, **metadata},
+    }
+
+
+def write_adapter_files(folder: Path, weights: Mapping, config: dict) -> None:
+    """Write the two files into an existing (temp) folder."""
+    import mlx.core as mx
+
+    if not weights:
+        raise HumanizerError("the model has no trainable LoRA weights to save")
+    mx.save_safetensors(str(folder / ADAPTER_FILE), dict(weights), metadata={"format": "mlx"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+    for name in (ADAPTER_FILE, CONFIG_FILE):
+        with open(folder / name, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def save_adapter(model, out_dir, config: Mapping, metadata: Mapping) -> Path:
+    """Write an adapter folder atomically (all or nothing): the trainable LoRA weights of
+    `model` (or a dict of them) and adapter_config.json from `config` (num_layers, rank,
+    scale, dropout, keys) with `metadata` (method, base, parent, training, metrics)."""
+    out_dir = Path(out_dir)
+    weights = adapter_weights_of(model)
+    cfg = adapter_config(config, metadata)
+    with atomic_dir(out_dir) as tmp:
+        write_adapter_files(tmp, weights, cfg)
+    return out_dir
+
+
+def read_adapter(adapter_dir) -> AdapterInfo:
+    d = Path(adapter_dir).expanduser()
+    if not d.is_dir():
+        raise HumanizerError(f"no such adapter folder: {d}")
+    cfg_path, w_path = d / CONFIG_FILE, d / ADAPTER_FILE
+    if not cfg_path.is_file() or not w_path.is_file():
+        missing = [p.name for p in (w_path, cfg_path) if not p.is_file()]
+        raise HumanizerError(
+            f"{d} is not an adapter (missing {', '.join(missing)})",
+            "an adapter folder holds adapters.safetensors and adapter_config.json; "
+            "a training run still in progress writes them at the end",
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        lp = cfg.get("lora_parameters") or {}
+        ftype = cfg.get("fine_tune_type", "lora")
+        if ftype != "lora":
+            raise HumanizerError(f"{d}: fine_tune_type '{ftype}' is not supported (only 'lora')")
+        hz = cfg.get("humanizer") or {}
+        info = AdapterInfo(
+            path=d,
+            name=d.name,
+            fine_tune_type=ftype,
+            num_layers=int(cfg.get("num_layers", -1)),
+            rank=int(lp["rank"]),
+            scale=float(lp["scale"]),
+            dropout=float(lp.get("dropout", 0.0)),
+            keys=lp.get("keys"),
+            method=hz.get("method"),
+            base=hz.get("base"),
+            parent=hz.get("parent"),
+            training=hz.get("training") or {},
+            metrics=hz.get("metrics") or {},
+            config=cfg,
+        )
+    except HumanizerError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise HumanizerError(f"{cfg_path} is not a valid adapter config ({type(e).__name__}: {e})") from None
+    safetensors_header(w_path)  # readable
+    info.fingerprint = file_fingerprint(w_path)
+    return info
+
+
+def _info(adapter) -> AdapterInfo:
+    return adapter if isinstance(adapter, AdapterInfo) else read_adapter(adapter)
+
+
+def check_fits(adapter, model_dir, *, strict: bool = True) -> list[str]:
+    """Refuse (HumanizerError naming both) an adapter whose tensors do not fit the model's
+    layers, or that was trained on a base with another fingerprint. With strict=False a
+    fingerprint mismatch (same shapes) is returned as a warning instead."""
+    a = _info(adapter)
+    model_dir = Path(model_dir)
+    dims = model_linear_dims(model_dir)
+    header, _ = safetensors_header(a.path / ADAPTER_FILE)
+    base_name = (a.base or {}).get("name", "unknown")
+    problems = []
+    for key, t in sorted(header.items()):
+        path, leaf = key.rsplit(".", 1)
+        if path not in dims:
+            problems.append(f"{path}: no such layer in {model_dir.name}")
+            continue
+        in_d, out_d = dims[path]
+        shape = t["shape"]
+        if leaf == "lora_a" and shape[0] != in_d:
+            problems.append(f"{key}: adapter input {shape[0]}, model layer input {in_d}")
+        elif leaf == "lora_b" and shape[-1] != out_d:
+            problems.append(f"{key}: adapter output {shape[-1]}, model layer output {out_d}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise HumanizerError(
+            f"adapter '{a.name}' (trained on '{base_name}') does not fit model '{model_dir.name}': "
+            + "; ".join(problems[:3]) + more,
+            "mount an adapter on the base model it was trained on",
+        )
+    warnings = []
+    want = (a.base or {}).get("fingerprint")
+    if want:
+        have = model_fingerprint(model_dir)
+        if have != want:
+            msg = (
+                f"adapter '{a.name}' was trained on base model '{base_name}' (fingerprint {want}), "
+                f"but model '{model_dir.name}' has different weights (fingerprint {have})"
+            )
+            if strict:
+                raise HumanizerError(msg, "mount it on the model it was trained on, or train it again on this one")
+            warnings.append(msg)
+    return warnings
+
+
+def check_parent(adapter, mounted: Mapping[str, AdapterInfo]) -> None:
+    """A delta (DPO trained on top of an SFT adapter) needs its parent among `mounted`."""
+    a = _info(adapter)
+    if not a.parent:
+        return
+    p = a.parent
+    fp = p.get("fingerprint")
+    if any(i.fingerprint == fp for i in mounted.values()):
+        return
+    what = f"a {a.method.upper()} " if a.method else "a "
+    msg = (
+        f"adapter '{a.name}' is {what}delta trained on top of adapter '{p.get('name')}' "
+        f"({p.get('path')}, fingerprint {fp}); it holds only the change from that adapter, "
+        "so alone it means nothing"
+    )
+    same_name = [n for n, i in mounted.items() if i.name == p.get("name") or n == p.get("name")]
+    if same_name:
+        msg += f"; the mounted '{same_name[0]}' is a different version (fingerprint {mounted[same_name[0]].fingerprint})"
+    raise HumanizerError(msg, f"mount '{p.get('name')}' (from {p.get('path')}) first, then '{a.name}'")
+
+
+def check_parent_active(names, mounted: Mapping[str, AdapterInfo | None]) -> None:
+    """Every active delta must have its parent active too."""
+    active = {n: mounted[n] for n in names if mounted.get(n) is not None}
+    for n, info in active.items():
+        if info.parent and not any(i.fingerprint == info.parent.get("fingerprint") for i in active.values()):
+            raise HumanizerError(
+                f"adapter '{n}' is a delta on '{info.parent.get('name')}' and cannot be used without it",
+                f"use '{info.parent.get('name')}+{n}'",
+            )
