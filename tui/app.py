@@ -19,10 +19,11 @@ from engine.jobs import JobInfo, list_jobs
 from engine.workspace import Workspace
 from screens.jobs import JobsScreen
 from screens.models import EMBEDDED, ModelsScreen
+from screens.train import TrainScreen
 from tui.config import ConfigError, keymap_line, load_config, set_value
 from tui.keymap import APP_BINDINGS, MODES, check_keymap
 
-SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen}
+SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScreen}
 POLL_HZ = 2
 THEMES = ("textual-dark", "textual-light")
 
@@ -134,6 +135,10 @@ class HumanizerApp(App):
         await self.switch_mode("models")
         await self.screen.run_action(action)
 
+    async def _in_train(self, action: str) -> None:
+        await self.switch_mode("train")
+        await self.screen.run_action(action)
+
     def palette_commands(self, screen) -> Iterable[Command]:
         for mode, title, key in MODES:
             if mode != self.current_mode:
@@ -142,6 +147,8 @@ class HumanizerApp(App):
                lambda: self._in_models("pull"))
         yield ("Import GGUF model…", "convert a llama-family .gguf into models/ (key i in Models)",
                lambda: self._in_models("import_gguf"))
+        yield ("Train a LoRA adapter…", "SFT or DPO, as a job, with live curves (Train mode, key 3)",
+               lambda: self._in_train("new_run"))
         yield ("Toggle dark/light theme", "remembered in config.toml", self.action_toggle_theme)
         if hasattr(screen, "palette_commands"):
             yield from screen.palette_commands()

@@ -1,8 +1,8 @@
 """Key bindings: the app's own, and the registry of every binding id the user can
 rebind in config.toml's [keymap] table (`binding_id = "key"`, several keys comma-separated).
 
-Every binding has an id and a tooltip. Number keys switch modes; later modes
-(3 Convert, 4 Train, 5 Adapters, 6 Server, 7 Chat) take the next numbers."""
+Every binding has an id and a tooltip. Number keys switch modes (1 Models, 2 Jobs,
+3 Train); later modes (Convert, Adapters, Server, Chat) take the next numbers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from textual.binding import Binding
 MODES: list[tuple[str, str, str]] = [
     ("models", "Models", "1"),
     ("jobs", "Jobs", "2"),
+    ("train", "Train", "3"),
 ]
 
 APP_BINDINGS: list[Binding] = [
@@ -29,9 +30,10 @@ APP_BINDINGS: list[Binding] = [
 def _binding_owners():
     from screens.jobs import JobsScreen, JobTable
     from screens.models import ModelsScreen, ModelTable
+    from screens.train import RunTable, TrainScreen
     from screens.widgets import ConfirmDialog, InputDialog
 
-    return [ModelsScreen, ModelTable, JobsScreen, JobTable, InputDialog, ConfirmDialog]
+    return [ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog]
 
 
 def known_bindings() -> dict[str, Binding]:
