@@ -135,6 +135,7 @@ class Run:
             self.finish("cancelled")
         else:
             self.emit("error", message=getattr(exc, "message", str(exc)), hint=getattr(exc, "hint", None))
+            exc.reported = bool(self.listeners)  # shown to the user already; the caller need not repeat it
             self.finish("failed", error=getattr(exc, "message", str(exc)))
         return False
 

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action="store_true", help="drop rows with errors instead of stopping")
     _add_json(p)
 
+    from tui.cli_adapters import register  # lora list/info/combine/fuse, export, push
+
+    COMMANDS.update(register(sub))
+
     p = sub.add_parser("doctor", help="platform, MLX device, BLAS in use, workspace, models")
     _add_json(p)
     return parser
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return COMMANDS[args.command](ws, args, argv) or 0
     except HumanizerError as e:
+        if getattr(e, "reported", False):  # a run's view already showed it as an error event
+            return 2
         if getattr(args, "json", False):
             print(json.dumps({"type": "error", "message": e.message, "hint": e.hint}))
         else:
