@@ -17,13 +17,18 @@ from textual.screen import ModalScreen
 
 from engine.jobs import JobInfo, list_jobs
 from engine.workspace import Workspace
+from screens.adapters import AdaptersScreen
+from screens.chat import ChatScreen
 from screens.jobs import JobsScreen
 from screens.models import EMBEDDED, ModelsScreen
+from screens.server import ServerScreen
+from screens.serving import ServerMonitor
 from screens.train import TrainScreen
 from tui.config import ConfigError, keymap_line, load_config, set_value
 from tui.keymap import APP_BINDINGS, MODES, check_keymap
 
-SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScreen}
+SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScreen, "adapters": AdaptersScreen,
+                   "server": ServerScreen, "chat": ChatScreen}
 POLL_HZ = 2
 THEMES = ("textual-dark", "textual-light")
 
@@ -83,6 +88,7 @@ class HumanizerApp(App):
     def on_mount(self) -> None:
         self.switch_mode(self.start_mode)
         self.set_interval(1 / POLL_HZ, self.poll_jobs)
+        ServerMonitor.of(self)  # follows the running serve job: server_state in the status bar
         for problem in self.config_problems:
             self.notify(problem, title="config.toml", severity="error", timeout=12)
 
@@ -139,6 +145,10 @@ class HumanizerApp(App):
         await self.switch_mode("train")
         await self.screen.run_action(action)
 
+    async def _in_mode(self, mode: str, action: str) -> None:
+        await self.switch_mode(mode)
+        await self.screen.run_action(action)
+
     def palette_commands(self, screen) -> Iterable[Command]:
         for mode, title, key in MODES:
             if mode != self.current_mode:
@@ -149,6 +159,10 @@ class HumanizerApp(App):
                lambda: self._in_models("import_gguf"))
         yield ("Train a LoRA adapter…", "SFT or DPO, as a job, with live curves (Train mode, key 3)",
                lambda: self._in_train("new_run"))
+        yield ("Start a server…", "humanizer serve as a background job (Server mode, key 5)",
+               lambda: self._in_mode("server", "start"))
+        yield ("New chat", "a new conversation with the running server (Chat mode, key 6)",
+               lambda: self._in_mode("chat", "new_chat"))
         yield ("Toggle dark/light theme", "remembered in config.toml", self.action_toggle_theme)
         if hasattr(screen, "palette_commands"):
             yield from screen.palette_commands()

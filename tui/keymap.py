@@ -2,7 +2,7 @@
 rebind in config.toml's [keymap] table (`binding_id = "key"`, several keys comma-separated).
 
 Every binding has an id and a tooltip. Number keys switch modes (1 Models, 2 Jobs,
-3 Train); later modes (Convert, Adapters, Server, Chat) take the next numbers."""
+3 Train, 4 Adapters, 5 Server, 6 Chat); later modes take the next numbers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ MODES: list[tuple[str, str, str]] = [
     ("models", "Models", "1"),
     ("jobs", "Jobs", "2"),
     ("train", "Train", "3"),
+    ("adapters", "Adapters", "4"),
+    ("server", "Server", "5"),
+    ("chat", "Chat", "6"),
 ]
 
 APP_BINDINGS: list[Binding] = [
@@ -28,12 +31,17 @@ APP_BINDINGS: list[Binding] = [
 
 
 def _binding_owners():
+    from screens.adapters import AdaptersScreen, AdapterTable
+    from screens.chat import ChatScreen
+    from screens.forms import FormDialog, PickDialog
     from screens.jobs import JobsScreen, JobTable
     from screens.models import ModelsScreen, ModelTable
+    from screens.server import ServerScreen
     from screens.train import RunTable, TrainScreen
     from screens.widgets import ConfirmDialog, InputDialog
 
-    return [ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog]
+    return [ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,
+            AdaptersScreen, AdapterTable, ServerScreen, ChatScreen, FormDialog, PickDialog]
 
 
 def known_bindings() -> dict[str, Binding]:

@@ -1,0 +1,558 @@
+"""Chat mode: talk to the running server (or start one), one adapter choice at a time or
+two side by side (A/B), with streaming replies.
+
+- The adapter choices are the server's model ids (/v1/models: base, sft, sft+dpo, …, from
+  the adapters actually mounted); ctrl+o cycles A, ctrl+f cycles B (the second column of
+  an A/B comparison: one input, two replies streamed side by side) and turns it off.
+  (Not ctrl+b: that is tmux's prefix, and this app is often used over SSH inside tmux.)
+- Replies stream over SSE in async workers that only append to a Reply; the screen
+  redraws the replies that changed 4 times a second. Esc cancels the workers, which
+  closes the streams (the server stops generating and frees the slot).
+- ctrl+r copies the last reply with OSC 52 (works over SSH).
+- System prompt, temperature and max tokens: ctrl+g. Conversations are saved as JSON in
+  the workspace's chats/ folder after every turn; ctrl+l reopens one, ctrl+n starts one.
+- The input is a multi-line TextArea: enter is a new line; ctrl+s sends (alt+enter too, in
+  terminals that report it: most send it as a plain enter)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static, TextArea
+from textual.worker import Worker
+
+from engine.errors import HumanizerError
+from screens.chat_widgets import (
+    MAX_TOKENS_LIMIT, Conversation, Message, PairView, Reply, ReplyView, UserView, list_conversations,
+    save_conversation,
+)
+from screens.forms import Field, FormDialog, PickDialog
+from screens.server import server_defaults
+from screens.serving import (
+    DEFAULT_PORT, ServerError, ServerMonitor, adapter_choices, fit_lines, host_port, pick_default_model, start_server,
+)
+from screens.widgets import ConfirmDialog, ModeHeader, StatusBar, fmt_time
+
+REDRAW_HZ = 4
+SHORT = 30  # below this many rows: a shorter input box
+SEND_KEYS = "ctrl+s"
+
+
+class ChatScreen(Screen):
+    DEFAULT_CSS = """
+    ChatScreen #chat-bar { height: auto; padding: 0 1; background: $boost; }
+    ChatScreen #transcript { height: 1fr; padding: 0 1; scrollbar-size-vertical: 1; }
+    ChatScreen #transcript:focus { background-tint: $foreground 3%; }
+    ChatScreen #chat-info { height: auto; color: $text-muted; margin-top: 1; }
+    ChatScreen #chat-input { height: 6; border-top: hkey $primary-background; }
+    ChatScreen.-short #chat-input { height: 4; }
+    """
+    BINDINGS = [
+        Binding("ctrl+s,alt+enter", "send", "Send", id="chat_send", priority=True,
+                tooltip="Send the message (enter is a new line; alt+enter sends where the terminal reports it)"),
+        Binding("escape", "stop", "Stop", id="chat_stop",
+                tooltip="Stop the reply (closes the stream); otherwise move between the input and the transcript"),
+        Binding("ctrl+o", "cycle_adapter", "Adapter", id="chat_adapter",
+                tooltip="Next adapter choice: the server's model ids (base, sft, sft+dpo, …)"),
+        Binding("ctrl+f", "cycle_compare", "A/B", id="chat_compare",
+                tooltip="Side by side: also send to a second adapter choice (again: the next one, then off)"),
+        Binding("ctrl+r", "copy_reply", "Copy", id="chat_copy", tooltip="Copy the last reply (OSC 52)"),
+        Binding("ctrl+g", "settings", "Settings", id="chat_settings",
+                tooltip="System prompt, temperature, max tokens"),
+        Binding("ctrl+n", "new_chat", "New", id="chat_new", tooltip="Start a new conversation"),
+        Binding("ctrl+l", "open_chat", "Chats", id="chat_open", tooltip="Reopen a saved conversation"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sub_title = "Chat"
+        self.monitor: ServerMonitor | None = None
+        self.conv = Conversation.new(now=0.0)
+        self.conv.id = ""  # none yet: made when the first message is sent
+        self.streams: list[Worker] = []
+        self.pending: str | None = None  # a message waiting for the server to come up
+        self._seen_version = -1
+        self._short: bool | None = None
+        self._loaded = False
+
+    def compose(self) -> ComposeResult:
+        yield ModeHeader("chat")
+        yield StatusBar()
+        yield Static("", id="chat-bar")
+        with VerticalScroll(id="transcript"):
+            yield Static("", id="chat-info")
+        yield TextArea(id="chat-input", compact=True, soft_wrap=True,
+                       placeholder=f"Type a message: {SEND_KEYS} sends, enter is a new line, esc leaves the input")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.monitor = ServerMonitor.of(self.app)
+        self.run_worker(partial(pick_default_model, self.app), thread=True, group="chat-model")
+        self._layout()
+        self.query_one("#transcript").can_focus = True
+        self.run_worker(self._load_latest, thread=True, group="chat-load")
+        self.set_interval(1 / REDRAW_HZ, self.tick)
+        self.query_one("#chat-input").focus()
+        self._draw_bar()
+        self._draw_info()
+
+    def on_resize(self) -> None:
+        self._layout()
+        self._draw_bar()
+
+    def _layout(self) -> None:
+        short = self.size.height < SHORT
+        if short != self._short:
+            self._short = short
+            self.set_class(short, "-short")
+
+    # conversations ------------------------------------------------------------------------
+    def _load_latest(self) -> None:
+        """In a worker thread: reopen the most recent conversation."""
+        found, _ = list_conversations(self.app.ws)
+        self.app.call_from_thread(self._opened, found[0] if found else None, True)
+
+    def _opened(self, conv: Conversation | None, initial: bool = False) -> None:
+        self._loaded = True
+        if conv is None:
+            return
+        if initial and (self.conv.messages or self.streams):
+            return  # the user started typing a new one meanwhile
+        self.conv = conv
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        box = self.query_one("#transcript", VerticalScroll)
+        for w in list(box.children):
+            if w.id != "chat-info":
+                w.remove()
+        box.mount_all([w for m in self.conv.messages for w in self._views(m)])
+        self._draw_bar()
+        self._draw_info()
+        self.call_after_refresh(box.scroll_end, animate=False)
+
+    def _views(self, m: Message) -> list:
+        if m.role == "user":
+            return [UserView(m.content)]
+        if m.role == "assistant":
+            return [ReplyView(m.replies[0])]
+        return [UserView(m.content, "you · A/B"), PairView(*m.replies)]
+
+    def _save(self) -> None:
+        if not self.conv.messages or not self.conv.id:
+            return
+        self.conv.updated = time.time()
+        text = self.conv.to_json()
+        self.run_worker(partial(self._write, text, self.conv.id), thread=True, group="chat-save")
+
+    def _write(self, text: str, conv_id: str) -> None:
+        try:
+            save_conversation(self.app.ws, text, conv_id)
+        except OSError as e:
+            self.app.call_from_thread(self.notify, f"conversation not saved: {e}", severity="error")
+
+    def action_new_chat(self) -> None:
+        if self.streams:
+            self.notify("a reply is streaming: esc stops it first", severity="warning")
+            return
+        self.conv = Conversation.new(like=self.conv)
+        self.pending = None
+        self._rebuild()
+        self.query_one("#chat-input").focus()
+
+    def action_open_chat(self) -> None:
+        if self.streams:
+            self.notify("a reply is streaming: esc stops it first", severity="warning")
+            return
+        self.run_worker(self._gather_chats, thread=True, group="chat-list")
+
+    def _gather_chats(self) -> None:
+        found, bad = list_conversations(self.app.ws)
+        self.app.call_from_thread(self._pick_chat, found, bad)
+
+    def _pick_chat(self, found: list[Conversation], bad: list[str]) -> None:
+        options = []
+        for c in found:
+            label = Text(c.title, style="bold")
+            n = sum(1 for m in c.messages if m.role in ("user", "ab"))
+            label.append(f"  {fmt_time(c.updated)} · {n} message{'s' * (n != 1)}", style="dim")
+            if c.id == self.conv.id:
+                label.append(" · open", style="italic")
+            options.append((label, c))
+        help_ = f"{len(bad)} file(s) could not be read: {bad[0]}" if bad else ""
+        self.app.push_screen(PickDialog("Conversations", options, help=help_,
+                                        empty="no saved conversations yet"), self._opened)
+
+    # settings -----------------------------------------------------------------------------------
+    def action_settings(self) -> None:
+        def validate(v: dict) -> list[tuple[str, str]]:
+            errors = []
+            try:
+                t = float(v["temperature"])
+                if not 0 <= t <= 2:
+                    raise ValueError
+            except ValueError:
+                errors.append(("temperature", "temperature: a number from 0 (greedy) to 2"))
+            if not v["max_tokens"].isdigit() or not 1 <= int(v["max_tokens"]) <= MAX_TOKENS_LIMIT:
+                errors.append(("max_tokens", f"max tokens: a whole number from 1 to {MAX_TOKENS_LIMIT}"))
+            return errors
+
+        def done(v: dict | None) -> None:
+            if not v:
+                return
+            self.conv.system = v["system"].strip()
+            self.conv.temperature = float(v["temperature"])
+            self.conv.max_tokens = int(v["max_tokens"])
+            self._draw_bar()
+            self._save()
+
+        self.app.push_screen(FormDialog("Chat settings", [
+            Field("system", "system", "text", self.conv.system, placeholder="a system prompt (optional)"),
+            Field("temperature", "temperature", value=f"{self.conv.temperature:g}", help="0: greedy, 0.7: varied"),
+            Field("max_tokens", "max tokens", value=str(self.conv.max_tokens)),
+        ], ok="Save", validate=validate, intro="For this conversation (new ones start with the same)."), done)
+
+    # adapters ------------------------------------------------------------------------------------
+    def choices(self) -> list[str]:
+        return adapter_choices(self.monitor.models) if self.monitor and self.monitor.models else []
+
+    @property
+    def adapter(self) -> str | None:
+        """A: the conversation's adapter if the server has it, else its last choice (the full stack)."""
+        choices = self.choices()
+        if not choices:
+            return self.conv.adapter
+        return self.conv.adapter if self.conv.adapter in choices else choices[-1]
+
+    @property
+    def compare(self) -> str | None:
+        choices = self.choices()
+        if self.conv.compare is None or (choices and self.conv.compare not in choices):
+            return None
+        return self.conv.compare
+
+    def action_cycle_adapter(self) -> None:
+        choices = self.choices()
+        if not choices:
+            self.notify("no server is up: its model ids are the choices (start one in Server, 5)",
+                        severity="warning")
+            return
+        current = self.adapter
+        i = choices.index(current) if current in choices else -1
+        self.conv.adapter = choices[(i + 1) % len(choices)]
+        if self.conv.adapter == self.compare:
+            self.conv.compare = None
+        self._draw_bar()
+
+    def action_cycle_compare(self) -> None:
+        choices = self.choices()
+        a = self.adapter
+        others = [c for c in choices if c != a]
+        if not others:
+            self.notify("A/B needs a second adapter choice on the server", severity="warning")
+            return
+        current = self.compare
+        if current is None:
+            self.conv.compare = "base" if "base" in others else others[-1]
+        else:
+            i = others.index(current)
+            self.conv.compare = others[i + 1] if i + 1 < len(others) else None
+        if self.conv.compare is None:
+            self.notify("A/B off", timeout=2)
+        self._draw_bar()
+
+    # sending --------------------------------------------------------------------------------------
+    def action_send(self) -> None:
+        box = self.query_one("#chat-input", TextArea)
+        text = box.text.strip()
+        if not text:
+            self.notify(f"type a message first ({SEND_KEYS} sends)", severity="warning", timeout=3)
+            return
+        if self.streams:
+            self.notify("a reply is still streaming: esc stops it", severity="warning", timeout=3)
+            return
+        state = self.monitor.state
+        if state == "up" and self.choices():
+            box.text = ""
+            self._send(text)
+            return
+        if self.pending is not None:
+            self.notify("waiting for the server to come up…", timeout=3)
+            return
+        if state in ("starting", "up"):
+            box.text = ""
+            self.pending = text
+            self._draw_info()
+            self.notify("the server is starting: the message goes when it is up", timeout=3)
+            return
+        if state == "down":
+            self.notify(f"the server is not answering: {self.monitor.view.error}", severity="error", timeout=6)
+            return
+        self._offer_server(text)
+
+    def _send(self, text: str) -> None:
+        if not self.conv.id:
+            self.conv = Conversation.new(like=self.conv)
+        a, b = self.adapter, self.compare
+        self.conv.adapter = a
+        if b is not None:
+            replies = [Reply(a), Reply(b)]
+            message = Message("ab", text, replies)
+            history = ([{"role": "system", "content": self.conv.system}] if self.conv.system.strip() else [])
+            history.append({"role": "user", "content": text})
+            self.conv.messages.append(message)
+            views = self._views(message)
+        else:
+            self.conv.messages.append(Message("user", text))
+            history = self.conv.history()
+            reply = Reply(a)
+            self.conv.messages.append(Message("assistant", replies=[reply]))
+            replies = [reply]
+            views = [UserView(text), ReplyView(reply)]
+        box = self.query_one("#transcript", VerticalScroll)
+        box.mount_all(views)
+        self._save()  # kept even if the app closes mid-reply (saved as stopped there)
+        self._draw_info()
+        self.call_after_refresh(box.scroll_end, animate=False)
+        for r in replies:
+            body = {"messages": history, "adapter": r.adapter, "temperature": self.conv.temperature,
+                    "max_tokens": self.conv.max_tokens}
+            worker = self.run_worker(self._stream(r, body), group="chat-stream", exit_on_error=False)
+            self.streams.append(worker)
+
+    async def _stream(self, reply: Reply, body: dict) -> None:
+        client = self.monitor.client(timeout=10)
+        t0 = time.monotonic()
+        reply.status = "streaming"
+        reply.version += 1
+        try:
+            if client is None:
+                raise ServerError("the server went away")
+            async for chunk in client.stream_chat(body):
+                usage = chunk.get("usage")
+                if isinstance(usage, dict):
+                    reply.prompt_tokens = usage.get("prompt_tokens")
+                    reply.completion_tokens = usage.get("completion_tokens")
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        if reply.ttft_s is None:
+                            reply.ttft_s = time.monotonic() - t0
+                        reply.content += text
+                    if choice.get("finish_reason"):
+                        reply.status = str(choice["finish_reason"])
+                reply.version += 1
+            if not reply.done:
+                reply.status = "stop"
+        except asyncio.CancelledError:
+            reply.status = "stopped"
+            raise
+        except ServerError as e:
+            reply.status, reply.error = "error", e.message
+        except Exception as e:  # noqa: BLE001 - a bad chunk must not take the app down
+            reply.status, reply.error = "error", f"{type(e).__name__}: {e}"
+        finally:
+            reply.latency_s = time.monotonic() - t0
+            reply.version += 1
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker not in self.streams or not event.worker.is_finished:
+            return
+        self.streams.remove(event.worker)
+        if not self.streams:
+            self.tick()
+            self._save()
+
+    def action_stop(self) -> None:
+        if self.streams:
+            for w in list(self.streams):
+                w.cancel()
+            self.notify("stopped", timeout=2)
+            return
+        if self.pending is not None:
+            self.query_one("#chat-input", TextArea).text = self.pending
+            self.pending = None
+            self._draw_info()
+            self.notify("not sent: the message is back in the input", timeout=3)
+            return
+        box = self.query_one("#chat-input", TextArea)
+        if box.has_focus:
+            self.query_one("#transcript").focus()
+        else:
+            box.focus()
+
+    # starting a server from here ---------------------------------------------------------------------
+    def _offer_server(self, text: str) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.query_one("#chat-input", TextArea).text = ""
+                self.pending = text
+                self._draw_info()
+                self.run_worker(self._start_server, thread=True, group="chat-start-server", exclusive=True)
+
+        model = self.app.model or "the selected model"
+        self.app.push_screen(ConfirmDialog(
+            f"No server is running.\n\nStart one with [b]{model}[/b] and every workspace adapter that fits it? "
+            "Your message is sent when it is up. (Server, 5, has all the options.)",
+            yes="Start", no="Not now"), answered)
+
+    def _start_server(self) -> None:
+        """In a worker thread: the model, the adapters that fit it (parents first), then the job."""
+        from engine import adapters as A
+        from engine.models import list_models
+
+        ws = self.app.ws
+        try:
+            models = list_models(ws)
+            model = next((m for m in models if m.name == self.app.model), models[0] if models else None)
+            if model is None:
+                raise HumanizerError("no models yet", "pull or import one in Models (1)")
+            found = [a for a in A.list_adapters(ws, model.path) if a.fits]
+            prints = {a.fingerprint for a in found}
+            found = [a for a in found if not a.is_delta or a.parent.get("fingerprint") in prints]
+            ordered = A.stack_order(found)
+            defaults = server_defaults(ws)
+            job = start_server(ws, str(model.path), [str(a.path) for a in ordered],
+                               defaults.get("host", "127.0.0.1"), defaults.get("port", DEFAULT_PORT),
+                               max_concurrent=defaults.get("max_concurrent"))
+        except (HumanizerError, OSError) as e:
+            msg = getattr(e, "message", str(e))
+            self.app.call_from_thread(self._start_failed, msg)
+            return
+        self.app.call_from_thread(self._started, job, [a.name for a in ordered])
+
+    def _started(self, job, names: list[str]) -> None:
+        self.monitor.remember_key(job, None)
+        self.app.poll_jobs()
+        self.monitor.refresh_now()
+        self.notify(f"starting a server with {', '.join(names) or 'no adapters'} ({job.id})", timeout=4)
+
+    def _start_failed(self, message: str) -> None:
+        self.notify(f"could not start a server: {message}", severity="error", timeout=8)
+        if self.pending is not None:
+            self.query_one("#chat-input", TextArea).text = self.pending
+            self.pending = None
+        self._draw_info()
+
+    # copy --------------------------------------------------------------------------------------------
+    def action_copy_reply(self) -> None:
+        last = next((m for m in reversed(self.conv.messages) if m.role in ("assistant", "ab")), None)
+        if last is None:
+            self.notify("no reply to copy yet", severity="warning", timeout=2)
+            return
+        if last.role == "assistant":
+            text = last.replies[0].content
+            what = last.replies[0].adapter
+        else:
+            a, b = last.replies
+            text = f"A ({a.adapter}):\n{a.content}\n\nB ({b.adapter}):\n{b.content}"
+            what = f"A/B {a.adapter} | {b.adapter}"
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied the reply ({what}, {len(text)} characters)", timeout=2)
+
+    # drawing ------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        if not self.is_current:
+            return
+        box = self.query_one("#transcript", VerticalScroll)
+        at_end = box.scroll_y >= box.max_scroll_y - 1
+        changed = False
+        for view in self.query(ReplyView):
+            changed = view.sync() or changed
+        if changed and at_end:
+            self.call_after_refresh(box.scroll_end, animate=False)
+        if self.monitor.version != self._seen_version:
+            self._seen_version = self.monitor.version
+            self._draw_bar()
+            self._draw_info()
+        if self.pending is not None and self.monitor.up and self.choices() and not self.streams:
+            text, self.pending = self.pending, None
+            self._send(text)
+
+    def _draw_bar(self) -> None:
+        choices = self.choices()
+        a, b = self.adapter, self.compare
+        t = Text()
+        if b is None:
+            t.append("adapter ", style="dim")
+            t.append(f" {a or '—'} ", style="bold reverse")
+        else:
+            t.append("A ", style="bold")
+            t.append(f" {a} ", style="bold reverse")
+            t.append("  B ", style="bold")
+            t.append(f" {b} ", style="bold reverse")
+            t.append("  side by side", style="dim")
+        width = self.size.width - 2
+        if choices:
+            listed = Text("   ctrl+o: ", style="dim")
+            for i, c in enumerate(choices):
+                listed.append(" · " if i else "", style="dim")
+                listed.append(c, style="bold" if c in (a, b) else "dim")
+            if t.cell_len + listed.cell_len <= width:
+                t.append_text(listed)
+            else:
+                t.append(f"   {choices.index(a) + 1 if a in choices else '?'}/{len(choices)} · ctrl+o: next",
+                         style="dim")
+        else:
+            t.append("   no server: the choices come from its models", style="dim")
+        t.append("\n")
+        t.append(f"temp {self.conv.temperature:g} · max {self.conv.max_tokens}", style="")
+        if self.conv.system.strip():
+            system = " ".join(self.conv.system.split())
+            t.append(" · system: ", style="dim")
+            t.append(system if len(system) <= 32 else system[:31] + "…", style="italic")
+        t.append(" · ", style="dim")
+        t.append(self.conv.title if self.conv.messages else "new conversation", style="bold")
+        self.query_one("#chat-bar", Static).update(fit_lines(t, self.size.width - 2))
+
+    def _draw_info(self) -> None:
+        info = self.query_one("#chat-info", Static)
+        mon = self.monitor
+        t = Text()
+        if self.pending is not None:
+            t.append("Waiting for the server to come up; the message goes then (esc: take it back).\n",
+                     style="italic")
+        if mon.state == "off" and not self.conv.messages:
+            t.append("No server is running. ", style="bold")
+            t.append(f"Type a message and send it ({SEND_KEYS}): you will be offered to start one with the "
+                     "selected model and its adapters. Or start one in Server (5).")
+        elif mon.state == "starting" and not self.conv.messages:
+            t.append("The server is starting…")
+        elif mon.state == "down":
+            t.append(f"The server at {host_port(mon.url)} is not answering: {mon.view.error}", style="red")
+        elif not self.conv.messages and mon.up:
+            t.append(f"Talking to {host_port(mon.url)}. ctrl+o picks the adapter, ctrl+f compares two side by "
+                     "side, ctrl+g sets the system prompt, temperature and max tokens.")
+        info.update(t)
+        info.display = bool(t.plain)
+
+    # the palette ------------------------------------------------------------------------------------
+    def palette_commands(self):
+        cmds = [("New conversation", "ctrl+n", self.action_new_chat),
+                ("Open a conversation…", "the saved ones, newest first (ctrl+l)", self.action_open_chat),
+                ("Chat settings…", "system prompt, temperature, max tokens (ctrl+g)", self.action_settings),
+                ("Copy the last reply", "OSC 52 (ctrl+r)", self.action_copy_reply)]
+        for c in self.choices():
+            cmds.append((f"Chat with adapter: {c}", "A (ctrl+o cycles)", lambda c=c: self._set_adapter(c)))
+            cmds.append((f"Compare with adapter: {c}", "B, side by side (ctrl+f cycles)",
+                         lambda c=c: self._set_compare(c)))
+        if self.compare is not None:
+            cmds.append(("Stop comparing (A/B off)", "ctrl+f until off", lambda: self._set_compare(None)))
+        return cmds
+
+    def _set_adapter(self, choice: str) -> None:
+        self.conv.adapter = choice
+        if self.conv.compare == choice:
+            self.conv.compare = None
+        self._draw_bar()
+
+    def _set_compare(self, choice: str | None) -> None:
+        self.conv.compare = None if choice == self.adapter else choice
+        self._draw_bar()

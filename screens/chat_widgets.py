@@ -1,0 +1,290 @@
+"""The Chat screen's pieces: conversations kept as JSON files in the workspace's chats/
+folder (atomic writes), replies that a stream fills in while the UI redraws them on a
+timer, and the widgets that show a message, a reply and an A/B pair of replies."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.text import Text
+from textual.containers import Horizontal
+from textual.widgets import Static
+
+from engine.workspace import atomic_write_text
+
+FORMAT = 1
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = 256
+MAX_TOKENS_LIMIT = 4096
+TITLE_CHARS = 48
+FINISHED = ("stop", "length", "stopped", "error")
+
+
+# control characters (a model can emit any byte) would move the terminal's cursor: shown as
+# their Unicode control pictures instead; newlines and tabs stay.
+_CONTROLS = {c: 0x2400 + c for c in range(32) if c not in (9, 10)}
+_CONTROLS.update({0x7F: 0x2421, **{c: 0xFFFD for c in range(0x80, 0xA0)}})
+
+
+def printable(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
+def chats_dir(ws) -> Path:
+    return ws.home / "chats"
+
+
+# the data ------------------------------------------------------------------------------
+@dataclass
+class Reply:
+    """One assistant reply; a stream appends to `content` and bumps `version`."""
+
+    adapter: str
+    content: str = ""
+    status: str = "waiting"  # waiting | streaming | stop | length | stopped | error
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    version: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if not self.completion_tokens or not self.latency_s:
+            return None
+        gen = self.latency_s - (self.ttft_s or 0)
+        return self.completion_tokens / gen if gen > 0 else None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("adapter", "content", "status", "error", "prompt_tokens",
+                                               "completion_tokens", "latency_s", "ttft_s")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Reply":
+        r = cls(adapter=str(d.get("adapter") or "base"))
+        for k in ("content", "status", "error", "prompt_tokens", "completion_tokens", "latency_s", "ttft_s"):
+            if k in d:
+                setattr(r, k, d[k])
+        if r.status not in FINISHED:  # saved while streaming (the app was closed): it stopped there
+            r.status = "stopped"
+        r.content = str(r.content or "")
+        return r
+
+
+@dataclass
+class Message:
+    """role "user" (content), "assistant" (one reply) or "ab" (content = the prompt, two replies)."""
+
+    role: str
+    content: str = ""
+    replies: list[Reply] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d: dict = {"role": self.role}
+        if self.role == "assistant":
+            d.update(self.replies[0].to_dict())
+        else:
+            d["content"] = self.content
+        if self.role == "ab":
+            d["replies"] = [r.to_dict() for r in self.replies]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Message | None":
+        role = d.get("role")
+        if role == "user":
+            return cls("user", str(d.get("content") or ""))
+        if role == "assistant":
+            return cls("assistant", replies=[Reply.from_dict(d)])
+        if role == "ab" and isinstance(d.get("replies"), list) and len(d["replies"]) == 2:
+            return cls("ab", str(d.get("content") or ""), [Reply.from_dict(r) for r in d["replies"]])
+        return None
+
+
+@dataclass
+class Conversation:
+    id: str
+    created: float
+    updated: float
+    system: str = ""
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    adapter: str | None = None
+    compare: str | None = None
+    messages: list[Message] = field(default_factory=list)
+
+    @classmethod
+    def new(cls, like: "Conversation | None" = None, now: float | None = None) -> "Conversation":
+        now = time.time() if now is None else now
+        cid = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + "-" + secrets.token_hex(2)
+        c = cls(cid, now, now)
+        if like is not None:  # the settings carry over to a new conversation
+            c.system, c.temperature, c.max_tokens = like.system, like.temperature, like.max_tokens
+            c.adapter, c.compare = like.adapter, like.compare
+        return c
+
+    @property
+    def title(self) -> str:
+        first = next((m.content for m in self.messages if m.role in ("user", "ab") and m.content.strip()), "")
+        text = " ".join(first.split())
+        if not text:
+            return "new conversation"
+        return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
+
+    def history(self) -> list[dict]:
+        """The messages a normal turn sends: the system prompt, then every user message and
+        every reply with text (A/B comparisons are side trips, not part of the dialogue)."""
+        out = [{"role": "system", "content": self.system}] if self.system.strip() else []
+        for m in self.messages:
+            if m.role == "user":
+                out.append({"role": "user", "content": m.content})
+            elif m.role == "assistant" and m.replies[0].content.strip():
+                out.append({"role": "assistant", "content": m.replies[0].content})
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT, "id": self.id, "title": self.title, "created": self.created, "updated": self.updated,
+            "system": self.system, "temperature": self.temperature, "max_tokens": self.max_tokens,
+            "adapter": self.adapter, "compare": self.compare, "messages": [m.to_dict() for m in self.messages],
+        }, indent=1, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Conversation":
+        d = json.loads(text)
+        if not isinstance(d, dict) or not isinstance(d.get("id"), str):
+            raise ValueError("not a conversation")
+        c = cls(d["id"], float(d.get("created") or 0), float(d.get("updated") or 0))
+        c.system = str(d.get("system") or "")
+        temp = d.get("temperature")
+        c.temperature = float(temp) if isinstance(temp, (int, float)) else DEFAULT_TEMPERATURE
+        mt = d.get("max_tokens")
+        c.max_tokens = int(mt) if isinstance(mt, int) and mt > 0 else DEFAULT_MAX_TOKENS
+        c.adapter = d.get("adapter") if isinstance(d.get("adapter"), str) else None
+        c.compare = d.get("compare") if isinstance(d.get("compare"), str) else None
+        c.messages = [m for m in (Message.from_dict(x) for x in d.get("messages") or [] if isinstance(x, dict)) if m]
+        return c
+
+
+def save_conversation(ws, text: str, conv_id: str) -> Path:
+    """Write one conversation's JSON (made on the UI thread) atomically; call it in a thread."""
+    path = chats_dir(ws) / f"{conv_id}.json"
+    atomic_write_text(path, text)
+    return path
+
+
+def list_conversations(ws) -> tuple[list[Conversation], list[str]]:
+    """Every saved conversation, the most recently updated first, and the files that could not be read."""
+    folder = chats_dir(ws)
+    found, bad = [], []
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            found.append(Conversation.from_json(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as e:
+            bad.append(f"{p.name}: {e}")
+    found.sort(key=lambda c: c.updated, reverse=True)
+    return found, bad
+
+
+# the widgets -------------------------------------------------------------------------------
+def reply_label(reply: Reply, side: str | None = None) -> Text:
+    t = Text()
+    if side:
+        t.append(f"{side} ", style="bold reverse")
+        t.append(" ")
+    t.append(reply.adapter, style="bold")
+    stats = []
+    if reply.completion_tokens is not None:
+        stats.append(f"{reply.completion_tokens} tok")
+    if reply.latency_s is not None and reply.done:
+        stats.append(f"{reply.latency_s:.2f}s")
+    tps = reply.tokens_per_second
+    if tps and reply.done:
+        stats.append(f"{tps:.1f} tok/s")
+    if stats:
+        t.append("  " + " · ".join(stats), style="dim")
+    if reply.status in ("waiting", "streaming"):
+        t.append("  generating… (esc stops)" if reply.status == "streaming" else "  waiting…", style="italic")
+    elif reply.status == "stopped":
+        t.append("  ⊘ stopped", style="dark_orange")
+    elif reply.status == "length":
+        t.append("  (max tokens)", style="dim")
+    return t
+
+
+def reply_body(reply: Reply) -> Text:
+    t = Text(printable(reply.content))
+    if reply.status == "streaming":
+        t.append("▌", style="bold")
+    if reply.status == "error":
+        if t.plain:
+            t.append("\n")
+        t.append(f"✗ {reply.error or 'failed'}", style="bold red")
+    elif not reply.content and reply.done:
+        t.append("(no text)", style="dim italic")
+    return t
+
+
+class UserView(Static):
+    DEFAULT_CSS = """
+    UserView { height: auto; margin: 1 0 0 0; padding: 0 1; border-left: outer $secondary; }
+    """
+
+    def __init__(self, text: str, label: str = "you") -> None:
+        super().__init__()
+        self.text, self.label = text, label
+
+    def render(self) -> Text:
+        t = Text(self.label + "\n", style="bold")
+        t.append(printable(self.text))
+        return t
+
+
+class ReplyView(Static):
+    """A reply; `sync()` redraws it when its stream has added something since the last time."""
+
+    DEFAULT_CSS = """
+    ReplyView { height: auto; margin: 1 0 0 0; padding: 0 1; border-left: outer $primary; }
+    ReplyView.-error { border-left: outer $error; }
+    """
+
+    def __init__(self, reply: Reply, side: str | None = None) -> None:
+        super().__init__()
+        self.reply, self.side = reply, side
+        self.shown = -1
+
+    def render(self) -> Text:
+        t = reply_label(self.reply, self.side)
+        t.append("\n")
+        t.append_text(reply_body(self.reply))
+        return t
+
+    def sync(self) -> bool:
+        if self.reply.version == self.shown:
+            return False
+        self.shown = self.reply.version
+        self.set_class(self.reply.status == "error", "-error")
+        self.refresh(layout=True)
+        return True
+
+
+class PairView(Horizontal):
+    """Two replies to the same input, side by side."""
+
+    DEFAULT_CSS = """
+    PairView { height: auto; }
+    PairView > ReplyView { width: 1fr; }
+    PairView > ReplyView:first-child { margin-right: 1; }
+    """
+
+    def __init__(self, a: Reply, b: Reply) -> None:
+        super().__init__(ReplyView(a, "A"), ReplyView(b, "B"))
