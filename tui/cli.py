@@ -81,6 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     COMMANDS.update(register(sub))
 
+    p = sub.add_parser("serve", help="OpenAI-compatible server: one model, several adapters, each request picks its own",
+                       description="Serve MODEL over an OpenAI-compatible API with the --adapter folders mounted. "
+                       "Each request picks 'base', one adapter or a stack ('sft+dpo') with the body field "
+                       "\"adapter\" or a model id from /v1/models. Stop with SIGTERM or Ctrl-C.")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="model spec: smollm2-135m (default), a model folder, a .gguf, a workspace model, an HF repo id")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="adapter folder (or name in the workspace's adapters/) to mount; repeat for more, "
+                   "a DPO delta after its parent")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
+                   "any other address needs --api-key)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key", default=os.environ.get("HUMANIZER_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                   "(default: $HUMANIZER_API_KEY)")
+    p.add_argument("--max-concurrent", type=int, default=8, metavar="N",
+                   help="requests decoded together at most (more wait in a queue; default 8)")
+    p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N",
+                   help="largest max_tokens a request may ask for (default 4096)")
+    p.add_argument("--quantized", action="store_true",
+                   help="keep quantized weights on the CPU backend (default: dequantize to float32, "
+                   "which decodes faster there; Metal always keeps them)")
+    _add_json(p)
+
     p = sub.add_parser("doctor", help="platform, MLX device, BLAS in use, workspace, models")
     _add_json(p)
     return parser
@@ -245,6 +269,24 @@ def cmd_lora(ws, args, argv) -> int:
     return 0
 
 
+def cmd_serve(ws, args, argv) -> int:
+    from engine.events import Cancelled
+    from engine.server import check_bind, serve
+
+    check_bind(args.host, args.api_key)  # before loading anything
+    try:
+        url = _run_long(ws, "serve", argv, args.json,
+                        lambda run: serve(args.model, args.adapter, ws=ws, run=run, host=args.host, port=args.port,
+                                          api_key=args.api_key, max_concurrent=args.max_concurrent,
+                                          max_tokens_limit=args.max_tokens_limit,
+                                          dequantize=False if args.quantized else None))
+    except Cancelled:  # stopped while loading
+        return 130
+    if not args.json:
+        print(f"server on {url} stopped")
+    return 0
+
+
 def cmd_doctor(ws, args, argv) -> int:
     from engine.doctor import doctor_report, format_doctor
 
@@ -253,7 +295,7 @@ def cmd_doctor(ws, args, argv) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "jobs": cmd_jobs, "lora": cmd_lora, "doctor": cmd_doctor}
+COMMANDS = {"models": cmd_models, "jobs": cmd_jobs, "lora": cmd_lora, "serve": cmd_serve, "doctor": cmd_doctor}
 
 if __name__ == "__main__":
     sys.exit(main())
