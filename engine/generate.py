@@ -602,7 +602,7 @@ class Engine:
     requests together. Use `Engine.load(model_dir, adapters=[...])`, then `start()`
     (or `with Engine.load(...) as engine:`)."""
 
-    def __init__(self, model, tokenizer, *, max_rows: int = 8, prefill_chunk: int = 256,
+    def __init__(self, model, tokenizer, *, max_rows: int = 8, prefill_chunk: int = 128,
                  batched: bool | None = None, max_queue: int = 1024, name: str | None = None):
         if max_rows < 1:
             raise HumanizerError("max concurrent rows must be at least 1")
@@ -759,12 +759,17 @@ class Engine:
             )
         chosen = set(parts)
         names = tuple(n for n in mounted if n in chosen)
-        from engine import adapters as A
-
-        try:
-            A.check_parent_active(names, mounted)
-        except HumanizerError as e:
-            raise EngineError(e.message, e.hint, status=400, code="adapter_needs_parent", param="adapter") from None
+        fingerprints = {mounted[n].fingerprint for n in names if mounted[n] is not None}
+        for n in names:
+            info = mounted[n]
+            if info is None or not info.parent or info.parent.get("fingerprint") in fingerprints:
+                continue
+            parent = next((m for m, i in mounted.items()
+                           if i is not None and i.fingerprint == info.parent.get("fingerprint")),
+                          info.parent.get("name"))
+            raise EngineError(f"adapter '{n}' is a delta on '{parent}' and cannot be used without it",
+                              f"use '{combination_id(m for m in mounted if m in chosen | {parent})}'",
+                              status=400, code="adapter_needs_parent", param="adapter")
         return names
 
     def combinations(self, limit: int = MAX_LISTED_COMBINATIONS) -> list[tuple[str, ...]]:

@@ -686,6 +686,9 @@ async def shutdown(app: web.Application, runner: web.AppRunner, site, grace: flo
     while time.monotonic() < deadline and (engine.stats()["active"] or engine.stats()["queued"]):
         await asyncio.sleep(0.05)
     await asyncio.get_running_loop().run_in_executor(None, engine.close)
+    deadline = time.monotonic() + 5.0  # the handlers write their last events (server_stopping)
+    while state["inflight"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     await runner.cleanup()
 
 

@@ -100,7 +100,7 @@ def test_mode_ids_and_selection(engine):
     assert engine.resolve(f"{DPO}+{SFT}") == (SFT, DPO)  # any order, canonical mount order
     with pytest.raises(EngineError, match="cannot be used without it") as e:
         engine.resolve(DPO)
-    assert e.value.code == "adapter_needs_parent"
+    assert e.value.code == "adapter_needs_parent" and e.value.hint == f"use '{SFT}+{DPO}'"
     with pytest.raises(UnknownAdapter, match="no adapter named 'nope'"):
         engine.resolve("nope")
     with pytest.raises(UnknownAdapter):
@@ -308,14 +308,18 @@ def test_mount_unmount_rules(tiny, tmp_path):
 
 
 def test_mount_name_rules(tiny):
-    base, sft, _ = tiny
+    base, sft, dpo = tiny
     with Engine.load(base) as eng:
         with pytest.raises(EngineError, match="reserved"):
             eng.mount(sft, "base")
         with pytest.raises(EngineError, match="bad adapter name"):
             eng.mount(sft, "a+b")
         eng.mount(sft, "style")
-        assert eng.model_ids() == ["base", "style"]
+        eng.mount(dpo, "polish")  # its parent is found by fingerprint, whatever its mounted name
+        assert eng.model_ids() == ["base", "style", "style+polish"]
+        with pytest.raises(EngineError, match="delta on 'style'") as e:
+            eng.resolve("polish")
+        assert e.value.hint == "use 'style+polish'"
 
 
 def test_close_cancels_everything(tiny):

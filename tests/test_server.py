@@ -541,3 +541,34 @@ def test_smollm2_served(tmp_path_factory):
     finally:
         srv.stop()
         engine.close()
+
+
+def test_graceful_shutdown_ends_running_streams(setup):
+    """Shutdown stops listening, gives running requests `grace` seconds, then ends them with
+    an error event and [DONE], and closes the engine."""
+    from engine.server import shutdown
+
+    ws, base, sft, dpo = setup
+    engine = Engine.load(base, max_rows=2).start()
+    step = engine._decode_step
+
+    def slow_step():
+        time.sleep(0.01)
+        step()
+
+    engine._decode_step = slow_step
+    srv = ServerThread(engine)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "The quick", "max_tokens": 400, "stream": True}),
+                 {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"data: ")
+    asyncio.run_coroutine_threadsafe(shutdown(srv.app, srv.runner, srv.site, grace=0.2), srv.loop).result(30)
+    rest = resp.read().decode()
+    assert '"code": "server_stopping"' in rest and rest.rstrip().endswith("data: [DONE]")
+    assert not engine.running
+    with pytest.raises(OSError):
+        http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5).request("GET", "/health")
+    srv.loop.call_soon_threadsafe(srv.loop.stop)
+    srv.thread.join(10)
