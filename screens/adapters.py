@@ -276,6 +276,7 @@ class AdaptersScreen(Screen):
             keys = [k for k, _ in rows]
             if cursor in keys:
                 table.move_cursor(row=keys.index(cursor), animate=False)
+            self._detail()  # only when something shown changed: a dry-run listing stays until then
         table.display = bool(rows)
         model = Path(self.model_dir).name if self.model_dir else None
         heading = Text(f"{len(rows)} adapter{'s' * (len(rows) != 1)}", style="bold")
@@ -294,7 +295,6 @@ class AdaptersScreen(Screen):
             text.append(f"skipped {Path(path).name}: {reason}\n", style="italic")
         empty.update(text)
         empty.display = bool(text.plain)
-        self._detail()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._detail()
