@@ -19,6 +19,7 @@ from engine.jobs import JobInfo, list_jobs
 from engine.workspace import Workspace
 from screens.adapters import AdaptersScreen
 from screens.chat import ChatScreen
+from screens.convert import ConvertScreen
 from screens.jobs import JobsScreen
 from screens.models import EMBEDDED, ModelsScreen
 from screens.server import ServerScreen
@@ -28,7 +29,7 @@ from tui.config import ConfigError, keymap_line, load_config, set_value
 from tui.keymap import APP_BINDINGS, MODES, check_keymap
 
 SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScreen, "adapters": AdaptersScreen,
-                   "server": ServerScreen, "chat": ChatScreen}
+                   "server": ServerScreen, "chat": ChatScreen, "convert": ConvertScreen}
 POLL_HZ = 2
 THEMES = ("textual-dark", "textual-light")
 
@@ -163,6 +164,8 @@ class HumanizerApp(App):
                lambda: self._in_mode("server", "start"))
         yield ("New chat", "a new conversation with the running server (Chat mode, key 6)",
                lambda: self._in_mode("chat", "new_chat"))
+        yield ("Convert a model…", "mixed-precision quantization within a bpw budget, as a job (Convert mode, key 7)",
+               lambda: self._in_mode("convert", "new_run"))
         yield ("Toggle dark/light theme", "remembered in config.toml", self.action_toggle_theme)
         if hasattr(screen, "palette_commands"):
             yield from screen.palette_commands()

@@ -1,0 +1,282 @@
+"""The Convert screen's pieces that need no app: a convert job's history read from its
+events, and pure renderers (plain Rich text) for the layer grid, the sensitivity bars
+and the budget gauge, so they are tested without Textual.
+
+Every coloured thing also reads without colour (NO_COLOR, screenshots): a grid cell
+holds its chosen bits as a digit (F for a layer kept in float16, ? for measured and
+waiting for the allocation, · for not measured yet); the gauge marks the target with ┃."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.text import Text
+
+from engine.events import TERMINAL
+from engine.jobs import JobInfo, job_events, job_info
+
+# the grid's columns, as engine.convert.MODULE_NAMES names them
+GRID_COLUMNS = ("q", "k", "v", "o", "gate", "up", "down", "embedding", "head")
+COLUMN_LABELS = {"embedding": "emb"}
+CELL = 5  # cells of a grid column
+LABEL = 6  # cells of a row label ("L12  ")
+BITS_STYLE = {  # background colour per chosen bit width (the digit is shown too)
+    2: "bold white on red3", 3: "bold black on dark_orange", 4: "bold black on gold3",
+    5: "bold black on yellow3", 6: "bold black on green3", 8: "bold black on dodger_blue2",
+    16: "bold white on medium_purple4",
+}
+PENDING, MEASURED = "·", "?"
+BOOL_FLAGS = {"resume", "json"}
+
+
+def parse_convert_argv(argv: list[str]) -> dict:
+    """The model and flags of a `... convert MODEL --flag value ...` command line."""
+    args = [str(a) for a in argv]
+    start = next((i + 1 for i, a in enumerate(args) if a == "convert"), None)
+    if start is None:
+        return {}
+    out: dict = {}
+    rest, i = args[start:], 0
+    while i < len(rest):
+        a = rest[i]
+        if a.startswith("--"):
+            key = a[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+                out[key.replace("-", "_")] = value
+            elif key in BOOL_FLAGS:
+                out[key.replace("-", "_")] = True
+            elif i + 1 < len(rest):
+                out[key.replace("-", "_")] = rest[i + 1]
+                i += 1
+        elif "model" not in out:
+            out["model"] = a
+        i += 1
+    return out
+
+
+def is_convert_job(job: JobInfo) -> bool:
+    return job.kind == "convert"
+
+
+def _num(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class ConvertHistory:
+    """One convert's events, read incrementally: every layer's latest `layer` event (in
+    the convert's order), the latest progress per phase, the budget metric, done/error."""
+
+    def __init__(self, job: JobInfo) -> None:
+        self.job = job
+        self.args = parse_convert_argv(job.argv)
+        self.name = Path(self.args["output"]).name if self.args.get("output") else job.id
+        self.offset = 0
+        self.layers: dict[str, dict] = {}  # path -> its latest layer event
+        self.progress: dict | None = None
+        self.metric: dict = {}
+        self.done: dict | None = None
+        self.error: dict | None = None
+        self.message: str | None = None
+        self.total_layers: int | None = None
+        self.final = False
+
+    def update(self, job: JobInfo | None = None) -> bool:
+        if self.final:
+            return False
+        if job is not None:
+            self.job = job
+        events, self.offset = job_events(self.job, self.offset)
+        for ev in events:
+            self.feed(ev)
+        if self.job.status in TERMINAL:
+            self.final = True
+        return bool(events)
+
+    def feed(self, ev: dict) -> None:
+        kind = ev.get("type")
+        if kind == "layer" and ev.get("path"):
+            self.layers[str(ev["path"])] = ev
+            if isinstance(ev.get("total"), int):
+                self.total_layers = ev["total"]
+        elif kind == "progress":
+            self.progress = ev
+        elif kind == "metric":
+            values = ev.get("values") or {}
+            self.metric.update({k: v for k, v in values.items() if _num(v) is not None})
+        elif kind == "done" and self.done is None:
+            self.done = ev
+        elif kind == "error":
+            self.error = ev
+        elif kind == "log" and ev.get("message"):
+            self.message = str(ev["message"])
+
+    # what the view shows -----------------------------------------------------------------
+    @property
+    def target(self) -> float | None:
+        return _num(self.metric.get("target_bpw")) or _num(self.args.get("target_bpw"))
+
+    @property
+    def candidate_bits(self) -> list[int]:
+        text = str(self.args.get("candidate_bits") or "4,8")
+        return sorted({int(b) for b in text.split(",") if b.strip().isdigit()})
+
+    @property
+    def group_size(self) -> int:
+        g = self.args.get("group_size")
+        return int(g) if str(g).isdigit() else 64
+
+    def ordered(self) -> list[dict]:
+        return sorted(self.layers.values(), key=lambda e: e.get("index", 0))
+
+    def measured(self) -> int:
+        return len(self.layers)
+
+    def allocated(self) -> bool:
+        return any(e.get("phase") == "allocated" for e in self.layers.values())
+
+    def bpw_now(self) -> float | None:
+        """Achieved bits per weight: the allocation's, else the quantizable layers' so far."""
+        if self.done and _num(self.done.get("achieved_bpw")) is not None:
+            return float(self.done["achieved_bpw"])
+        if _num(self.metric.get("achieved_bpw")) is not None:
+            return float(self.metric["achieved_bpw"])
+        chosen = [(e.get("params") or 0, _num(e.get("bpw"))) for e in self.layers.values()
+                  if e.get("phase") == "allocated"]
+        total = sum(p for p, b in chosen if b is not None)
+        return sum(p * b for p, b in chosen if b is not None) / total if total else None
+
+
+# renderers ---------------------------------------------------------------------------------
+def bits_cell(ev: dict | None) -> Text:
+    """One grid cell: the chosen bits as a digit on its colour, or ? / · before that."""
+    if ev is None:
+        return Text(PENDING.center(CELL - 1) + " ", style="dim")
+    bits = ev.get("chosen_bits")
+    if ev.get("phase") != "allocated" and bits != 16:
+        return Text(MEASURED.center(CELL - 1), style="bold reverse") + Text(" ")
+    if bits is None:
+        return Text(MEASURED.center(CELL - 1), style="bold reverse") + Text(" ")
+    label = "F" if bits == 16 else str(bits)
+    return Text(label.center(CELL - 1), style=BITS_STYLE.get(int(bits), "bold reverse")) + Text(" ")
+
+
+def render_grid(h: ConvertHistory, plan_layers: list[dict] | None = None) -> Text:
+    """Blocks as rows (the embedding and the head on a first row), modules as columns."""
+    by_cell: dict[tuple, dict] = {}
+    blocks: set[int] = set()
+    for ev in (plan_layers or []):
+        if ev.get("block") is not None:
+            blocks.add(int(ev["block"]))
+    for ev in h.ordered():
+        block = ev.get("block")
+        if block is not None:
+            blocks.add(int(block))
+        for module in ev.get("modules") or [ev.get("module")]:
+            by_cell[(block, module)] = ev
+    extra = sorted({m for (_, m) in by_cell if m not in GRID_COLUMNS})
+    columns = list(GRID_COLUMNS) + extra
+    head = Text(" " * LABEL)
+    for c in columns:
+        head.append(COLUMN_LABELS.get(c, c)[: CELL - 1].center(CELL - 1) + " ", style="bold")
+    lines = [head]
+    top = Text("model".ljust(LABEL), style="dim")
+    for c in columns:
+        if c in ("embedding", "head"):
+            top.append_text(bits_cell(by_cell.get((None, c))))
+        else:
+            top.append(" " * CELL)
+    lines.append(top)
+    for b in sorted(blocks):
+        row = Text(f"L{b}".ljust(LABEL), style="dim")
+        for c in columns:
+            if c in ("embedding", "head"):
+                row.append(" " * CELL)
+            else:
+                row.append_text(bits_cell(by_cell.get((b, c))))
+        lines.append(row)
+    return Text("\n").join(lines)
+
+
+def legend(bits: list[int]) -> Text:
+    line = Text()
+    for b in list(bits) + [16]:
+        line.append(("F" if b == 16 else str(b)).center(3), style=BITS_STYLE.get(b, "reverse"))
+        line.append(" float16  " if b == 16 else f" {b}-bit  ")
+    line.append(f"{MEASURED} measured, waiting for the allocation  {PENDING} not measured", style="dim")
+    return line
+
+
+def fmt_sci(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2e}"
+
+
+def layer_label(ev: dict) -> str:
+    if ev.get("block") is None:
+        return "+".join(ev.get("modules") or [ev.get("module") or "?"])
+    return f"L{ev['block']} {ev.get('module')}"
+
+
+def render_sensitivity(h: ConvertHistory, width: int = 60) -> Text:
+    """Each measured layer's sensitivity at the fewest candidate bits (predicted KL per token
+    when that layer alone gets them), as a bar on a log scale shared by all layers."""
+    bits = h.candidate_bits
+    low = str(bits[0]) if bits else None
+    rows = []
+    for ev in h.ordered():
+        sens = ev.get("sensitivity") or {}
+        v = _num(sens.get(low)) if low else None
+        if v is None and sens:
+            v = _num(sens[sorted(sens, key=lambda k: int(k) if str(k).isdigit() else 99)[0]])
+        rows.append((ev, v))
+    if not rows:
+        return Text("no layer measured yet", style="dim italic")
+    values = [v for _, v in rows if v is not None and v > 0]
+    lo, hi = (math.log10(min(values)), math.log10(max(values))) if values else (0.0, 0.0)
+    name_w = min(14, max(len(layer_label(ev)) for ev, _ in rows))
+    bar_w = max(4, width - name_w - 20)
+    lines = [Text(f"Sensitivity at {low}-bit (KL/token, log scale)" if low else "Sensitivity", style="bold")]
+    for ev, v in rows:
+        line = Text(layer_label(ev)[:name_w].ljust(name_w) + " ")
+        if v is None or v <= 0:
+            frac = 0.0
+        elif hi - lo < 1e-9:
+            frac = 1.0
+        else:
+            frac = 0.08 + 0.92 * (math.log10(v) - lo) / (hi - lo)
+        full = round(frac * bar_w)
+        line.append("█" * full, style="dark_orange")
+        line.append("░" * (bar_w - full), style="dim")
+        line.append(f" {fmt_sci(v) if ev.get('chosen_bits') != 16 or v else 'float16':>8}")
+        b = ev.get("chosen_bits")
+        tag = " → F" if b == 16 else (f" → {b}" if ev.get("phase") == "allocated" and b is not None else "    ")
+        line.append(tag, style="bold")
+        lines.append(line)
+    return Text("\n").join(lines)
+
+
+def render_gauge(bpw: float | None, target: float | None, lo: float, hi: float, width: int = 40) -> Text:
+    """A bar from `lo` to `hi` bits per weight: filled up to `bpw`, the target marked ┃."""
+    width = max(8, width)
+    span = (hi - lo) or 1.0
+
+    def pos(v: float) -> int:
+        return min(width - 1, max(0, round((v - lo) / span * (width - 1))))
+
+    filled = pos(bpw) + 1 if bpw is not None else 0
+    mark = pos(target) if target is not None else None
+    line = Text(f"{lo:g} ", style="dim")
+    for i in range(width):
+        if i == mark:
+            line.append("┃", style="bold red")
+        elif i < filled:
+            line.append("━", style="bold green")
+        else:
+            line.append("─", style="dim")
+    line.append(f" {hi:g}", style="dim")
+    return line
