@@ -168,14 +168,23 @@ class ModeHeader(Widget):
         self.mode = mode
 
     def render(self) -> Text:
-        line = Text(self.app.title, style="bold")
-        line.append("  ")
+        # Narrow terminals: drop the app's name, then the other modes' titles (keys stay).
+        width = self.size.width - 2
+        for title, names in ((True, True), (False, True), (False, False)):
+            line = self._line(title, names)
+            if line.cell_len <= width:
+                break
+        return line
+
+    def _line(self, with_title: bool, with_names: bool) -> Text:
+        line = Text(f"{self.app.title}  " if with_title else "", style="bold")
         for mode, title, key in self.app.mode_tabs():
             if mode == self.mode:
                 line.append(f" {key} {title} ", style="bold reverse")
             else:
                 line.append(f" {key} ", style="bold")
-                line.append(f"{title} ", style="dim")
+                if with_names:
+                    line.append(f"{title} ", style="dim")
         return line
 
 

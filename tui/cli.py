@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli_adapters import register  # lora list/info/combine/fuse, export, push
 
     COMMANDS.update(register(sub))
+    from tui.cli_convert import register as register_convert
+
+    COMMANDS.update(register_convert(sub))
 
     p = sub.add_parser("serve", help="OpenAI-compatible server: one model, several adapters, each request picks its own",
                        description="Serve MODEL over an OpenAI-compatible API with the --adapter folders mounted. "
