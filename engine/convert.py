@@ -937,10 +937,16 @@ def convert(
     heldout=None,
     heldout_tokens: int = DEFAULT_HELDOUT_TOKENS,
     checkpoint_every: float | None = 300.0,
+    measurements=None,
     run: Run = NullRun(),
     ws=None,
 ) -> ConvertResult:
-    """Measure, allocate and write a mixed-precision model (see the module docstring)."""
+    """Measure, allocate and write a mixed-precision model (see the module docstring).
+
+    `measurements`: the humanizer_quant.json of an earlier convert of the same source with
+    the same calibration tokens, group size and seed (and these candidate bits among its
+    own): its sensitivities are reused and nothing is measured again, e.g. to allocate
+    the same model for another --target-bpw."""
     t_start = time.perf_counter()
     target, bits, group_size = check_settings(target_bpw, candidate_bits, group_size, samples, seq_len)
     output = Path(output).expanduser().resolve()
@@ -978,7 +984,41 @@ def convert(
     with _locked(work):
         return _convert_locked(model_spec, model_dir, config, output, work, target, bits, group_size, docs,
                                calib_source, held_docs, held_source, samples, seq_len, seed, heldout_tokens,
-                               resume, checkpoint_every, settings, run, t_start)
+                               resume, checkpoint_every, settings, run, t_start, measurements)
+
+
+def reused_measurements(path, key: dict, layers: list[QLayer]) -> dict:
+    """path -> measured info from an earlier convert's metadata, checked against this convert."""
+    path = Path(path).expanduser()
+    meta = read_json(path / META_FILE if path.is_dir() else path)
+    if not meta or "layers" not in meta:
+        raise HumanizerError(f"no convert metadata in {path}", f"pass the {META_FILE} of an earlier convert")
+    settings, calib = meta.get("settings", {}), meta.get("calibration", {})
+    have = {"source_fingerprint": meta.get("source", {}).get("fingerprint"), "calibration": calib.get("fingerprint"),
+            "samples": calib.get("samples"), "seq_len": settings.get("seq_len"), "seed": settings.get("seed"),
+            "group_size": settings.get("group_size")}
+    diffs = [f"{k}: {have[k]!r} there, {key[k]!r} here" for k in have if have[k] != key[k]]
+    missing = sorted(set(key["candidate_bits"]) - set(settings.get("candidate_bits") or []))
+    if missing:
+        diffs.append(f"bits {missing} were not measured there")
+    if diffs:
+        raise HumanizerError(f"cannot reuse the measurements in {path}: " + "; ".join(diffs),
+                             "reuse them only for the same source, calibration, samples, seq-len, seed and group "
+                             "size, with candidate bits it measured")
+    by_path = {m["path"]: m for m in meta["layers"]}
+    out = {}
+    for layer in layers:
+        m = by_path.get(layer.path)
+        if layer.quantized:
+            if not m or m.get("group_size") != layer.group_size:
+                raise HumanizerError(f"cannot reuse the measurements in {path}: no measurement of {layer.path}")
+            info = {"sensitivity": {str(b): m["sensitivity"][str(b)] for b in key["candidate_bits"]},
+                    "weight_error": {str(b): m.get("weight_error", {}).get(str(b)) for b in key["candidate_bits"]}}
+            if "role_sensitivity" in m:
+                info["role_sensitivity"] = {r: {str(b): v[str(b)] for b in key["candidate_bits"]}
+                                            for r, v in m["role_sensitivity"].items()}
+            out[layer.path] = info
+    return out
 
 
 def _resolve_plain(spec, run):
@@ -995,7 +1035,7 @@ def _resolve_plain(spec, run):
 
 def _convert_locked(model_spec, model_dir, config, output, work, target, bits, group_size, docs, calib_source,
                     held_docs, held_source, samples, seq_len, seed, heldout_tokens, resume, checkpoint_every,
-                    settings, run, t_start):
+                    settings, run, t_start, measurements=None):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -1066,8 +1106,10 @@ def _convert_locked(model_spec, model_dir, config, output, work, target, bits, g
         for f in (STATE_FILE, FISHER_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (work / f).unlink()
-        measured = {}
-        state = {"version": STATE_VERSION, "key": key, "layers": {}, "output": str(output)}
+        measured = reused_measurements(measurements, key, layers) if measurements else {}
+        if measurements:
+            run.log(f"reusing the sensitivities of {len(measured)} layers measured by {measurements}")
+        state = {"version": STATE_VERSION, "key": key, "layers": dict(measured), "output": str(output)}
         write_json(work / STATE_FILE, state)
 
     t_measure = time.perf_counter()

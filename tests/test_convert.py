@@ -550,3 +550,19 @@ def test_cli_human_view_prints_a_bit_map_not_json(ws, tiny_model, tmp_path, caps
     assert "bits per layer: embedding+head " in err
     assert "  block    q    k    v    o gate   up down" in err
     assert '"sensitivity"' not in err  # no JSON per layer in the human view
+
+
+def test_reuse_measurements_for_another_target(converted, tiny_model, tmp_path):
+    events = []
+    result = _convert(tiny_model, tmp_path / "out", events, target_bpw=3.0, candidate_bits="2,4,8",
+                      measurements=converted[0].path)
+    assert not [e for e in events if e.get("phase") in ("statistics", "measure")]
+    assert all(e["resumed"] for e in _layers(events, "measured"))
+    meta = json.loads((result.path / C.META_FILE).read_text())
+    old = {m["path"]: m for m in converted[2]["layers"]}
+    assert all(m["sensitivity"]["4"] == old[m["path"]]["sensitivity"]["4"] for m in meta["layers"])
+    assert meta["bpw"]["achieved"] <= 3.0 + C.BUDGET_TOLERANCE
+    with pytest.raises(HumanizerError, match="cannot reuse.*bits \\[5\\] were not measured"):
+        _convert(tiny_model, tmp_path / "out5", candidate_bits="4,5", target_bpw=5.0, measurements=converted[0].path)
+    with pytest.raises(HumanizerError, match="cannot reuse.*seed"):
+        _convert(tiny_model, tmp_path / "out6", seed=1, measurements=converted[0].path)

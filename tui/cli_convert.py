@@ -133,6 +133,9 @@ def register(sub) -> dict:
                    help=f"held-out tokens to evaluate (default {DEFAULT_HELDOUT_TOKENS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled labels of the calibration pass")
     p.add_argument("--resume", action="store_true", help="continue an interrupted convert into --output")
+    p.add_argument("--reuse-measurements", metavar="FILE",
+                   help="the humanizer_quant.json (or folder) of an earlier convert of the same model and "
+                   "calibration: reuse its sensitivities instead of measuring, e.g. for another --target-bpw")
     _add_json(p)
     return {"convert": cmd_convert}
 
@@ -151,7 +154,8 @@ def cmd_convert(ws, args, argv) -> int:
                                 candidate_bits=args.candidate_bits, group_size=args.group_size,
                                 calibration=args.calibration, samples=args.samples, seq_len=args.seq_len,
                                 resume=args.resume, seed=args.seed, heldout=args.heldout,
-                                heldout_tokens=args.heldout_tokens, run=run, ws=ws),
+                                heldout_tokens=args.heldout_tokens, measurements=args.reuse_measurements,
+                                run=run, ws=ws),
         )
     except Cancelled:  # SIGTERM (humanizer jobs cancel): the measurements so far are kept
         if not args.json:
