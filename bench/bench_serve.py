@@ -1,0 +1,541 @@
+"""Serving speed: our batched multi-adapter engine / `humanizer serve` vs mlx-lm.
+
+    .venv/bin/python bench/bench_serve.py [--json out.json] [--presets small,large]
+        [--rounds 2] [--reps 2] [--new-tokens 128]
+        [--clients 8] [--requests 3] [--max-tokens 64] [--mixed-rounds 1]
+        [--skip-single] [--skip-mixed]
+
+Same weights on both sides: the embedded `smollm2-135m` (4-bit GGUF import). Our engine
+and server load it as they do by default on CPU (dequantized to float32 in memory,
+`engine.lora.load_model`); mlx-lm loads a float32 copy of the very same dequantized
+weights saved once to disk (`bench/common.py: prepare_f32_model`), so no side runs a
+quantized matmul. Same BLAS: every process (children and both servers) runs with
+OpenBLAS preloaded (`engine.blas.fast_blas_env(True)`); each reports what it mapped.
+
+Adapters, per --presets (made once, cached in ~/.cache/humanizer-bench/serve/):
+  sft   a real SFT adapter: `humanizer lora train smollm2-135m --data examples/sft`
+        (small: 4 iters; large: 2 iters; trained briefly, its weights are real but its
+        quality is irrelevant here: only speed is measured);
+  dpo   a real DPO delta on it: `--data examples/dpo --method dpo --mount-adapter sft`;
+  sftdpo `humanizer lora combine sft dpo`: one plain adapter equal to sft+dpo stacked,
+        which stock mlx-lm loads;
+  fused `python -m mlx_lm fuse --model <f32> --adapter-path sftdpo`: sft+dpo baked into
+        float32 weights (mlx-lm's own fuse tool).
+
+1. Single stream (greedy, one fixed chat prompt, --new-tokens new tokens, after one
+   warm-up generation per configuration): decode tok/s = (tokens - 1) / (time of the
+   last token - time of the first token), i.e. prefill excluded, the same definition on
+   both sides. Ours: `Engine.generate` with adapter "base", "sft", "sft+dpo" (both
+   residuals in one forward). mlx-lm: `mlx_lm.generate.stream_generate` on `mlx_lm.load`
+   of the f32 copy with no adapter, with adapter_path=sft, with adapter_path=sftdpo
+   (combined), and on the fused model. Each side runs in its own subprocess; the
+   parent alternates ours / mlx-lm for --rounds rounds, each child repeats every
+   configuration --reps times round-robin; medians of all timed runs are reported.
+
+2. Mixed workload: --clients concurrent clients (threads, urllib), each sending
+   --requests chat requests one after the other (greedy, --max-tokens), client i's
+   request j choosing adapter (i + j) mod 3 of base / sft / sft+dpo, so every client
+   switches adapters per request as a real client would. (a) `humanizer serve --model
+   smollm2-135m --adapter sft --adapter dpo` with the body field "adapter"; (b)
+   `python -m mlx_lm.server --model <f32>` with the request fields "model": <f32 folder>
+   and "adapters": <sft folder> | <sftdpo folder> | none (mlx-lm's way of choosing an
+   adapter per request: it reloads model + adapter when the choice changes). Measured:
+   aggregate completion tokens/s (all completion tokens / wall time from the first
+   request to the last response), request latency p50/p95, failures. Both servers bind
+   127.0.0.1 and are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+from common import child_blas, table, write_result  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parent.parent
+CHOICES = ("base", "sft", "sft+dpo")
+
+SINGLE_PROMPT = [{"role": "user", "content": (
+    "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
+    "Describe the sea, the weather, the keeper's daily routine and what the message says.")}]
+
+MIXED_PROMPTS = [
+    "Rewrite this so it sounds like a person wrote it: In today's fast-paced world, it is worth noting "
+    "that remote work plays a pivotal role in the future of the modern workplace.",
+    "Explain in a few paragraphs why the sky is blue, for a curious ten-year-old.",
+    "Write a short email to a colleague asking to move tomorrow's meeting to Friday afternoon.",
+    "Give me three ideas for a weekend trip near the mountains and say what to pack for each.",
+    "Rewrite this draft plainly: Our innovative solution is a testament to our commitment to "
+    "excellence and underscores the importance of customer-centric design.",
+    "Describe how to make a simple tomato soup, step by step.",
+    "Summarize the plot of a detective story you invent, in about one hundred words.",
+    "What are some good habits for learning a new language as an adult?",
+]
+
+
+# ------------------------------------------------------------------------ children
+
+
+def _decode_tps(n: int, t_first: float | None, t_last: float | None) -> float | None:
+    if n < 2 or t_first is None or t_last is None or t_last <= t_first:
+        return None
+    return (n - 1) / (t_last - t_first)
+
+
+def child_ours(spec: dict) -> dict:
+    import mlx.core as mx
+
+    from engine.generate import Engine
+
+    p = spec["preset"]
+    t0 = time.perf_counter()
+    eng = Engine.load(spec["model_src"], adapters=[(p["sft"], "sft"), (p["dpo"], "dpo")], max_rows=8)
+    eng.start()
+    load_s = time.perf_counter() - t0
+    prompt = eng.encode_chat(SINGLE_PROMPT)
+    n_new = spec["new_tokens"]
+    runs = {c: [] for c in CHOICES}
+    tokens = {}
+    try:
+        for c in CHOICES:  # warm-up
+            eng.generate(prompt, c, timeout=300, temperature=0.0, max_tokens=16)
+        for _ in range(spec["reps"]):
+            for c in CHOICES:
+                g = eng.generate(prompt, c, timeout=300, temperature=0.0, max_tokens=n_new)
+                # first token time and finish time: engine's own timestamps (time.time())
+                runs[c].append({"tokens": g.completion_tokens,
+                                "decode_tps": _decode_tps(g.completion_tokens, g.first_token_at, g.finished_at),
+                                "finish": g.finish_reason})
+                tokens[c] = g.token_ids[:24]
+        mode = eng.mode
+    finally:
+        eng.close()
+    return {"side": "ours", "mode": mode, "load_s": load_s, "prompt_tokens": len(prompt), "runs": runs,
+            "first_tokens": tokens, "blas": child_blas(), "mlx": mx.__version__}
+
+
+def child_peer(spec: dict) -> dict:
+    import mlx.core as mx
+    from mlx_lm import load, stream_generate
+
+    p = spec["preset"]
+    f32 = spec["model_f32"]
+    t0 = time.perf_counter()
+    models = {
+        "base": load(f32),
+        "sft (adapter)": load(f32, adapter_path=p["sft"]),
+        "sft+dpo (combined adapter)": load(f32, adapter_path=p["sftdpo"]),
+        "sft+dpo (fused)": load(p["fused"]),
+    }
+    load_s = time.perf_counter() - t0
+    tok = models["base"][1]
+    prompt = tok.apply_chat_template(SINGLE_PROMPT, add_generation_prompt=True)
+    if isinstance(prompt, dict) or hasattr(prompt, "input_ids"):
+        prompt = prompt["input_ids"]
+    prompt = [int(t) for t in prompt]
+    n_new = spec["new_tokens"]
+
+    def one(model, tokenizer, max_tokens):
+        ids, t_first, t_last, own = [], None, None, None
+        for r in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens):
+            now = time.time()
+            if t_first is None:
+                t_first = now
+            t_last = now
+            ids.append(int(r.token))
+            own = r.generation_tps
+        return ids, t_first, t_last, own
+
+    runs = {c: [] for c in models}
+    tokens = {}
+    for c, (m, t) in models.items():
+        one(m, t, 16)
+    for _ in range(spec["reps"]):
+        for c, (m, t) in models.items():
+            ids, t1, t2, own = one(m, t, n_new)
+            runs[c].append({"tokens": len(ids), "decode_tps": _decode_tps(len(ids), t1, t2), "own_tps": own})
+            tokens[c] = ids[:24]
+    return {"side": "mlx-lm", "load_s": load_s, "prompt_tokens": len(prompt), "runs": runs, "first_tokens": tokens,
+            "blas": child_blas(), "mlx": mx.__version__}
+
+
+# ------------------------------------------------------------------------ preparation
+
+
+def _run(cmd: list[str], log, cwd=None, timeout=900) -> None:
+    log("  $ " + " ".join(str(c) for c in cmd))
+    r = subprocess.run([str(c) for c in cmd], cwd=cwd, env=common._child_env(), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise SystemExit(f"failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout[-3000:]}")
+
+
+def prepare(work: Path, presets: list[str], model_spec: str, log=print) -> dict:
+    src, f32 = common.prepare_f32_model(model_spec, common.default_cache_dir(), log=log)
+    humanizer = Path(sys.executable).parent / "humanizer"
+    iters = {"small": 4, "large": 2}
+    out = {"model_src": str(src), "model_f32": str(f32), "presets": {}}
+    for p in presets:
+        d = {k: work / f"{k}-{p}" for k in ("sft", "dpo", "sftdpo", "fused")}
+        common_args = ["--preset", p, "--batch-size", "1", "--max-seq-length", "256", "--val-batches", "0"]
+        if not (d["sft"] / "adapters.safetensors").is_file():
+            _run([humanizer, "lora", "train", model_spec, "--data", ROOT / "examples/sft", "--iters",
+                  str(iters.get(p, 2)), *common_args, "--output", d["sft"]], log)
+        if not (d["dpo"] / "adapters.safetensors").is_file():
+            _run([humanizer, "lora", "train", model_spec, "--data", ROOT / "examples/dpo", "--method", "dpo",
+                  "--mount-adapter", d["sft"], "--iters", str(iters.get(p, 2)), *common_args,
+                  "--output", d["dpo"]], log)
+        if not (d["sftdpo"] / "adapters.safetensors").is_file():
+            _run([humanizer, "lora", "combine", d["sft"], d["dpo"], "--output", d["sftdpo"]], log)
+        if not (d["fused"] / "config.json").is_file():
+            _run([sys.executable, "-m", "mlx_lm", "fuse", "--model", f32, "--adapter-path", d["sftdpo"],
+                  "--save-path", d["fused"]], log)
+        out["presets"][p] = {k: str(v) for k, v in d.items()}
+    return out
+
+
+# ------------------------------------------------------------------------ servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def _post(url: str, body: dict, timeout: float):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, json.loads(r.read())
+
+
+def _blas_of_pid(pid: int) -> str:
+    """OpenBLAS path mapped by a server process (or what BLAS it mapped), from /proc/PID/maps."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return "?"
+    libs = sorted({ln.split()[-1] for ln in maps.splitlines() if "blas" in ln.lower() and "/" in ln})
+    ob = [x for x in libs if "openblas" in x.lower()]
+    return ob[0] if ob else (", ".join(libs) or "none")
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], health: str, log_path: Path, start_timeout: float = 180):
+        self.name, self.cmd, self.health = name, cmd, health
+        self.log_path = log_path
+        self.start_timeout = start_timeout
+        self.proc = None
+        self.blas = None
+
+    def __enter__(self):
+        self.logf = open(self.log_path, "w")
+        self.proc = subprocess.Popen([str(c) for c in self.cmd], env=common._child_env(), stdout=self.logf,
+                                     stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                if _get(self.health, 2.0)[0] == 200:
+                    self.blas = _blas_of_pid(self.proc.pid)
+                    return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"{self.name} did not come up in {self.start_timeout} s; see {self.log_path}")
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+
+
+def workload(url: str, body_for, clients: int, requests: int, max_tokens: int, deadline_s: float) -> dict:
+    """Run the mixed workload against a chat-completions URL. body_for(choice) -> extra body fields."""
+    results, lock = [], threading.Lock()
+    t_start = time.perf_counter()
+    deadline = t_start + deadline_s
+
+    def client(i: int):
+        for j in range(requests):
+            choice = CHOICES[(i + j) % len(CHOICES)]
+            body = {"messages": [{"role": "user", "content": MIXED_PROMPTS[(i + 3 * j) % len(MIXED_PROMPTS)]}],
+                    "max_tokens": max_tokens, "temperature": 0.0, **body_for(choice)}
+            left = deadline - time.perf_counter()
+            rec = {"client": i, "choice": choice}
+            if left <= 0:
+                rec.update(ok=False, error="bench deadline passed before the request was sent")
+            else:
+                t0 = time.perf_counter()
+                try:
+                    status, data = _post(url, body, timeout=left)
+                    rec.update(ok=status == 200, latency_s=time.perf_counter() - t0, end=time.perf_counter(),
+                               tokens=int(data.get("usage", {}).get("completion_tokens", 0)),
+                               finish=(data.get("choices") or [{}])[0].get("finish_reason"))
+                except Exception as e:  # noqa: BLE001 - counted as a failure
+                    body_txt = ""
+                    if isinstance(e, urllib.error.HTTPError):
+                        body_txt = e.read()[:300].decode(errors="replace")
+                    rec.update(ok=False, latency_s=time.perf_counter() - t0, end=time.perf_counter(),
+                               error=f"{type(e).__name__}: {e} {body_txt}")
+            with lock:
+                results.append(rec)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.perf_counter()) + 5)
+    ok = [r for r in results if r.get("ok")]
+    wall = (max(r["end"] for r in ok) - t_start) if ok else None
+    lat = sorted(r["latency_s"] for r in ok)
+    toks = sum(r["tokens"] for r in ok)
+
+    def pct(q):
+        return lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))] if lat else None
+
+    by_choice = {c: sum(r.get("tokens", 0) for r in ok if r["choice"] == c) for c in CHOICES}
+    return {"requests": clients * requests, "done": len(results), "ok": len(ok),
+            "failed": clients * requests - len(ok), "errors": [r["error"] for r in results if not r.get("ok")][:5],
+            "completion_tokens": toks, "tokens_by_choice": by_choice, "wall_s": wall,
+            "tokens_per_s": toks / wall if wall else None, "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95),
+            "latency_max_s": lat[-1] if lat else None}
+
+
+def run_mixed(prep: dict, preset: str, args, work: Path, log=print) -> dict:
+    p = prep["presets"][preset]
+    humanizer = Path(sys.executable).parent / "humanizer"
+    out = {"ours": [], "mlx-lm": []}
+    ours_body = {"base": {"adapter": "base"}, "sft": {"adapter": "sft"}, "sft+dpo": {"adapter": "sft+dpo"}}
+    f32 = prep["model_f32"]
+    peer_body = {"base": {"model": f32}, "sft": {"model": f32, "adapters": p["sft"]},
+                 "sft+dpo": {"model": f32, "adapters": p["sftdpo"]}}
+    for rnd in range(args.mixed_rounds):
+        for side in ("ours", "mlx-lm") if rnd % 2 == 0 else ("mlx-lm", "ours"):
+            port = _free_port()
+            if side == "ours":
+                # adapters mounted under the names sft and dpo: copies of the folders' names
+                cmd = [humanizer, "serve", "--model", prep["model_src"], "--adapter", p["sft"], "--adapter",
+                       p["dpo"], "--host", "127.0.0.1", "--port", str(port), "--max-concurrent", "8"]
+                health, body = f"http://127.0.0.1:{port}/health", ours_body
+            else:
+                cmd = [sys.executable, "-m", "mlx_lm.server", "--model", f32, "--host", "127.0.0.1",
+                       "--port", str(port), "--max-tokens", str(args.max_tokens)]
+                health, body = f"http://127.0.0.1:{port}/health", peer_body
+            log(f"  mixed {preset} round {rnd + 1}: {side} ...")
+            t0 = time.perf_counter()
+            with Server(side, cmd, health, work / f"server-{side}-{preset}-{rnd}.log") as srv:
+                start_s = time.perf_counter() - t0
+                if side == "ours":
+                    names = _ours_names(port)
+                    body = {c: {"adapter": names[c]} for c in CHOICES}
+                # one warm-up request per choice (not timed)
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                for c in CHOICES:
+                    _post(url, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                                "temperature": 0.0, **body[c]}, timeout=120)
+                res = workload(url, body.__getitem__, args.clients, args.requests, args.max_tokens,
+                               args.mixed_deadline)
+                res.update(server_start_s=start_s, blas=srv.blas)
+            log(f"    {res['ok']}/{res['requests']} ok, {res['completion_tokens']} tokens in "
+                f"{(res['wall_s'] or 0):.1f} s = {(res['tokens_per_s'] or 0):.1f} tok/s, "
+                f"p50 {(res['latency_p50_s'] or 0):.2f} s, p95 {(res['latency_p95_s'] or 0):.2f} s")
+            out[side].append(res)
+    return out
+
+
+def _ours_names(port: int) -> dict:
+    """Map base/sft/sft+dpo to the names our server mounted the two folders under."""
+    _, raw = _get(f"http://127.0.0.1:{port}/v1/adapters")
+    data = json.loads(raw)
+    items = data.get("data", data.get("adapters", data)) if isinstance(data, dict) else data
+    names = [a.get("name") or a.get("id") for a in items] if isinstance(items, list) else list(items)
+    sft = next(n for n in names if n.startswith("sft"))
+    dpo = next(n for n in names if n.startswith("dpo"))
+    return {"base": "base", "sft": sft, "sft+dpo": f"{sft}+{dpo}"}
+
+
+# ------------------------------------------------------------------------ parent
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def run_single(prep: dict, preset: str, args, work: Path, log=print) -> dict:
+    spec = {"model_src": prep["model_src"], "model_f32": prep["model_f32"], "preset": prep["presets"][preset],
+            "new_tokens": args.new_tokens, "reps": args.reps}
+    spec_path = work / f"single-{preset}.json"
+    spec_path.write_text(json.dumps(spec))
+    rounds = {"ours": [], "mlx-lm": []}
+    for rnd in range(args.rounds):
+        for side in ("ours", "peer") if rnd % 2 == 0 else ("peer", "ours"):
+            log(f"  single {preset} round {rnd + 1}: {side} ...")
+            sample = common.cpu_sample()
+            res = common.run_child(SCRIPT, side, spec_path, work / f"single-{preset}-{side}-{rnd}.json",
+                                   timeout=300, log=log)
+            res["other_cpus"] = common.other_cpus_since(sample)
+            rounds["ours" if side == "ours" else "mlx-lm"].append(res)
+    summary = {}
+    for side, results in rounds.items():
+        confs = {}
+        for res in results:
+            for c, runs in (res.get("runs") or {}).items():
+                confs.setdefault(c, []).extend(runs)
+        summary[side] = {c: {"median_tps": _median([r["decode_tps"] for r in runs]),
+                             "all_tps": [round(r["decode_tps"], 1) for r in runs if r["decode_tps"]],
+                             "tokens": sorted({r["tokens"] for r in runs})} for c, runs in confs.items()}
+    firsts = {f"{side} {c}": tuple(t) for side, results in rounds.items() for res in results[:1]
+              for c, t in (res.get("first_tokens") or {}).items()}
+    groups = {}
+    for k, t in firsts.items():
+        groups.setdefault(t, []).append(k)
+    return {"rounds": rounds, "summary": summary, "greedy_agreement": list(groups.values())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="write all numbers to this file")
+    ap.add_argument("--model", default=common.DEFAULT_MODEL)
+    ap.add_argument("--presets", default="small,large", help="adapter shapes (our training presets)")
+    ap.add_argument("--mixed-presets", default="small", help="presets for the mixed workload")
+    ap.add_argument("--rounds", type=int, default=2, help="single stream: ours/mlx-lm child pairs")
+    ap.add_argument("--reps", type=int, default=2, help="single stream: timed runs per config per child")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=3, help="requests per client")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--mixed-rounds", type=int, default=1)
+    ap.add_argument("--mixed-deadline", type=float, default=240.0, help="seconds per workload at most")
+    ap.add_argument("--skip-single", action="store_true")
+    ap.add_argument("--skip-mixed", action="store_true")
+    ap.add_argument("--work", default=str(common.default_cache_dir() / "serve"))
+    args = ap.parse_args()
+
+    if args.child:
+        spec = json.loads(Path(args.spec).read_text())
+        write_result(args.out, (child_ours if args.child == "ours" else child_peer)(spec))
+        return
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    info = common.machine_info()
+    common.print_machine(info)
+    t_all = time.perf_counter()
+    load0 = os.getloadavg()
+    presets = [p for p in args.presets.split(",") if p]
+    mixed_presets = [p for p in args.mixed_presets.split(",") if p]
+    print(f"settings  single: {args.new_tokens} new tokens greedy, {args.rounds} rounds x {args.reps} reps; "
+          f"mixed: {args.clients} clients x {args.requests} requests, {args.max_tokens} max tokens, greedy, "
+          f"{args.mixed_rounds} round(s); presets {presets}, mixed {mixed_presets}")
+    print(f"load avg  {load0[0]:.2f} at start (other work shares this machine)")
+    prep = prepare(work, sorted(set(presets) | set(mixed_presets)), args.model)
+    print(f"weights   ours: {prep['model_src']} (dequantized to float32 in memory, the default on CPU)\n"
+          f"          mlx-lm: {prep['model_f32']} (the same float32 weights saved once)")
+    result = {"machine": info, "settings": vars(args), "prep": prep, "single": {}, "mixed": {}}
+
+    if not args.skip_single:
+        for p in presets:
+            result["single"][p] = run_single(prep, p, args, work)
+    if not args.skip_mixed:
+        for p in mixed_presets:
+            result["mixed"][p] = run_mixed(prep, p, args, work)
+    result["total_s"] = time.perf_counter() - t_all
+    result["load_avg_end"] = os.getloadavg()
+    report(result)
+    common.save_json(args.json, result)
+
+
+def report(result: dict) -> None:
+    print()
+    for p, s in result["single"].items():
+        o, m = s["summary"].get("ours", {}), s["summary"].get("mlx-lm", {})
+        ob = (o.get("base") or {}).get("median_tps")
+        rows = []
+        for name, d in [(f"ours {c}", o.get(c)) for c in CHOICES] + [(f"mlx-lm {c}", d) for c, d in m.items()]:
+            if not d:
+                continue
+            t = d["median_tps"]
+            rows.append([name, f"{t:.1f}" if t else "-", f"{t / ob:.2f}x" if t and ob else "-",
+                         "/".join(map(str, d["tokens"])), " ".join(map(str, d["all_tps"]))])
+        print(f"single stream, preset {p} (decode tok/s, median; runs listed)")
+        print(table(rows, ["config", "tok/s", "vs ours base", "tokens", "runs"]))
+        pairs = [("ours base / mlx-lm base", "base", "base"),
+                 ("ours sft / mlx-lm sft (adapter)", "sft", "sft (adapter)"),
+                 ("ours sft+dpo / mlx-lm sft+dpo (combined adapter)", "sft+dpo", "sft+dpo (combined adapter)"),
+                 ("ours sft+dpo / mlx-lm sft+dpo (fused)", "sft+dpo", "sft+dpo (fused)")]
+        ratios = {}
+        for label, a, b in pairs:
+            x, y = (o.get(a) or {}).get("median_tps"), (m.get(b) or {}).get("median_tps")
+            if x and y:
+                ratios[label] = x / y
+                print(f"  {label}: {x / y:.2f}x")
+        ab = (o.get("sft+dpo") or {}).get("median_tps")
+        if ab and ob:
+            ratios["ours sft+dpo / ours base"] = ab / ob
+            print(f"  ours sft+dpo / ours base: {ab / ob:.2f}x (goal >= 0.85) "
+                  f"{'MET' if ab / ob >= 0.85 else 'MISSED'}")
+        s["ratios"] = ratios
+        print(f"  greedy outputs (first 24 tokens), groups of equal: {s.get('greedy_agreement')}")
+        print()
+    for p, s in result["mixed"].items():
+        rows = []
+        for side in ("ours", "mlx-lm"):
+            for i, r in enumerate(s[side]):
+                rows.append([f"{side} #{i + 1}", f"{r['ok']}/{r['requests']}", str(r["completion_tokens"]),
+                             f"{(r['wall_s'] or 0):.1f}", f"{(r['tokens_per_s'] or 0):.1f}",
+                             f"{(r['latency_p50_s'] or 0):.2f}", f"{(r['latency_p95_s'] or 0):.2f}"])
+        print(f"mixed workload, preset {p}")
+        print(table(rows, ["server", "ok", "tokens", "wall s", "tok/s", "p50 s", "p95 s"]))
+        ot = _median([r["tokens_per_s"] for r in s["ours"]])
+        mt = _median([r["tokens_per_s"] for r in s["mlx-lm"]])
+        failed = sum(r["failed"] for r in s["ours"])
+        if ot and mt:
+            s["ratio"] = ot / mt
+            print(f"  aggregate tok/s ours / mlx-lm: {ot / mt:.2f}x (goal >= 3x) {'MET' if ot / mt >= 3 else 'MISSED'};"
+                  f" our failures: {failed} (goal 0); mlx-lm failures: {sum(r['failed'] for r in s['mlx-lm'])}")
+        for side in ("ours", "mlx-lm"):
+            for r in s[side]:
+                if r["errors"]:
+                    print(f"  {side} errors: {r['errors']}")
+                print(f"  {side}: BLAS {r.get('blas')}, server start {r.get('server_start_s', 0):.1f} s, "
+                      f"tokens by choice {r['tokens_by_choice']}")
+        print()
+    print(f"total {result['total_s']:.0f} s; load avg at end {result['load_avg_end'][0]:.2f} "
+          "(the machine was shared with other work)")
+
+
+if __name__ == "__main__":
+    main()
