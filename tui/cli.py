@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_fast_blas()
     args = build_parser().parse_args(argv)
     from engine.errors import HumanizerError
+    from engine.events import Cancelled
     from engine.workspace import Workspace
 
     if args.home:
@@ -142,18 +143,22 @@ def main(argv: list[str] | None = None) -> int:
             if e.hint:
                 print(f"hint: {e.hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Cancelled):  # Ctrl-C, or SIGTERM from `jobs cancel`: the run saved what it could
+        if not getattr(args, "json", False):
+            print(f"{args.command} cancelled; where the verb has --resume, the same command with it continues",
+                  file=sys.stderr)
         return 130
 
 
-def _run_long(ws, kind: str, argv: list[str], as_json: bool, work):
-    """Run `work(run)` recorded as a run, showing its events live."""
+def _run_long(ws, kind: str, argv: list[str], as_json: bool, work, human_view=None):
+    """Run `work(run)` recorded as a run, showing its events live. `human_view(printer)`
+    may wrap the printer for the human-readable view (--json always prints every event)."""
     from engine.events import open_run
     from tui.progress import EventPrinter
 
     run = open_run(ws.runs_dir, kind, ["humanizer", *argv])
     with EventPrinter(as_json) as printer:
-        run.listeners.append(printer)
+        run.listeners.append(printer if as_json or human_view is None else human_view(printer))
         with run:
             result = work(run)
             run.done(result=str(result))

@@ -22,21 +22,6 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     add(p)
 
 
-def _run_long(ws, kind, argv, as_json, work):
-    """tui.cli._run_long, with the human view of `layer` events: one bit map at the end
-    instead of a JSON line per layer (--json prints every event as it is)."""
-    from engine.events import open_run
-    from tui.progress import EventPrinter
-
-    run = open_run(ws.runs_dir, kind, ["humanizer", *argv])
-    with EventPrinter(as_json) as printer:
-        run.listeners.append(printer if as_json else HumanView(printer))
-        with run:
-            result = work(run)
-            run.done(result=str(result))
-            return result
-
-
 class HumanView:
     """Passes events to the CLI's printer, but collects the `layer` events and prints the
     allocation as a grid (blocks by module) once every layer has its bits."""
@@ -141,26 +126,20 @@ def register(sub) -> dict:
 
 
 def cmd_convert(ws, args, argv) -> int:
-    import sys
-
     from engine.convert import check_settings, convert
-    from engine.events import Cancelled
+    from tui.cli import _run_long
 
     check_settings(args.target_bpw, args.candidate_bits, args.group_size, args.samples, args.seq_len)  # before a run
-    try:
-        result = _run_long(
-            ws, "convert", argv, args.json,
-            lambda run: convert(args.model, args.output, target_bpw=args.target_bpw,
-                                candidate_bits=args.candidate_bits, group_size=args.group_size,
-                                calibration=args.calibration, samples=args.samples, seq_len=args.seq_len,
-                                resume=args.resume, seed=args.seed, heldout=args.heldout,
-                                heldout_tokens=args.heldout_tokens, measurements=args.reuse_measurements,
-                                run=run, ws=ws),
-        )
-    except Cancelled:  # SIGTERM (humanizer jobs cancel): the measurements so far are kept
-        if not args.json:
-            print("convert cancelled; run the same command with --resume to continue it", file=sys.stderr)
-        return 130
+    result = _run_long(
+        ws, "convert", argv, args.json,
+        lambda run: convert(args.model, args.output, target_bpw=args.target_bpw,
+                            candidate_bits=args.candidate_bits, group_size=args.group_size,
+                            calibration=args.calibration, samples=args.samples, seq_len=args.seq_len,
+                            resume=args.resume, seed=args.seed, heldout=args.heldout,
+                            heldout_tokens=args.heldout_tokens, measurements=args.reuse_measurements,
+                            run=run, ws=ws),
+        human_view=HumanView,
+    )
     if not args.json:
         print("\n".join(summary_lines(result.summary)))
     return 0
