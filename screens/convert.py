@@ -31,13 +31,13 @@ from engine.convert import (
     DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, GROUP_SIZES, check_settings, layer_bpw, parse_bits,
 )
 from engine.errors import HumanizerError
-from engine.jobs import JobInfo, cancel_job, humanizer_argv, job_info, start_job
+from engine.jobs import JobInfo, humanizer_argv, job_info, start_job
 from screens.convert_widgets import (
     ConvertHistory, is_convert_job, legend, render_gauge, render_grid, render_sensitivity,
 )
 from screens.train import bar
 from screens.widgets import (
-    ConfirmDialog, ModeHeader, StatusBar, display_path, fmt_duration, fmt_time, status_text, sync_table,
+    ModeHeader, StatusBar, confirm_cancel, display_path, fmt_duration, fmt_time, status_text, sync_table,
 )
 
 REDRAW_HZ = 3
@@ -400,27 +400,9 @@ class ConvertScreen(Screen):
             self.notify("the shown convert is not running" if job else "no convert shown", severity="warning")
             return
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.notify(f"cancelling {h.name}…", timeout=2)
-                self.run_worker(partial(self._cancel, job.id), thread=True, group="cancel")
-
-        self.app.push_screen(ConfirmDialog(
-            f"Cancel converting [b]{h.name}[/b] ({job.id})?\n\nIts measurements are kept; tick resume in the "
-            "form to continue it later.", yes="Cancel convert", no="Keep going"), answered)
-
-    def _cancel(self, job_id: str) -> None:
-        try:
-            job = cancel_job(self.app.ws, job_id)
-        except HumanizerError as e:
-            self.app.call_from_thread(self.notify, e.message, severity="error")
-            return
-        self.app.call_from_thread(self._cancelled, job)
-
-    def _cancelled(self, job: JobInfo) -> None:
-        self.app.poll_jobs()
-        self.notify(f"{job.id}: {job.status}")
-        self.tick()
+        confirm_cancel(
+            self, job, f"Cancel converting [b]{h.name}[/b] ({job.id})?\n\nIts measurements are kept; tick resume in the "
+            "form to continue it later.", yes="Cancel convert", no="Keep going", after=self.tick)
 
     # the form --------------------------------------------------------------------------
     def _scan_workspace(self) -> None:

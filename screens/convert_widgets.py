@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.text import Text
 
 from engine.events import TERMINAL
-from engine.jobs import JobInfo, job_events, job_info
+from engine.jobs import JobInfo, job_events
 
 # the grid's columns, as engine.convert.MODULE_NAMES names them
 GRID_COLUMNS = ("q", "k", "v", "o", "gate", "up", "down", "embedding", "head")

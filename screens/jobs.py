@@ -3,20 +3,17 @@ events (or its log.txt) tail below the table; cancel a running job."""
 
 from __future__ import annotations
 
-from functools import partial
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
-from engine.errors import HumanizerError
 from engine.events import TERMINAL
-from engine.jobs import JobInfo, cancel_job, last_progress
+from engine.jobs import JobInfo, last_progress
 from screens.widgets import (
-    TAIL_HZ, ConfirmDialog, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
-    format_event, progress_pct, status_text, sync_table,
+    TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
+    confirm_cancel, format_event, progress_pct, status_text, sync_table,
 )
 
 NARROW = 100  # below this many columns the kind column goes (the id carries the kind too)
@@ -182,27 +179,8 @@ class JobsScreen(Screen):
             self.notify(f"{job.id} is not running ({job.status})", severity="warning")
             return
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.notify(f"cancelling {job.id}…", timeout=2)
-                self.run_worker(partial(self._cancel, job.id), thread=True, group="cancel")
-
-        self.app.push_screen(ConfirmDialog(
-            f"Cancel job [b]{job.id}[/b] ({job.kind})?\n\nIt is sent SIGTERM, saves what it can and stops.",
-            yes="Cancel job", no="Keep running"), answered)
-
-    def _cancel(self, job_id: str) -> None:
-        """In a worker thread: cancel_job waits for the job to stop (up to 10 s)."""
-        try:
-            job = cancel_job(self.app.ws, job_id)
-        except HumanizerError as e:
-            self.app.call_from_thread(self.notify, e.message, severity="error")
-            return
-        self.app.call_from_thread(self._cancelled, job)
-
-    def _cancelled(self, job: JobInfo) -> None:
-        self.app.poll_jobs()
-        self.notify(f"{job.id}: {job.status}", severity="information" if job.status == "cancelled" else "warning")
+        confirm_cancel(self, job, f"Cancel job [b]{job.id}[/b] ({job.kind})?\n\nIt is sent SIGTERM, saves what it "
+                       "can and stops.", yes="Cancel job", no="Keep running")
 
     def palette_commands(self):
         job = self.selected()

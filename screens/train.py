@@ -27,10 +27,10 @@ from textual.widgets import Button, Checkbox, DataTable, Footer, Input, Label, S
 
 from engine.errors import HumanizerError
 from engine.events import TERMINAL
-from engine.jobs import JobInfo, cancel_job, humanizer_argv, job_events, job_info, start_job
+from engine.jobs import JobInfo, humanizer_argv, job_events, job_info, start_job
 from screens.charts import LineChart, Series, fmt_num
 from screens.widgets import (
-    ConfirmDialog, ModeHeader, StatusBar, cursor_key, display_path, fmt_duration, fmt_time, status_text, sync_table,
+    ModeHeader, StatusBar, confirm_cancel, cursor_key, display_path, fmt_duration, fmt_time, status_text, sync_table,
 )
 
 REDRAW_HZ = 3  # the charts and numbers are redrawn at most this often
@@ -717,28 +717,9 @@ class TrainScreen(Screen):
             self.notify("the shown run is not running" if job else "no run shown", severity="warning")
             return
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.notify(f"cancelling {h.name}…", timeout=2)
-                self.run_worker(partial(self._cancel, job.id), thread=True, group="cancel")
-
-        self.app.push_screen(ConfirmDialog(
-            f"Cancel training [b]{h.name}[/b] ({job.id})?\n\nIt saves a checkpoint and stops; "
-            "tick resume in the form to continue it later.", yes="Cancel training", no="Keep training"), answered)
-
-    def _cancel(self, job_id: str) -> None:
-        """In a worker thread: cancel_job waits for the run to stop (up to 10 s)."""
-        try:
-            job = cancel_job(self.app.ws, job_id)
-        except HumanizerError as e:
-            self.app.call_from_thread(self.notify, e.message, severity="error")
-            return
-        self.app.call_from_thread(self._cancelled, job)
-
-    def _cancelled(self, job: JobInfo) -> None:
-        self.app.poll_jobs()
-        self.notify(f"{job.id}: {job.status}", severity="information" if job.status == "cancelled" else "warning")
-        self.tick()
+        confirm_cancel(
+            self, job, f"Cancel training [b]{h.name}[/b] ({job.id})?\n\nIt saves a checkpoint and stops; "
+            "tick resume in the form to continue it later.", yes="Cancel training", no="Keep training", after=self.tick)
 
     # the form: lists from the workspace ----------------------------------------------------
     def _scan_workspace(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +31,8 @@ from textual.widget import Widget
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
 from engine.events import TERMINAL, read_events
-from engine.jobs import JobInfo, job_info, last_progress
+from engine.errors import HumanizerError
+from engine.jobs import JobInfo, cancel_job, job_info, last_progress
 
 TAIL_HZ = 4  # how often a screen re-reads a job it is showing (never per event)
 
@@ -429,3 +431,31 @@ class ConfirmDialog(ModalScreen[bool]):
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
 
+
+
+def confirm_cancel(screen, job: JobInfo, question: str, yes: str, no: str, after: Callable | None = None) -> None:
+    """Ask, then cancel `job` in a worker thread (cancel_job waits up to 10 s for it to stop),
+    then report its final status on the screen and call `after`."""
+
+    def answered(ok: bool | None) -> None:
+        if ok:
+            screen.notify(f"cancelling {job.id}…", timeout=2)
+            screen.run_worker(partial(_cancel_in_thread, screen, job.id, after), thread=True, group="cancel")
+
+    screen.app.push_screen(ConfirmDialog(question, yes=yes, no=no), answered)
+
+
+def _cancel_in_thread(screen, job_id: str, after: Callable | None) -> None:
+    try:
+        job = cancel_job(screen.app.ws, job_id)
+    except HumanizerError as e:
+        screen.app.call_from_thread(screen.notify, e.message, severity="error")
+        return
+
+    def cancelled() -> None:
+        screen.app.poll_jobs()
+        screen.notify(f"{job.id}: {job.status}", severity="information" if job.status == "cancelled" else "warning")
+        if after:
+            after()
+
+    screen.app.call_from_thread(cancelled)
