@@ -1,0 +1,454 @@
+"""DPO step time and peak memory: our stacked trainer vs mlx-lm-lora's DPO trainer.
+
+    .venv/bin/python bench/bench_dpo.py [--json out.json] [--preset small|medium|large]
+        [--batch-size 4] [--prompt-len 128] [--response-len 128] [--warmup 2] [--steps 4]
+
+The setting is the humanizer recipe's second stage: DPO that continues from an SFT
+adapter, on SmolLM2-135M (the embedded `smollm2-135m`) dequantized once to float32.
+
+- ours: `engine.train.train(..., method="dpo", mount_adapter=SFT)`: the SFT LoRA is
+  mounted frozen, a trainable DPO LoRA stacked beside it on the same layers; the
+  reference (base + SFT, the trainable term switched off) is ONE pass over the pairs
+  before the first step, cached; each step is one forward/backward over the chosen and
+  rejected rows together.
+- mlx-lm-lora: `mlx_lm_lora.trainer.dpo_trainer.train_dpo`, called as a library, the way
+  its own CLI runs it: the SFT adapter fused into the base (what its `--fuse` writes),
+  the policy = that model + a trainable LoRA (`mlx_lm.tuner.utils.linear_to_lora_layers`,
+  as its `from_pretrained` does), and a second copy of that model loaded as the
+  reference model (its `load_reference_model`), whose log-probs it computes every step.
+  On a CPU machine `train_dpo` reads `mx.device_info()["max_recommended_working_set_size"]`,
+  which only Metal reports: the child wraps `mx.device_info` to add that key (the
+  machine's RAM), a shim that changes nothing else (`mx.set_wired_limit` is a no-op on CPU).
+
+Same model weights, same token pairs (generated chat rows through our chat-template
+tokenization, cut to exactly --prompt-len prompt + --response-len response tokens, so
+every sequence is prompt+response long and both trainers build the same (B, L) arrays
+with no padding), same LoRA (rank, scale, dropout, blocks, keys from --preset), batch,
+beta, sigmoid loss, steps. Each side runs in its own fresh process with OpenBLAS
+preloaded; a process's peak memory is MLX's allocator peak over the whole process
+(loading, reference pass, training) and the OS's max RSS (getrusage).
+
+The two processes run in lock-step: each stops in its trainer's per-step report until
+the bench hands it the next step, and the bench alternates single steps between them,
+so only one side computes at any moment and a busy neighbour on the machine slows
+both alike (the CPU time all other processes used during each side's steps is printed).
+Step time: wall-clock from the moment a side is handed a step to its trainer's report of
+it (ours: its per-step progress event; mlx-lm-lora: `on_train_loss_report` with
+steps_per_report=1), after --warmup steps (mlx-lm-lora compiles its step on the first
+one); the ratio uses the medians. Our one-off reference pass runs before the lock-step
+(ours starts first and alone), is timed separately and is also shown amortized over one
+epoch of the pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+from common import Baton, child_blas, child_memory, step_stats, table, write_result  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+PREP_VERSION = 1
+
+
+def _load_spec(path):
+    spec = json.loads(Path(path).read_text())
+    spec["pairs"] = json.loads(Path(spec["data"]).read_text())
+    return spec
+
+
+# ------------------------------------------------------------------------ prep child
+
+
+def child_prep(spec: dict) -> dict:
+    """The SFT adapter (a short run of our trainer) and, for the peer, the base with that
+    adapter fused in (mlx-lm's LoRALinear.fuse), both cached."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm import load
+
+    from engine.data import Example
+    from engine.events import NullRun
+    from engine.train import train
+    from engine.workspace import atomic_dir
+
+    s = spec["settings"]
+    sft_dir, fused_dir = Path(spec["sft_dir"]), Path(spec["fused_dir"])
+    if not (sft_dir / "adapters.safetensors").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=".sft-", dir=sft_dir.parent))
+        ds = SimpleNamespace(method="sft", source="bench (generated chat rows)", valid=[], train=[
+            Example(p["prompt"] + p["chosen"], len(p["prompt"]), "bench", i + 1) for i, p in enumerate(spec["pairs"])])
+        train(spec["model_dir"], ds, "sft", tmp / "a", preset=s["preset"], iters=s["sft_iters"], rank=s["rank"],
+              scale=s["scale"], dropout=s["dropout"], num_layers=s["num_layers"], keys=s["keys"],
+              batch_size=s["batch_size"], max_seq_length=s["seq_len"], val_batches=0, steps_per_eval=10**9,
+              steps_per_save=10**9, seed=s["seed"], learning_rate=1e-3, run=NullRun())
+        shutil.rmtree(tmp / "a" / "checkpoints", ignore_errors=True)
+        (tmp / "a" / ".train.lock").unlink(missing_ok=True)
+        if sft_dir.exists():
+            shutil.rmtree(sft_dir)
+        os.replace(tmp / "a", sft_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not (fused_dir / "config.json").is_file():
+        model, _ = load(spec["model_dir"], adapter_path=str(sft_dir))  # stock mlx-lm loads our SFT adapter
+        fused = [(n, m.fuse()) for n, m in model.named_modules() if hasattr(m, "fuse")]
+        model.update_modules(tree_unflatten(fused))
+        weights = dict(tree_flatten(model.parameters()))
+        assert all(v.dtype == mx.float32 for v in weights.values())
+        with atomic_dir(fused_dir) as tmp:
+            mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+            for f in Path(spec["model_dir"]).iterdir():
+                if f.suffix == ".json" and f.name != "bench_source.json":
+                    shutil.copy(f, tmp / f.name)
+    return {"side": "prep", "sft_dir": str(sft_dir), "fused_dir": str(fused_dir)}
+
+
+# ------------------------------------------------------------------------ sides
+
+
+def child_ours(spec: dict) -> dict:
+    import mlx.core as mx
+
+    from engine.data import Pair
+    from engine.events import NullRun
+    from engine.train import train
+
+    s = spec["settings"]
+    pairs = [Pair(p["prompt"], p["chosen"], p["rejected"], "bench", i + 1) for i, p in enumerate(spec["pairs"])]
+    ds = SimpleNamespace(method="dpo", source="bench (generated pairs)", valid=[], train=pairs)
+    baton, metrics, ref, peaks = Baton(s["warmup"] + s["steps"]), [], {}, []
+
+    def listener(ev):
+        if ev["type"] == "progress" and str(ev.get("message") or "").startswith("step "):
+            if ev["step"] == 0:
+                peaks.append(mx.get_peak_memory())  # train() resets the peak here; keep what came before
+            baton.step(ev["step"])
+        elif ev["type"] == "metric":
+            metrics.append(ev["values"])
+        elif ev["type"] == "log":
+            if ev["message"].startswith("LoRA rank "):  # logged just before the reference pass starts
+                ref["start"] = common.cpu_sample()
+            m = re.match(r"reference log-probs for (\d+) pairs in ([\d.]+)s", ev["message"])
+            if m:
+                ref.update(pairs=int(m.group(1)), seconds=float(m.group(2)),
+                           other_cpus=common.other_cpus_since(ref.pop("start", None)))
+
+    out = Path(tempfile.mkdtemp(prefix="ours-", dir=spec["work"])) / "adapter"
+    train(
+        spec["model_dir"], ds, "dpo", out, preset=s["preset"], iters=s["warmup"] + s["steps"],
+        mount_adapter=spec["sft_dir"], rank=s["rank"], scale=s["scale"], dropout=s["dropout"],
+        num_layers=s["num_layers"], keys=s["keys"], learning_rate=s["learning_rate"], batch_size=s["batch_size"],
+        max_seq_length=s["seq_len"], beta=s["beta"], dpo_loss="sigmoid", val_batches=0, steps_per_eval=10**9,
+        steps_per_report=1, steps_per_save=10**9, seed=s["seed"], run=NullRun(listeners=[listener]),
+    )
+    mem = child_memory()
+    mem["mlx_peak_gb"] = max([mem["mlx_peak_gb"]] + [p / 1e9 for p in peaks])
+    cache = mx.load(str(out / "checkpoints" / "reference_logps.safetensors"))
+    n = len(pairs)
+    k = min(s["batch_size"], n)
+    return {
+        "side": "ours",
+        "durations": baton.ordered(),
+        "cpu_durations": baton.ordered_cpu(),
+        "losses": [m["loss"] for m in metrics],
+        "accuracy": [m["accuracy"] for m in metrics],
+        "reference_pass": ref,
+        "reference_logps": {"chosen": cache["sum"][:k].tolist(), "rejected": cache["sum"][n:n + k].tolist()},
+        "trainable_params": int(sum(v.size for v in mx.load(str(out / "adapters.safetensors")).values())),
+        "blas": child_blas(),
+        "memory": mem,
+    }
+
+
+def _shim_device_info():
+    """mlx-lm-lora's trainers call mx.set_wired_limit(mx.device_info()["max_recommended_working_set_size"]),
+    a key only the Metal backend reports. Add it (the machine's RAM); nothing else changes."""
+    import mlx.core as mx
+
+    real = mx.device_info
+
+    def device_info(*a, **k):
+        info = dict(real(*a, **k))
+        if "max_recommended_working_set_size" not in info:
+            info["max_recommended_working_set_size"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return info
+
+    mx.device_info = device_info
+    return "mx.device_info wrapped to add max_recommended_working_set_size (CPU backend)"
+
+
+def child_peer(spec: dict) -> dict:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx_lm import load
+    from mlx_lm.tuner.callbacks import TrainingCallback
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    shim = _shim_device_info()
+    from mlx_lm_lora.trainer.dpo_trainer import DPOTrainingArgs, get_token_scores, train_dpo
+
+    s = spec["settings"]
+    mx.random.seed(s["seed"])
+    np.random.seed(s["seed"])
+    model, _ = load(spec["fused_dir"])  # policy: base with the SFT adapter fused in ...
+    model.freeze()
+    linear_to_lora_layers(model, s["num_layers"], {"rank": s["rank"], "scale": s["scale"],
+                                                    "dropout": s["dropout"], "keys": s["keys"]})
+    ref_model, _ = load(spec["fused_dir"])  # ... and the reference: a second copy of it
+    ref_model.freeze()
+    data = [{"chosen": p["prompt"] + p["chosen"], "rejected": p["prompt"] + p["rejected"],
+             "chosen_prompt_length": len(p["prompt"]), "rejected_prompt_length": len(p["prompt"])}
+            for p in spec["pairs"]]
+    baton, reports = Baton(s["warmup"] + s["steps"]), []
+
+    class Callback(TrainingCallback):
+        def on_train_loss_report(self, info):
+            reports.append(info)
+            baton.step(info["iteration"])
+
+    work = Path(tempfile.mkdtemp(prefix="peer-", dir=spec["work"]))
+    args = DPOTrainingArgs(
+        batch_size=s["batch_size"], iters=s["warmup"] + s["steps"], val_batches=0, steps_per_report=1,
+        steps_per_eval=10**9, steps_per_save=10**9, max_seq_length=s["seq_len"],
+        adapter_file=str(work / "adapters.safetensors"), beta=s["beta"], loss_type="sigmoid",
+    )
+    optimizer = optim.Adam(learning_rate=s["learning_rate"])
+    train_dpo(model, ref_model, optimizer, data, None, args=args, training_callback=Callback(), loss_type="sigmoid")
+    mem = child_memory()  # before the check below
+
+    # check: the peer's reference (fused base + SFT) scores the first pairs as our cache does
+    k = min(s["batch_size"], len(data))
+    ref = {}
+    for which in ("chosen", "rejected"):
+        toks = mx.array([d[which] for d in data[:k]])
+        mask = np.zeros(toks.shape, np.float32)
+        mask[:, data[0][f"{which}_prompt_length"]:] = 1.0
+        ref[which] = get_token_scores(ref_model, toks, mx.array(mask)).sum(-1).tolist()
+    return {
+        "side": "mlx-lm-lora",
+        "shim": shim,
+        "durations": baton.ordered(),
+        "cpu_durations": baton.ordered_cpu(),
+        "losses": [r["train_loss"] for r in reports],
+        "accuracy": [r["train_accuracies"] for r in reports],
+        "reference_logps": ref,
+        "trainable_params": int(sum(v.size for v in mx.load(str(work / "adapters.safetensors")).values())),
+        "blas": child_blas(),
+        "memory": mem,
+    }
+
+
+# ------------------------------------------------------------------------ parent
+
+
+def settings_from(args) -> dict:
+    from engine.train import PRESETS
+
+    p = PRESETS[args.preset]
+    return {
+        "preset": args.preset,
+        "rank": args.rank or p["rank"],
+        "scale": p["scale"] if args.scale is None else args.scale,
+        "dropout": p["dropout"] if args.dropout is None else args.dropout,
+        "num_layers": args.num_layers or p["num_layers"],
+        "keys": args.keys.split(",") if args.keys else list(p["keys"]),
+        "learning_rate": p["learning_rate"]["dpo"],
+        "beta": 0.1,
+        "batch_size": args.batch_size,
+        "prompt_len": args.prompt_len,
+        "response_len": args.response_len,
+        "seq_len": args.prompt_len + args.response_len,
+        "pairs": args.pairs,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "sft_iters": 2,
+        "seed": 0,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", metavar="PATH", help="also write every number to PATH")
+    ap.add_argument("--model", default=common.DEFAULT_MODEL, help="model spec (default: %(default)s)")
+    ap.add_argument("--cache-dir", type=Path, default=common.default_cache_dir(),
+                    help="where the float32 copy, the SFT adapter and the fused model are kept (default: %(default)s)")
+    ap.add_argument("--preset", default="small", choices=["small", "medium", "large"])
+    ap.add_argument("--rank", type=int)
+    ap.add_argument("--scale", type=float)
+    ap.add_argument("--dropout", type=float)
+    ap.add_argument("--num-layers", type=int)
+    ap.add_argument("--keys", help="comma-separated, e.g. q_proj,v_proj")
+    ap.add_argument("--batch-size", type=int, default=4, help="pairs per step")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--response-len", type=int, default=128, help="chosen and rejected tokens each")
+    ap.add_argument("--pairs", type=int, default=8, help="training pairs (our reference pass covers them all)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (mlx-lm-lora compiles its step)")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per side")
+    ap.add_argument("--timeout", type=float, default=1500, help="seconds for the whole run of both sides")
+    ap.add_argument("--child", choices=["prep", "ours", "peer"], help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.warmup < 1 or args.steps < 1:
+        ap.error("--warmup and --steps must be at least 1 (mlx-lm-lora's first step compiles)")
+    if args.child:
+        spec = _load_spec(args.spec)
+        fn = {"prep": child_prep, "ours": child_ours, "peer": child_peer}[args.child]
+        write_result(args.out, fn(spec))
+        return 0
+
+    info = common.machine_info()
+    print("DPO (stacked on an SFT adapter): ours (engine.train) vs mlx-lm-lora (dpo_trainer.train_dpo)\n")
+    common.print_machine(info)
+    if not info["versions"].get("mlx-lm-lora"):
+        print("\nmlx-lm-lora is not installed: .venv/bin/pip install -e '.[bench]'  (or: pip install mlx-lm-lora)")
+        return 2
+    src, model_dir = common.prepare_f32_model(args.model, args.cache_dir)
+    s = settings_from(args)
+    common.resolve_layout(model_dir, s)
+    work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
+    pairs = common.tokenized(model_dir, common.chat_rows(s["pairs"], "dpo"), "dpo", work)
+    rows = common.dpo_token_rows(pairs, s["prompt_len"], s["response_len"])
+    (work / "data.json").write_text(json.dumps(rows))
+    key_src = json.dumps([PREP_VERSION, str(model_dir), (model_dir / "bench_source.json").read_text(), rows,
+                          {k: s[k] for k in ("rank", "scale", "dropout", "num_layers", "keys", "sft_iters", "seq_len",
+                                             "batch_size", "preset")}], sort_keys=True)
+    prep_dir = args.cache_dir / f"dpo-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
+    prep_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"model_dir": str(model_dir), "data": str(work / "data.json"), "work": str(work), "settings": s,
+            "sft_dir": str(prep_dir / "sft-adapter"), "fused_dir": str(prep_dir / "fused-model")}
+    (work / "spec.json").write_text(json.dumps(spec))
+
+    print(f"model     {src.name} dequantized to float32 ({model_dir}), {s['model_blocks']} blocks")
+    print(f"LoRA      preset {s['preset']}: rank {s['rank']}, scale {s['scale']}, dropout {s['dropout']}, "
+          f"last {s['num_layers']} blocks, keys {','.join(s['keys'])} (the SFT adapter and the DPO LoRA alike)")
+    print(f"data      {len(rows)} generated pairs: prompt {s['prompt_len']} + chosen/rejected {s['response_len']} "
+          f"tokens each; batch {s['batch_size']} pairs = {2 * s['batch_size']} x {s['seq_len']} tokens/step, no padding")
+    print(f"DPO       sigmoid loss, beta {s['beta']}, lr {s['learning_rate']} "
+          f"(ours: AdamW wd 0 + warmup/cosine; mlx-lm-lora: Adam, its CLI default)")
+    print(f"steps     {s['warmup']} warm-up + {s['steps']} timed per side, in lock-step (one step of ours, one of "
+          "mlx-lm-lora, ...)")
+    print("shim      mlx-lm-lora child: mx.device_info() wrapped to add 'max_recommended_working_set_size' "
+          "(Metal-only key that train_dpo reads; the CPU backend lacks it)")
+    print("timing    wall s/step from a side's turn to its trainer's report; each side in its own process "
+          "(peak memory per process)\n")
+
+    if not (Path(spec["fused_dir"]) / "config.json").is_file():
+        print(f"preparing the SFT adapter (our trainer, {s['sft_iters']} steps) and its fused model for mlx-lm-lora "
+              f"in {prep_dir} (once) ...", flush=True)
+        res = common.run_child(SCRIPT, "prep", work / "spec.json", work / "prep.json", args.timeout)
+        if "error" in res:
+            print(f"  FAILED: {res['error']}")
+            return 1
+
+    print("running both sides, each in its own process (ours first: its reference pass runs alone) ...", flush=True)
+    runs = common.run_lockstep(SCRIPT, work / "spec.json", work, timeout=args.timeout)
+    for side, res in runs.items():
+        if "error" in res:
+            print(f"  {side} FAILED: {res['error']}")
+            return 1
+        res["stats"] = step_stats(res["durations"], s["warmup"])
+        st = res["stats"]
+        rp = res.get("reference_pass", {})
+        extra = (f", reference pass {rp.get('seconds', float('nan')):.1f} s (other processes "
+                 f"{common.fmt_cpus(rp.get('other_cpus'))} CPUs)" if side == "ours" else "")
+        print(f"  {res['side']:11s} {st['median_s']:.2f} s/step median (mean {st['mean_s']:.2f}){extra}; peak MLX "
+              f"{res['memory']['mlx_peak_gb']:.2f} GB, RSS {res['memory']['max_rss_gb']:.2f} GB; "
+              f"BLAS {res['blas']['name']}; other processes used {common.fmt_cpus(res['other_cpus'])} CPUs "
+              "during its steps", flush=True)
+
+    def agg(side):
+        res = runs[side]
+        st = res["stats"]
+        cpu = step_stats(res["cpu_durations"], s["warmup"])["median_s"]
+        return {
+            "cpu_median_s": cpu,
+            "median_s": st["median_s"], "mean_s": st["mean_s"], "min_s": st["min_s"], "max_s": st["max_s"],
+            "steps_s": st["steps_s"], "mlx_peak_gb": res["memory"]["mlx_peak_gb"],
+            "max_rss_gb": res["memory"]["max_rss_gb"], "trainable_params": res["trainable_params"],
+            "blas": res["blas"]["name"], "first_loss": res["losses"][0], "last_loss": res["losses"][-1],
+            "reference_logps": res["reference_logps"], "other_cpus": res["other_cpus"],
+        }
+
+    ours, peer = agg("ours"), agg("peer")
+    ref_s = runs["ours"]["reference_pass"]["seconds"]
+    ref_per_step = ref_s * s["batch_size"] / s["pairs"]  # one epoch: each pair's reference computed once
+    ours["reference_pass_s"], ours["reference_per_step_one_epoch_s"] = ref_s, ref_per_step
+    speed = peer["median_s"] / ours["median_s"]
+    speed_mean = peer["mean_s"] / ours["mean_s"]
+    paired = common.paired_ratio(runs["peer"]["durations"], runs["ours"]["durations"], s["warmup"])
+    speed_amort = peer["median_s"] / (ours["median_s"] + ref_per_step)
+    mem = ours["mlx_peak_gb"] / peer["mlx_peak_gb"]
+    rss = ours["max_rss_gb"] / peer["max_rss_gb"]
+    ref_diff = max(abs(a - b) for w in ("chosen", "rejected")
+                   for a, b in zip(ours["reference_logps"][w], peer["reference_logps"][w]))
+    tokens = 2 * s["batch_size"] * s["seq_len"]
+    rows_t = [
+        ["s/step, median", f"{ours['median_s']:.2f}", f"{peer['median_s']:.2f}", f"{speed:.2f}x"],
+        ["s/step, mean", f"{ours['mean_s']:.2f}", f"{peer['mean_s']:.2f}", f"{speed_mean:.2f}x"],
+        ["s/step, min", f"{ours['min_s']:.2f}", f"{peer['min_s']:.2f}", f"{peer['min_s'] / ours['min_s']:.2f}x"],
+        ["step pairs (same step n, back to back), median", "", "", f"{paired:.2f}x"],
+        ["CPU s/step, median (process, all threads)", f"{ours['cpu_median_s']:.2f}", f"{peer['cpu_median_s']:.2f}",
+         f"{peer['cpu_median_s'] / ours['cpu_median_s']:.2f}x"],
+        ["s/step + our reference pass (1 epoch)", f"{ours['median_s'] + ref_per_step:.2f}",
+         f"{peer['median_s']:.2f}", f"{speed_amort:.2f}x"],
+        ["tokens/s (chosen+rejected, median)", f"{tokens / ours['median_s']:.0f}", f"{tokens / peer['median_s']:.0f}",
+         f"{speed:.2f}x"],
+        ["peak memory, MLX (GB)", f"{ours['mlx_peak_gb']:.2f}", f"{peer['mlx_peak_gb']:.2f}", f"{mem:.2f}x"],
+        ["peak RSS (GB)", f"{ours['max_rss_gb']:.2f}", f"{peer['max_rss_gb']:.2f}", f"{rss:.2f}x"],
+        ["trainable parameters", f"{ours['trainable_params']:,}", f"{peer['trainable_params']:,}", "-"],
+        ["loss, first -> last step", f"{ours['first_loss']:.4f} -> {ours['last_loss']:.4f}",
+         f"{peer['first_loss']:.4f} -> {peer['last_loss']:.4f}", "-"],
+    ]
+    n_timed = s["steps"]
+    print()
+    print(table(rows_t, ["measure", "ours", "mlx-lm-lora", "ratio"]))
+    print(f"\n{n_timed} timed steps per side. Time ratios = mlx-lm-lora / ours (higher: ours faster); "
+          "memory ratios = ours / mlx-lm-lora (lower: ours smaller).")
+    print(f"Our reference pass: {ref_s:.1f} s for {s['pairs']} pairs, once per run (cached on disk); "
+          f"over one epoch that is {ref_per_step:.2f} s per step of {s['batch_size']} pairs. It runs alone, not in "
+          f"lock-step: other processes used {common.fmt_cpus(runs['ours']['reference_pass'].get('other_cpus'))} "
+          "CPUs meanwhile.")
+    print(f"Reference check: base+SFT log-probs of {2 * min(s['batch_size'], s['pairs'])} sequences, our cache vs "
+          f"mlx-lm-lora's reference model (SFT fused): max |difference| {ref_diff:.2e} nats.")
+    note = common.busy_note(runs.values(), info["cpus"])
+    if note:
+        print(note)
+    ok_t, ok_m = speed >= 1.5, mem <= 0.6
+    print(f"\nDPO step time, mlx-lm-lora/ours: {speed:.2f}x by median ({speed_mean:.2f}x by mean, {paired:.2f}x by "
+          f"step pairs)  (goal >= 1.5x: {'MET' if ok_t else 'MISSED'})")
+    print(f"DPO peak memory (MLX), ours/mlx-lm-lora: {mem:.2f}x  (goal <= 0.6x: {'MET' if ok_m else 'MISSED'}); "
+          f"peak RSS {rss:.2f}x")
+
+    common.save_json(args.json, {
+        "bench": "dpo", "machine": info, "settings": s, "model_dir": str(model_dir), "source_model": str(src),
+        "prep": {"sft_adapter": spec["sft_dir"], "fused_model": spec["fused_dir"]},
+        "shim": "mx.device_info wrapped in the mlx-lm-lora child to add max_recommended_working_set_size",
+        "timing": "both sides in their own processes, alternating single steps (lock-step); wall-clock seconds "
+                  "from the step's start token to the trainer's report of that step, after warm-up",
+        "runs": runs,
+        "ours": ours, "mlx_lm_lora": peer,
+        "ratio_step_time_peer_over_ours": speed, "ratio_step_time_mean": speed_mean,
+        "ratio_step_time_by_step_pairs": paired,
+        "ratio_step_time_with_reference_one_epoch": speed_amort,
+        "ratio_peak_mlx_memory_ours_over_peer": mem, "ratio_peak_rss_ours_over_peer": rss,
+        "reference_check_max_abs_diff": ref_diff,
+        "goals": {"step_time": 1.5, "memory": 0.6}, "goals_met": {"step_time": ok_t, "memory": ok_m},
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""SFT LoRA training speed: our trainer (engine.train) vs mlx-lm's own LoRA trainer.
+
+    .venv/bin/python bench/bench_sft.py [--json out.json] [--preset small|medium|large]
+        [--batch-size 4] [--seq-len 256] [--warmup 2] [--steps 10]
+
+Both sides train the same LoRA (rank, scale, dropout, blocks, keys from our --preset,
+or the flags) on the same model (SmolLM2-135M, the embedded `smollm2-135m`,
+dequantized once to float32 and loaded from the same folder by both), on the same
+token rows (generated chat rows through our chat-template tokenization, every row cut
+to exactly --seq-len tokens, the first --prompt-len of them the masked prompt), with
+the same batch size. Every batch on both sides is --batch-size x --seq-len tokens,
+no padding (max_seq_length = --seq-len, so both trainers build (B, L) arrays and feed
+(B, L-1) to the model).
+
+- ours: `engine.train.train(..., method="sft")`, the code the CLI runs, with an
+  in-process listener on its events (`NullRun(listeners=[...])`);
+- mlx-lm: `mlx_lm.tuner.utils.linear_to_lora_layers` + `mlx_lm.tuner.trainer.train`
+  with `TrainingArgs` and its default loss and batch iterator (its compiled step),
+  Adam (mlx_lm.lora's default optimizer), with a `TrainingCallback` (we do not go
+  through `mlx_lm.lora.run()`, which replaces the callback).
+
+Each side runs in its own fresh process with OpenBLAS preloaded (the same library for
+both; each child reports the BLAS it mapped). The two processes run in lock-step: each
+stops in its trainer's per-step report until the bench hands it the next step, and the
+bench alternates single steps between them, so only one side computes at any moment
+and a busy neighbour on the machine slows both sides alike (the CPU time all other
+processes used during each side's steps is measured and printed).
+
+One definition of speed for both: wall-clock seconds per step, from the moment a side
+is handed the step to its trainer's report of that step (ours: its per-step progress
+event; mlx-lm: `on_train_loss_report` with steps_per_report=1), so batch building,
+forward, backward, update and per-step reporting are all in; --warmup steps left out;
+tokens/s = batch x seq-len tokens per step / the median step time (the mean is shown
+too). The two trainers' own tokens/s figures count differently (ours: every non-pad
+token over the step's compute time; mlx-lm: only loss tokens over its train time) and
+are listed for reference only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+from common import Baton, child_blas, child_memory, step_stats, table, write_result  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+
+
+# ------------------------------------------------------------------------ children
+
+
+def _load_spec(path):
+    spec = json.loads(Path(path).read_text())
+    spec["rows"] = json.loads(Path(spec["data"]).read_text())
+    return spec
+
+
+def _count_params(adapter_file: Path) -> int:
+    import mlx.core as mx
+
+    return int(sum(v.size for v in mx.load(str(adapter_file)).values()))
+
+
+def child_ours(spec: dict) -> dict:
+    import mlx.core as mx
+
+    from engine.data import Example
+    from engine.events import NullRun
+    from engine.train import train
+
+    s = spec["settings"]
+    ds = SimpleNamespace(
+        method="sft", source="bench (generated chat rows)", valid=[],
+        train=[Example(r["tokens"], r["prompt_len"], "bench", i + 1) for i, r in enumerate(spec["rows"])],
+    )
+    baton, metrics, peaks = Baton(s["warmup"] + s["steps"]), [], []
+
+    def listener(ev):
+        if ev["type"] == "progress" and str(ev.get("message") or "").startswith("step "):
+            if ev["step"] == 0:
+                peaks.append(mx.get_peak_memory())  # train() resets the peak here; keep what came before
+            baton.step(ev["step"])
+        elif ev["type"] == "metric":
+            metrics.append(ev["values"])
+
+    out = Path(tempfile.mkdtemp(prefix="ours-", dir=spec["work"])) / "adapter"
+    train(
+        spec["model_dir"], ds, "sft", out, preset=s["preset"], iters=s["warmup"] + s["steps"],
+        rank=s["rank"], scale=s["scale"], dropout=s["dropout"], num_layers=s["num_layers"], keys=s["keys"],
+        learning_rate=s["learning_rate"], batch_size=s["batch_size"], max_seq_length=s["seq_len"],
+        val_batches=0, steps_per_eval=10**9, steps_per_report=1, steps_per_save=10**9, seed=s["seed"],
+        run=NullRun(listeners=[listener]),
+    )
+    timed = metrics[s["warmup"]:]
+    mem = child_memory()
+    mem["mlx_peak_gb"] = max([mem["mlx_peak_gb"]] + [p / 1e9 for p in peaks])
+    return {
+        "side": "ours",
+        "durations": baton.ordered(),
+        "cpu_durations": baton.ordered_cpu(),
+        "losses": [m["loss"] for m in metrics],
+        "own_tokens_per_s": sum(m["tokens_per_second"] for m in timed) / max(len(timed), 1),
+        "trainable_params": _count_params(out / "adapters.safetensors"),
+        "blas": child_blas(),
+        "memory": mem,
+        "mlx": mx.__version__,
+    }
+
+
+def child_peer(spec: dict) -> dict:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx_lm import load
+    from mlx_lm.tuner.callbacks import TrainingCallback
+    from mlx_lm.tuner.trainer import TrainingArgs, train
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    s = spec["settings"]
+    mx.random.seed(s["seed"])
+    model, _ = load(spec["model_dir"])
+    model.freeze()
+    linear_to_lora_layers(model, s["num_layers"], {"rank": s["rank"], "scale": s["scale"],
+                                                    "dropout": s["dropout"], "keys": s["keys"]})
+    data = [(r["tokens"], r["prompt_len"]) for r in spec["rows"]]  # mlx-lm's (tokens, prompt offset) rows
+    baton, reports = Baton(s["warmup"] + s["steps"]), []
+
+    class Callback(TrainingCallback):
+        def on_train_loss_report(self, info):
+            reports.append(info)
+            baton.step(info["iteration"])
+
+    work = Path(tempfile.mkdtemp(prefix="peer-", dir=spec["work"]))
+    args = TrainingArgs(
+        batch_size=s["batch_size"], iters=s["warmup"] + s["steps"], val_batches=0, steps_per_report=1,
+        steps_per_eval=10**9, steps_per_save=10**9, max_seq_length=s["seq_len"],
+        adapter_file=str(work / "adapters.safetensors"),
+    )
+    optimizer = optim.Adam(learning_rate=s["learning_rate"])
+    train(model, optimizer, data, None, args=args, training_callback=Callback())
+    timed = reports[s["warmup"]:]
+    return {
+        "side": "mlx-lm",
+        "durations": baton.ordered(),
+        "cpu_durations": baton.ordered_cpu(),
+        "losses": [r["train_loss"] for r in reports],
+        "own_tokens_per_s": sum(r["tokens_per_second"] for r in timed) / max(len(timed), 1),
+        "trainable_params": _count_params(work / "adapters.safetensors"),
+        "blas": child_blas(),
+        "memory": child_memory(),
+        "mlx": mx.__version__,
+    }
+
+
+# ------------------------------------------------------------------------ parent
+
+
+def settings_from(args) -> dict:
+    from engine.train import PRESETS
+
+    p = PRESETS[args.preset]
+    s = {
+        "preset": args.preset,
+        "rank": args.rank or p["rank"],
+        "scale": args.scale if args.scale is not None else p["scale"],
+        "dropout": args.dropout if args.dropout is not None else p["dropout"],
+        "num_layers": args.num_layers or p["num_layers"],
+        "keys": args.keys.split(",") if args.keys else list(p["keys"]),
+        "learning_rate": p["learning_rate"]["sft"],
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "prompt_len": args.prompt_len,
+        "rows": args.rows,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "seed": 0,
+    }
+    return s
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", metavar="PATH", help="also write every number to PATH")
+    ap.add_argument("--model", default=common.DEFAULT_MODEL, help="model spec (default: %(default)s)")
+    ap.add_argument("--cache-dir", type=Path, default=common.default_cache_dir(),
+                    help="where the float32 copy is kept (default: %(default)s)")
+    ap.add_argument("--preset", default="small", choices=["small", "medium", "large"])
+    ap.add_argument("--rank", type=int)
+    ap.add_argument("--scale", type=float)
+    ap.add_argument("--dropout", type=float)
+    ap.add_argument("--num-layers", type=int)
+    ap.add_argument("--keys", help="comma-separated, e.g. q_proj,v_proj")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256, help="tokens per row (= max_seq_length)")
+    ap.add_argument("--prompt-len", type=int, default=64, help="masked prompt tokens per row")
+    ap.add_argument("--rows", type=int, default=32, help="training rows")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (mlx-lm compiles its step)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds for the whole run of both sides")
+    ap.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.warmup < 1 or args.steps < 1:
+        ap.error("--warmup and --steps must be at least 1 (mlx-lm's first step compiles)")
+    if args.child:
+        spec = _load_spec(args.spec)
+        write_result(args.out, (child_ours if args.child == "ours" else child_peer)(spec))
+        return 0
+
+    info = common.machine_info()
+    print("SFT LoRA training: ours (engine.train) vs mlx-lm (mlx_lm.tuner.trainer.train)\n")
+    common.print_machine(info)
+    src, model_dir = common.prepare_f32_model(args.model, args.cache_dir)
+    s = settings_from(args)
+    common.resolve_layout(model_dir, s)
+    work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    examples = common.tokenized(model_dir, common.chat_rows(s["rows"], "sft"), "sft", work)
+    rows = common.sft_token_rows(examples, s["seq_len"], s["prompt_len"])
+    (work / "data.json").write_text(json.dumps(rows))
+    spec = {"model_dir": str(model_dir), "data": str(work / "data.json"), "work": str(work), "settings": s}
+    (work / "spec.json").write_text(json.dumps(spec))
+
+    print(f"model     {src.name} dequantized to float32 ({model_dir}), {s['model_blocks']} blocks")
+    print(f"LoRA      preset {s['preset']}: rank {s['rank']}, scale {s['scale']}, dropout {s['dropout']}, "
+          f"last {s['num_layers']} blocks, keys {','.join(s['keys'])}")
+    print(f"data      {len(rows)} generated chat rows, each exactly {s['seq_len']} tokens "
+          f"({s['prompt_len']} prompt, masked); batch {s['batch_size']} x {s['seq_len']} = "
+          f"{s['batch_size'] * s['seq_len']} tokens/step, no padding")
+    print(f"steps     {s['warmup']} warm-up + {s['steps']} timed per side, in lock-step (one step of ours, one of "
+          f"mlx-lm, ...); lr {s['learning_rate']} (ours: AdamW wd 0 + warmup/cosine; mlx-lm: Adam)")
+    print("timing    wall s/step between per-step reports; tokens/s = tokens/step / median s/step (one definition)\n")
+
+    print("running both sides, each in its own process (ours first) ...", flush=True)
+    runs = common.run_lockstep(SCRIPT, work / "spec.json", work, timeout=args.timeout)
+    for side, res in runs.items():
+        if "error" in res:
+            print(f"  {side} FAILED: {res['error']}")
+            return 1
+        res["stats"] = step_stats(res["durations"], s["warmup"])
+        st = res["stats"]
+        print(f"  {res['side']:7s} {st['median_s']:.3f} s/step median (mean {st['mean_s']:.3f}); BLAS {res['blas']['name']}; "
+              f"other processes used {common.fmt_cpus(res['other_cpus'])} CPUs during its steps", flush=True)
+
+    def agg(side):
+        res = runs[side]
+        st = res["stats"]
+        cpu = step_stats(res["cpu_durations"], s["warmup"])["median_s"]
+        med, mean = st["median_s"], st["mean_s"]
+        return {
+            "cpu_median_s": cpu,
+            "median_s": med, "mean_s": mean, "min_s": st["min_s"], "max_s": st["max_s"], "steps_s": st["steps_s"],
+            "tokens_per_s": tokens / med, "tokens_per_s_mean": tokens / mean, "loss_tokens_per_s": loss_tokens / med,
+            "own_tokens_per_s": res["own_tokens_per_s"], "trainable_params": res["trainable_params"],
+            "mlx_peak_gb": res["memory"]["mlx_peak_gb"], "max_rss_gb": res["memory"]["max_rss_gb"],
+            "blas": res["blas"]["name"], "first_loss": res["losses"][0], "last_loss": res["losses"][-1],
+            "other_cpus": res["other_cpus"],
+        }
+
+    tokens = s["batch_size"] * s["seq_len"]
+    loss_tokens = s["batch_size"] * (s["seq_len"] - s["prompt_len"])
+    ours, peer = agg("ours"), agg("peer")
+    ratio = peer["median_s"] / ours["median_s"]
+    ratio_mean = peer["mean_s"] / ours["mean_s"]
+    paired = common.paired_ratio(runs["peer"]["durations"], runs["ours"]["durations"], s["warmup"])
+
+    def r(a, b):
+        return f"{a / b:.2f}x"
+
+    rows_t = [
+        ["s/step, median", f"{ours['median_s']:.3f}", f"{peer['median_s']:.3f}", r(peer["median_s"], ours["median_s"])],
+        ["s/step, mean", f"{ours['mean_s']:.3f}", f"{peer['mean_s']:.3f}", r(peer["mean_s"], ours["mean_s"])],
+        ["s/step, min", f"{ours['min_s']:.3f}", f"{peer['min_s']:.3f}", r(peer["min_s"], ours["min_s"])],
+        ["step pairs (same step n, back to back), median", "", "", f"{paired:.2f}x"],
+        ["CPU s/step, median (process, all threads)", f"{ours['cpu_median_s']:.3f}", f"{peer['cpu_median_s']:.3f}",
+         f"{peer['cpu_median_s'] / ours['cpu_median_s']:.2f}x"],
+        [f"tokens/s ({tokens} tokens/step, median)", f"{ours['tokens_per_s']:.0f}", f"{peer['tokens_per_s']:.0f}",
+         f"{ratio:.2f}x"],
+        ["tokens/s (same, from mean)", f"{ours['tokens_per_s_mean']:.0f}", f"{peer['tokens_per_s_mean']:.0f}",
+         f"{ratio_mean:.2f}x"],
+        [f"loss tokens/s ({loss_tokens}/step, median)", f"{ours['loss_tokens_per_s']:.0f}",
+         f"{peer['loss_tokens_per_s']:.0f}", f"{ratio:.2f}x"],
+        ["trainer's own tokens/s (*)", f"{ours['own_tokens_per_s']:.0f}", f"{peer['own_tokens_per_s']:.0f}", "-"],
+        ["peak memory, MLX (GB)", f"{ours['mlx_peak_gb']:.2f}", f"{peer['mlx_peak_gb']:.2f}",
+         r(ours["mlx_peak_gb"], peer["mlx_peak_gb"])],
+        ["peak RSS (GB)", f"{ours['max_rss_gb']:.2f}", f"{peer['max_rss_gb']:.2f}",
+         r(ours["max_rss_gb"], peer["max_rss_gb"])],
+        ["trainable parameters", f"{ours['trainable_params']:,}", f"{peer['trainable_params']:,}", "-"],
+        ["loss, first -> last step", f"{ours['first_loss']:.3f} -> {ours['last_loss']:.3f}",
+         f"{peer['first_loss']:.3f} -> {peer['last_loss']:.3f}", "-"],
+    ]
+    n_timed = s["steps"]
+    print()
+    print(table(rows_t, ["measure", "ours", "mlx-lm", "ratio"]))
+    print(f"\n{n_timed} timed steps per side. Speed ratios = mlx-lm s/step / our s/step (= our tokens/s / mlx-lm "
+          "tokens/s; higher: ours faster); memory ratios = ours / mlx-lm.")
+    print("(*) each trainer's own figure, own definition: ours counts every non-pad token over the step's "
+          "compute time; mlx-lm counts loss tokens over its train time. Not comparable; for reference only.")
+    note = common.busy_note(runs.values(), info["cpus"])
+    if note:
+        print(note)
+    verdict = "MET" if ratio >= 1.0 else "MISSED"
+    print(f"\nSFT tokens/s, ours/mlx-lm: {ratio:.2f}x by median step time ({ratio_mean:.2f}x by mean, "
+          f"{paired:.2f}x by step pairs)  (goal >= 1.0x: {verdict})")
+
+    common.save_json(args.json, {
+        "bench": "sft", "machine": info, "settings": s, "model_dir": str(model_dir), "source_model": str(src),
+        "timing": "both sides in their own processes, alternating single steps (lock-step); wall-clock seconds "
+                  "from the step's start token to the trainer's report of that step, after warm-up; "
+                  "tokens/s = batch_size * seq_len / median s/step",
+        "runs": runs,
+        "ours": ours, "mlx_lm": peer, "ratio_tokens_per_s_ours_over_peer": ratio,
+        "ratio_tokens_per_s_by_mean": ratio_mean, "ratio_by_step_pairs": paired, "goal": 1.0, "goal_met": ratio >= 1.0,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
