@@ -357,7 +357,7 @@ def main(argv=None) -> int:
     runs = common.run_lockstep(SCRIPT, work / "spec.json", work, timeout=args.timeout)
     for side, res in runs.items():
         if "error" in res:
-            print(f"  {side} FAILED: {res['error']}")
+            print(f"  {side} FAILED: {res['error']} (logs in {work})")
             return 1
         res["stats"] = step_stats(res["durations"], s["warmup"])
         st = res["stats"]
@@ -447,6 +447,7 @@ def main(argv=None) -> int:
         "reference_check_max_abs_diff": ref_diff,
         "goals": {"step_time": 1.5, "memory": 0.6}, "goals_met": {"step_time": ok_t, "memory": ok_m},
     })
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

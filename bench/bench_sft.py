@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -243,7 +244,7 @@ def main(argv=None) -> int:
     runs = common.run_lockstep(SCRIPT, work / "spec.json", work, timeout=args.timeout)
     for side, res in runs.items():
         if "error" in res:
-            print(f"  {side} FAILED: {res['error']}")
+            print(f"  {side} FAILED: {res['error']} (logs in {work})")
             return 1
         res["stats"] = step_stats(res["durations"], s["warmup"])
         st = res["stats"]
@@ -320,6 +321,7 @@ def main(argv=None) -> int:
         "ours": ours, "mlx_lm": peer, "ratio_tokens_per_s_ours_over_peer": ratio,
         "ratio_tokens_per_s_by_mean": ratio_mean, "ratio_by_step_pairs": paired, "goal": 1.0, "goal_met": ratio >= 1.0,
     })
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
