@@ -18,7 +18,7 @@ from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
 from screens.convert import ConvertScreen
 from screens.convert_widgets import ConvertHistory, parse_convert_argv, render_gauge, render_grid
-from tests.test_train_screen import text_of, until
+from tests.pilot import text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 

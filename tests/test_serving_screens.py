@@ -30,23 +30,11 @@ from screens.server import ServerScreen, request_summary
 from screens.serving import ServerClient, ServerMonitor, parse_serve_argv, start_server
 from screens.widgets import ConfirmDialog, JobProgress, StatusBar
 from tests.test_generate import make_adapters, make_lively_llama
+from tests.pilot import text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
 CHOICES = ["base", "sft", "sft+dpo"]
-
-
-async def until(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
-    """Let the app run until `condition()` holds (bounded; never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await pilot.pause(0.05)
-
-
-def text_of(screen, selector: str) -> str:
-    return str(screen.query_one(selector).render())
 
 
 def rows(table) -> list[list[str]]:

@@ -20,6 +20,7 @@ from engine.workspace import Workspace
 from screens.charts import STYLES, LineChart, Series, fmt_num, render_chart
 from screens.train import RunHistory, TrainScreen, parse_extra, parse_train_argv
 from screens.widgets import ConfirmDialog
+from tests.pilot import text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
@@ -31,19 +32,6 @@ FACTS = [
 ]
 FAST_FLAGS = ("--rank 2 --num-layers 1 --batch-size 2 --steps-per-report 2 --steps-per-eval 4 --val-batches 1 "
               "--max-seq-length 256")
-
-
-async def until(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
-    """Let the app run until `condition()` holds (bounded; never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await pilot.pause(0.05)
-
-
-def text_of(screen, selector: str) -> str:
-    return str(screen.query_one(selector).render())
 
 
 def loss_points(screen) -> int:
