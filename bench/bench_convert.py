@@ -1,0 +1,281 @@
+"""Benchmark of `humanizer convert` (engine/convert.py) against uniform quantization and
+mlx-lm's dynamic_quant, on the embedded SmolLM2-135M.
+
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 \
+    .venv/bin/python bench/bench_convert.py --json out.json --budgets 3.5,4.5 \
+        --candidates 2,3,4,6,8 --group-size 64
+
+What is compared (all on the same float32 source: the embedded model is a 4-bit GGUF
+import, dequantized to float32; every number is measured against that float model):
+
+- float: the float32 source itself;
+- ours: engine.convert.convert at each budget; the sensitivities are measured ONCE (by
+  the first budget's convert) and the other budgets reuse them via `measurements=`;
+- uniform: every quantizable layer (the tied embedding included) at one bit width,
+  nn.quantize of the float16 weights, the width whose bpw is nearest the budget;
+- dynamic_quant: mlx_lm.quant.dynamic_quant used as a library: estimate_sensitivities
+  on OUR calibration tokens (the same samples convert measures with), then
+  estimate_threshold for the same target bpw (on a float16 copy, so its
+  compute_bits_per_weight counts floats at 16 bits as ours does), then quantize_model
+  with its predicate. It only mixes two widths (low, high): by default the nearest
+  candidate widths below and above the budget (--dq-pairs to change).
+
+Every quantized model is evaluated dequantized to float32 (the same function as the
+quantized kernels, which are slow on CPU) on the same held-out tokens: engine/convert.py's
+default held-out text (engine/calibration_heldout.txt, not the calibration text), cut
+exactly as convert cuts it. bpw is counted for every method the way convert counts it:
+bits + 32/group_size per quantized weight, 16 for every other parameter, over all params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _ensure_openblas():
+    if "openblas" in os.environ.get("LD_PRELOAD", "") or os.environ.get("HUMANIZER_NO_FAST_BLAS"):
+        return
+    from engine.blas import find_openblas
+
+    lib = find_openblas()
+    if lib:
+        env = dict(os.environ, LD_PRELOAD=":".join(p for p in (lib, os.environ.get("LD_PRELOAD")) if p))
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def count_bpw(model, total_params: int) -> float:
+    """bits per weight counted as convert counts them."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    bits = 0
+    seen = 0
+    for _, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            n = m.weight.shape[0] * m.weight.shape[1] * 32 // m.bits
+            bits += n * (m.bits + 32 / m.group_size)
+            seen += n
+            for k, v in tree_flatten(m.parameters()):
+                if k not in ("weight", "scales", "biases"):
+                    bits += v.size * 16
+                    seen += v.size
+        else:
+            for _, v in tree_flatten(m.parameters()):
+                bits += v.size * 16
+                seen += v.size
+    assert seen == total_params, (seen, total_params)
+    return bits / total_params
+
+
+def as_float32(model):
+    import mlx.core as mx
+    from mlx_lm.utils import dequantize_model
+
+    dequantize_model(model)
+    model.set_dtype(mx.float32)
+    mx.eval(model.parameters())
+    return model
+
+
+def bits_hist(model) -> dict:
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    h = {}
+    for _, m in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            n = m.weight.shape[0] * m.weight.shape[1] * 32 // m.bits
+            h[str(m.bits)] = h.get(str(m.bits), 0) + n
+    return h
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--budgets", default="3.5,4.5")
+    ap.add_argument("--candidates", default="2,3,4,6,8")
+    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dq-pairs", default="",
+                    help="dynamic_quant (low-high) widths per budget, e.g. '3.5:2-4,4.5:4-6' "
+                         "(default: nearest candidate widths below / above each budget)")
+    ap.add_argument("--no-dynamic-quant", action="store_true")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, help="keep our converted folders here")
+    args = ap.parse_args()
+    _ensure_openblas()
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.utils import load as mlx_load, quantize_model
+
+    from engine import convert as C
+    from engine.blas import blas_in_use
+    from engine.lora import load_model
+    from engine.models import resolve_model
+    from engine.workspace import Workspace
+
+    budgets = [float(b) for b in args.budgets.split(",")]
+    cands = sorted(int(b) for b in args.candidates.split(","))
+    gs = args.group_size
+    load0 = os.getloadavg()
+    ws = Workspace.open()
+    model_dir = Path(resolve_model(args.model, ws))
+
+    model, tok = load_model(model_dir, dequantize=True)
+    model.set_dtype(mx.float32)
+    mx.eval(model.parameters())
+    total = C._total_params(model)
+
+    # the same calibration samples convert measures with, the same held-out chunks it evaluates on
+    docs, _ = C.load_calibration(None)
+    calib = C.make_samples(C.tokenize_docs(docs, tok), args.samples, args.seq_len)
+    held_stream = C.tokenize_docs(C.default_heldout(), tok)[: max(C.DEFAULT_HELDOUT_TOKENS, 2)]
+    held_len = min(args.seq_len, 512)
+    held = [held_stream[i:i + held_len] for i in range(0, len(held_stream), held_len)]
+    held = [c for c in held if len(c) >= max(2, min(held_len, len(held_stream)) // 2)]
+
+    def ppl(m) -> float:
+        return C.heldout_eval(model, m, held)["ppl_result"]
+
+    float_ppl = C.heldout_eval(model, model, held)["ppl_source"]
+    rows = [{"method": "float32 source", "budget": None, "bpw": 32.0, "ppl": float_ppl, "increase_pct": 0.0}]
+    print(f"float ppl {float_ppl:.4f} on {sum(len(c) - 1 for c in held)} held-out tokens", flush=True)
+
+    def add(method, budget, bpw, p, **extra):
+        r = {"method": method, "budget": budget, "bpw": bpw, "ppl": p,
+             "increase_pct": 100 * (p / float_ppl - 1), **extra}
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+
+    # ours ----------------------------------------------------------------------------------
+    tmp = Path(tempfile.mkdtemp(prefix="bench-convert-"))
+    ours_timing = {}
+    first_meta = None
+    try:
+        for b in budgets:
+            out = tmp / f"ours-{b:g}"
+            t = time.perf_counter()
+            res = C.convert(str(model_dir), out, target_bpw=b, candidate_bits=cands, group_size=gs,
+                            samples=args.samples, seq_len=args.seq_len, seed=args.seed,
+                            measurements=first_meta, ws=ws)
+            wall = time.perf_counter() - t
+            s = res.summary
+            if first_meta is None:
+                first_meta = out / C.META_FILE
+                ours_timing = {"measure_seconds": s["measure_seconds"], "convert_wall_seconds": round(wall, 1),
+                               "loadavg_after": os.getloadavg()}
+            q, _ = mlx_load(str(out))
+            bpw = count_bpw(q, total)
+            hist = bits_hist(q)
+            p = ppl(as_float32(q))
+            add("ours", b, bpw, p, convert_ppl=s.get("ppl_result"), measure_seconds=s["measure_seconds"],
+                reused=first_meta != out / C.META_FILE, bits_params=hist)
+            del q
+            if args.keep:
+                shutil.copytree(out, Path(args.keep) / out.name, dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # uniform -------------------------------------------------------------------------------
+    f16 = copy.deepcopy(model)
+    f16.set_dtype(mx.float16)
+    uni = {}
+    for bits in cands:
+        q = copy.deepcopy(f16)
+        nn.quantize(q, group_size=gs, bits=bits)
+        uni[bits] = (count_bpw(q, total), q)
+    for b in budgets:
+        bits = min(uni, key=lambda k: abs(uni[k][0] - b))
+        bpw, q = uni[bits]
+        add(f"uniform {bits}-bit g{gs}", b, bpw, ppl(as_float32(copy.deepcopy(q))))
+    del uni
+
+    # mlx-lm dynamic_quant --------------------------------------------------------------------
+    dq_note = None
+    if not args.no_dynamic_quant:
+        try:
+            from mlx_lm.quant.dynamic_quant import estimate_sensitivities, estimate_threshold
+
+            pairs = {}
+            for item in filter(None, args.dq_pairs.split(",")):
+                k, v = item.split(":")
+                lo, hi = v.split("-")
+                pairs[float(k)] = (int(lo), int(hi))
+            data = mx.array(calib)
+            sens_cache = {}
+            for b in budgets:
+                if b in pairs:
+                    lo, hi = pairs[b]
+                else:
+                    below = [c for c in cands if c + 32 / gs < b - 1e-9]
+                    above = [c for c in cands if c + 32 / gs >= b - 1e-9]
+                    lo, hi = (below[-1] if below else cands[0]), (above[0] if above else cands[-1])
+                if (lo, hi) not in sens_cache:
+                    t = time.perf_counter()
+                    s = estimate_sensitivities(copy.deepcopy(model), data, lo, gs, hi, gs, batch_size=4)
+                    sens_cache[(lo, hi)] = (dict(s), time.perf_counter() - t)
+                sens, secs = sens_cache[(lo, hi)]
+                thr = estimate_threshold(f16, sens, b, lo, gs, hi, gs)
+
+                def pred(p, m, sens=sens, thr=thr, hi=hi):
+                    if not hasattr(m, "to_quantized"):
+                        return False
+                    if sens[p] > thr:
+                        return {"bits": hi, "group_size": gs}
+                    return True
+
+                q, _ = quantize_model(copy.deepcopy(f16), {}, group_size=gs, bits=lo, quant_predicate=pred)
+                bpw = count_bpw(q, total)
+                hist = bits_hist(q)
+                add(f"dynamic_quant {lo}/{hi}-bit", b, bpw, ppl(as_float32(q)), sensitivity_seconds=round(secs, 1),
+                    bits_params=hist)
+        except Exception as e:  # report what ran
+            dq_note = f"dynamic_quant failed: {type(e).__name__}: {e}"
+            print(dq_note, flush=True)
+
+    # report --------------------------------------------------------------------------------
+    print()
+    print("| budget | method | bpw (ours counting) | held-out ppl | increase over float |")
+    print("|---:|---|---:|---:|---:|")
+    for r in rows:
+        bud = "-" if r["budget"] is None else f"{r['budget']:g}"
+        print(f"| {bud} | {r['method']} | {r['bpw']:.3f} | {r['ppl']:.3f} | {r['increase_pct']:+.2f}% |")
+    print()
+    print(f"ours: sensitivity measurement + allocation {ours_timing.get('measure_seconds')} s "
+          f"(load average at start {load0[0]:.2f}, after {ours_timing.get('loadavg_after', (0,))[0]:.2f}, "
+          f"{os.cpu_count()} CPUs)")
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": load0,
+                    "loadavg_end": os.getloadavg(), "blas": blas_in_use()},
+        "model": str(model_dir), "params": total, "group_size": gs, "candidates": cands,
+        "calibration_samples": len(calib), "seq_len": args.seq_len,
+        "heldout_tokens": sum(len(c) - 1 for c in held), "float_ppl": float_ppl,
+        "ours_timing": ours_timing, "rows": rows, "dynamic_quant_note": dq_note,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
