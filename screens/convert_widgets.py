@@ -15,6 +15,7 @@ from rich.text import Text
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, job_events
+from screens.widgets import parse_verb_argv
 
 # the grid's columns, as engine.convert.MODULE_NAMES names them
 GRID_COLUMNS = ("q", "k", "v", "o", "gate", "up", "down", "embedding", "head")
@@ -32,28 +33,7 @@ BOOL_FLAGS = {"resume", "json"}
 
 def parse_convert_argv(argv: list[str]) -> dict:
     """The model and flags of a `... convert MODEL --flag value ...` command line."""
-    args = [str(a) for a in argv]
-    start = next((i + 1 for i, a in enumerate(args) if a == "convert"), None)
-    if start is None:
-        return {}
-    out: dict = {}
-    rest, i = args[start:], 0
-    while i < len(rest):
-        a = rest[i]
-        if a.startswith("--"):
-            key = a[2:]
-            if "=" in key:
-                key, value = key.split("=", 1)
-                out[key.replace("-", "_")] = value
-            elif key in BOOL_FLAGS:
-                out[key.replace("-", "_")] = True
-            elif i + 1 < len(rest):
-                out[key.replace("-", "_")] = rest[i + 1]
-                i += 1
-        elif "model" not in out:
-            out["model"] = a
-        i += 1
-    return out
+    return parse_verb_argv(argv, ("convert",), BOOL_FLAGS)
 
 
 def is_convert_job(job: JobInfo) -> bool:

@@ -30,6 +30,7 @@ from engine.events import TERMINAL
 from engine.jobs import JobInfo, humanizer_argv, job_events, job_info, start_job
 from screens.charts import LineChart, Series, fmt_num
 from screens.widgets import (
+    parse_verb_argv,
     ModeHeader, StatusBar, confirm_cancel, cursor_key, display_path, fmt_duration, fmt_time, status_text, sync_table,
 )
 
@@ -71,28 +72,7 @@ def is_train_job(job: JobInfo) -> bool:
 
 def parse_train_argv(argv: list[str]) -> dict:
     """The model and flags of a `... lora train MODEL --flag value ...` command line."""
-    args = [str(a) for a in argv]
-    start = next((i + 2 for i in range(len(args) - 1) if args[i] == "lora" and args[i + 1] == "train"), None)
-    if start is None:
-        return {}
-    out: dict = {}
-    rest, i = args[start:], 0
-    while i < len(rest):
-        a = rest[i]
-        if a.startswith("--"):
-            key = a[2:]
-            if "=" in key:
-                key, value = key.split("=", 1)
-                out[key.replace("-", "_")] = value
-            elif key in BOOL_FLAGS:
-                out[key.replace("-", "_")] = True
-            elif i + 1 < len(rest):
-                out[key.replace("-", "_")] = rest[i + 1]
-                i += 1
-        elif "model" not in out:
-            out["model"] = a
-        i += 1
-    return out
+    return parse_verb_argv(argv, ("lora", "train"), BOOL_FLAGS)
 
 
 class RunHistory:

@@ -459,3 +459,31 @@ def _cancel_in_thread(screen, job_id: str, after: Callable | None) -> None:
             after()
 
     screen.app.call_from_thread(cancelled)
+
+
+def parse_verb_argv(argv: list[str], verb: tuple[str, ...], bool_flags: set[str]) -> dict:
+    """The model and flags of a `... VERB MODEL --flag value ...` command line (a job's argv):
+    {} when `verb` is not in it; `--flag=value` and valueless `bool_flags` are understood."""
+    args = [str(a) for a in argv]
+    n = len(verb)
+    start = next((i + n for i in range(len(args) - n + 1) if tuple(args[i:i + n]) == verb), None)
+    if start is None:
+        return {}
+    out: dict = {}
+    rest, i = args[start:], 0
+    while i < len(rest):
+        a = rest[i]
+        if a.startswith("--"):
+            key = a[2:]
+            if "=" in key:
+                key, value = key.split("=", 1)
+                out[key.replace("-", "_")] = value
+            elif key in bool_flags:
+                out[key.replace("-", "_")] = True
+            elif i + 1 < len(rest):
+                out[key.replace("-", "_")] = rest[i + 1]
+                i += 1
+        elif "model" not in out:
+            out["model"] = a
+        i += 1
+    return out
