@@ -318,6 +318,26 @@ def mount_adapter(
     return info
 
 
+def fold_adapter(model: nn.Module, name: str) -> int:
+    """Add the mounted adapter `name` into the float32 base weights it sits on
+    (W += scale * (A @ B)^T) and drop it from those layers: the same function with two
+    fewer matmuls per layer and step. Layers on quantized or half-precision weights keep
+    it mounted (folding would round it). It stays in the registry, since the model still
+    computes base + it. Returns the number of layers folded."""
+    folded = 0
+    for _, layer in lora_layers(model):
+        ad = layer.adapters.get(name)
+        base = layer.linear
+        if ad is None or type(base) is not nn.Linear or base.weight.dtype != mx.float32:
+            continue
+        delta = layer.scales[name] * (ad["lora_a"] @ ad["lora_b"]).T
+        base.weight = base.weight + delta.astype(mx.float32)
+        layer.unmount(name)
+        folded += 1
+    mx.eval(model.parameters())
+    return folded
+
+
 def unmount_adapter(model: nn.Module, name: str) -> None:
     reg = _registry(model)
     if name not in reg:

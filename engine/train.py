@@ -120,6 +120,7 @@ DEFAULTS = {
 STRUCTURAL = ("method", "rank", "scale", "dropout", "num_layers", "keys", "batch_size", "seed")
 KEEP_CHECKPOINTS = 2
 PAD_TO = 8
+KL_CHUNK = 256  # positions per full-vocabulary KL chunk in evaluation
 
 
 # --- configuration -------------------------------------------------------------------
@@ -222,23 +223,68 @@ def response_mask(tokens: mx.array, lengths: mx.array, prompt_lens: mx.array) ->
     return (pos >= prompt_lens[:, None]) & (pos < lengths[:, None])
 
 
-def token_logps(model, tokens, lengths, prompt_lens):
-    """(log p of each target token (B, L-1), response mask (B, L-1), logits)."""
-    logits = model(tokens[:, :-1]).astype(mx.float32)
-    mask = response_mask(tokens, lengths, prompt_lens)
-    logp = -nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="none")
-    return logp, mask, logits
+def logits_head(model):
+    """The model's LM head as a function hidden -> logits when its forward is just
+    body (`model.model`) then head, as in most mlx-lm architectures; None when the forward
+    does more (Gemma 2's softcap, Granite's scaling). Checked on a few tokens, so an
+    architecture that does something else falls back to the whole forward."""
+    body = getattr(model, "model", None)
+    head = getattr(model, "lm_head", None)
+    if head is None:
+        head = getattr(getattr(body, "embed_tokens", None), "as_linear", None)
+    if body is None or head is None:
+        return None
+    training = model.training
+    model.eval()  # no dropout in the check
+    try:
+        x = mx.array([[1, 2, 3, 4, 5]])
+        with lora.reference_mode(model):
+            same = mx.allclose(head(body(x)), model(x), rtol=1e-4, atol=1e-5).item()
+    except Exception:  # noqa: BLE001  any surprise: use the plain forward
+        same = False
+    finally:
+        model.train(training)
+    return head if same else None
 
 
-def sft_loss(model, tokens, lengths, prompt_lens):
-    logp, mask, _ = token_logps(model, tokens, lengths, prompt_lens)
-    ntok = mask.sum()
-    return -(logp * mask).sum() / mx.maximum(ntok, 1), ntok
+def response_positions(model, head, tokens, lengths, prompt_lens):
+    """The model's output at the response positions only: (x (N, ...), to_logits, targets (N,),
+    the batch row of each position as a numpy array (N,)). With `head` (`logits_head`), x is
+    the hidden state there and to_logits the LM head, so the (B, L, vocab) logits of every
+    position, most of a step's memory and much of its time, are never built; without, x is
+    already the logits."""
+    mask = np.array(response_mask(tokens, lengths, prompt_lens))
+    rows, cols = np.nonzero(mask)
+    r, c = mx.array(rows.astype(np.int32)), mx.array(cols.astype(np.int32))
+    targets = tokens[:, 1:][r, c]
+    if head is None:
+        return model(tokens[:, :-1])[r, c], (lambda x: x), targets, rows
+    return model.model(tokens[:, :-1])[r, c], head, targets, rows
 
 
-def seq_logps(logp, mask):
-    """(sum of response log-probs, response token count) per row."""
-    return (logp * mask).sum(-1), mask.sum(-1).astype(mx.float32)
+def logps_of(logits: mx.array, targets: mx.array) -> mx.array:
+    return -nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
+
+
+def response_logps(model, head, tokens, lengths, prompt_lens):
+    """(log p of each response token (N,), its batch row (N,) as a numpy array)."""
+    x, to_logits, targets, rows = response_positions(model, head, tokens, lengths, prompt_lens)
+    return logps_of(to_logits(x), targets), rows
+
+
+def row_sums(values: mx.array, rows: np.ndarray, n_rows: int) -> tuple[mx.array, mx.array]:
+    """(sum of `values` per batch row, count per row) for values tagged with their row."""
+    onehot = mx.array((rows[None, :] == np.arange(n_rows)[:, None]).astype(np.float32))
+    return onehot @ values, onehot.sum(-1)
+
+
+def make_sft_loss(head):
+    def loss_fn(model, tokens, lengths, prompt_lens):
+        logp, _ = response_logps(model, head, tokens, lengths, prompt_lens)
+        ntok = logp.shape[0]
+        return -logp.sum() / max(ntok, 1), mx.array(ntok)
+
+    return loss_fn
 
 
 def dpo_terms(pol_sum, pol_n, ref_sum, ref_n, beta: float, kind: str):
@@ -263,12 +309,12 @@ def dpo_terms(pol_sum, pol_n, ref_sum, ref_n, beta: float, kind: str):
     }
 
 
-def make_dpo_loss(beta: float, kind: str):
+def make_dpo_loss(beta: float, kind: str, head):
     def loss_fn(model, tokens, lengths, prompt_lens, ref_sum, ref_n):
-        logp, mask, _ = token_logps(model, tokens, lengths, prompt_lens)
-        pol_sum, pol_n = seq_logps(logp, mask)
+        logp, rows = response_logps(model, head, tokens, lengths, prompt_lens)
+        pol_sum, pol_n = row_sums(logp, rows, tokens.shape[0])
         losses, terms = dpo_terms(pol_sum, pol_n, ref_sum, ref_n, beta, kind)
-        return losses.mean(), terms, mask.sum()
+        return losses.mean(), terms, mx.array(logp.shape[0])
 
     return loss_fn
 
@@ -540,9 +586,13 @@ def train(
             parent_meta = {"name": parent_info.name, "path": str(parent_info.path.resolve()),
                            "fingerprint": parent_info.fingerprint, "method": parent_info.method}
             run.log(f"mounted {parent_info.name} frozen; training a {method.upper()} delta on top of it")
+            if lora.fold_adapter(model, "parent"):
+                # exact on float32 weights; the reference (trainable term off) is still base + parent
+                run.log(f"{parent_info.name} folded into the float32 base weights for training")
         elif method == "dpo":
             run.log("no --mount-adapter: DPO runs on the base model, whose reference is the base itself")
 
+        head = logits_head(model)
         ds = _load_dataset(data_spec, method, tokenizer, cfg, skip_bad_rows, ws, run)
         train_set, valid_set = list(ds.train), list(ds.valid or [])
 
@@ -603,11 +653,11 @@ def train(
 
         # losses ------------------------------------------------------------------------------
         if method == "sft":
-            loss_and_grad = nn.value_and_grad(model, sft_loss)
+            loss_and_grad = nn.value_and_grad(model, make_sft_loss(head))
             ref_sum = ref_n = None
         else:
-            loss_and_grad = nn.value_and_grad(model, make_dpo_loss(cfg["beta"], cfg["dpo_loss"]))
-            ref_sum, ref_n = _reference_logps(model, train_set, cfg, ckpt_dir, base, parent_meta, data_fp, run)
+            loss_and_grad = nn.value_and_grad(model, make_dpo_loss(cfg["beta"], cfg["dpo_loss"], head))
+            ref_sum, ref_n = _reference_logps(model, head, train_set, cfg, ckpt_dir, base, parent_meta, data_fp, run)
 
         def batch_for(step: int):
             idx = order.batch(step)
@@ -626,26 +676,32 @@ def train(
                     toks = sft_batch(chunk, max_len)
                 else:
                     toks = dpo_batch(chunk, max_len)
-                logp, mask, logits = token_logps(model, *toks)
+                x, to_logits, targets, rows = response_positions(model, head, *toks)
+                if rows.size == 0:
+                    continue
                 with lora.reference_mode(model):
-                    rlogp, _, rlogits = token_logps(model, *toks)
-                for i in range(logits.shape[0]):  # row by row: full-vocabulary tensors are big
-                    kl = (kl_per_token(logits[i], rlogits[i]) * mask[i]).sum()
+                    rx, _, _, _ = response_positions(model, head, *toks)
+                parts, rparts = [], []
+                for i in range(0, rows.size, KL_CHUNK):  # in chunks: full-vocabulary tensors are big
+                    lg, rlg = to_logits(x[i:i + KL_CHUNK]), to_logits(rx[i:i + KL_CHUNK])
+                    parts.append(logps_of(lg, targets[i:i + KL_CHUNK]))
+                    rparts.append(logps_of(rlg, targets[i:i + KL_CHUNK]))
+                    kl = kl_per_token(lg.astype(mx.float32), rlg.astype(mx.float32)).sum()
+                    mx.eval(kl, parts[-1], rparts[-1])
                     tot_kl += kl.item()
+                logp, rlogp = mx.concatenate(parts), mx.concatenate(rparts)
                 if method == "sft":
-                    s = -(logp * mask).sum()
-                    mx.eval(s, mask)
-                    tot_loss += s.item()
+                    tot_loss += -logp.sum().item()
                 else:
-                    ps, pn = seq_logps(logp, mask)
-                    rs, rn = seq_logps(rlogp, mask)
+                    n_rows = toks[0].shape[0]
+                    (ps, pn), (rs, rn) = row_sums(logp, rows, n_rows), row_sums(rlogp, rows, n_rows)
                     losses, terms = dpo_terms(ps, pn, rs, rn, cfg["beta"], cfg["dpo_loss"])
                     m = terms["chosen_reward"] - terms["rejected_reward"]
-                    mx.eval(losses, m, mask)
+                    mx.eval(losses, m)
                     pair_losses += losses.tolist()
                     margins += m.tolist()
                     accs += (m > 0).astype(mx.float32).tolist()
-                ntok = mask.sum().item()
+                ntok = int(rows.size)
                 tot_n += ntok
                 tot_kl_n += ntok
             model.train()
@@ -851,7 +907,7 @@ def _check_resume(state: dict, cfg: dict, base: dict, parent: dict | None, data_
             run.log(f"warning: {k} was {old.get(k)!r}, now {cfg.get(k)!r}")
 
 
-def _reference_logps(model, pairs, cfg, ckpt_dir: Path, base, parent, data_fp, run):
+def _reference_logps(model, head, pairs, cfg, ckpt_dir: Path, base, parent, data_fp, run):
     """Sum of response log-probs and response token counts under the reference (trainable
     term off, no dropout) for every training pair: rows 0..n-1 chosen, n..2n-1 rejected.
     Computed once and cached in checkpoints/reference_logps.safetensors."""
@@ -874,8 +930,9 @@ def _reference_logps(model, pairs, cfg, ckpt_dir: Path, base, parent, data_fp, r
     with lora.reference_mode(model):
         for i in range(0, n, bs):
             chunk = pairs[i:i + bs]
-            logp, mask, _ = token_logps(model, *dpo_batch(chunk, cfg["max_seq_length"]))
-            s, c = seq_logps(logp, mask)
+            toks = dpo_batch(chunk, cfg["max_seq_length"])
+            logp, rows = response_logps(model, head, *toks)
+            s, c = row_sums(logp, rows, toks[0].shape[0])
             mx.eval(s, c)
             s, c = np.array(s), np.array(c)
             k = len(chunk)

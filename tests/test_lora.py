@@ -229,3 +229,32 @@ def test_quantized_base_dequantized_on_cpu_or_kept(base, tmp_path):
     layer = kept.model.layers[0].self_attn.q_proj
     assert isinstance(layer.linear, nn.QuantizedLinear) and layer.lora_a.shape == (64, 2)
     assert A.model_linear_dims(qdir)["model.layers.0.self_attn.q_proj"] == (64, 64)
+
+
+def test_fold_adapter_is_the_same_function(base, sft_dir, tmp_path):
+    mounted, _ = lora.load_model(base)
+    lora.mount_adapter(mounted, sft_dir, "sft")
+    folded, _ = lora.load_model(base)
+    lora.mount_adapter(folded, sft_dir, "sft")
+    assert lora.fold_adapter(folded, "sft") == 2 * len(KEYS)
+    assert not any(layer.adapters for _, layer in lora.lora_layers(folded))
+    assert "sft" in lora.mounted(folded)  # still part of the model's function
+    np.testing.assert_allclose(logits(folded), logits(mounted), rtol=1e-4, atol=1e-4)
+    # a trainable term beside it and reference mode behave as with the adapter mounted
+    for m in (mounted, folded):
+        lora.apply_lora(m, num_layers=2, keys=KEYS, rank=2, scale=3.0, seed=2)
+        _randomize(m, 2)
+    with lora.reference_mode(folded), lora.reference_mode(mounted):
+        np.testing.assert_allclose(logits(folded), logits(mounted), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits(folded), logits(mounted), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_adapter_leaves_quantized_layers_mounted(base, sft_dir):
+    model, _ = lora.load_model(base)
+    lora.mount_adapter(model, sft_dir, "sft")
+    nn.quantize(model, group_size=32, bits=8, class_predicate=lambda p, m: p.endswith("q_proj.linear"))
+    want = logits(model)
+    assert lora.fold_adapter(model, "sft") == 2 * (len(KEYS) - 1)  # q_proj is quantized now: kept
+    q = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q.linear, nn.QuantizedLinear) and "sft" in q.adapters
+    np.testing.assert_allclose(logits(model), want, rtol=1e-4, atol=1e-4)

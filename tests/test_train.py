@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -156,11 +157,13 @@ def test_dpo_on_top_of_sft(env, sft_run, loss_kind, monkeypatch):
     lora.mount_adapter(m, sft_dir, "sft")
     lora.mount_adapter(m, out, "dpo")
     toks = T.dpo_batch(env["dpo"].train, 64)
-    logp, mask, _ = T.token_logps(m, *toks)
-    s, _ = T.seq_logps(logp, mask)
+    head = T.logits_head(m)
+    assert head is not None  # llama: body then tied head
+    logp, rows = T.response_logps(m, head, *toks)
+    s, _ = T.row_sums(logp, rows, toks[0].shape[0])
     lora.set_active(m, ["sft"])
-    logp0, _, _ = T.token_logps(m, *toks)
-    s0, _ = T.seq_logps(logp0, mask)
+    logp0, rows0 = T.response_logps(m, None, *toks)  # the whole forward: the same positions
+    s0, _ = T.row_sums(logp0, rows0, toks[0].shape[0])
     n = len(env["dpo"].train)
     assert ((s[:n] - s0[:n]) - (s[n:] - s0[n:]) > 0).all().item()
 
@@ -262,3 +265,32 @@ def test_sigterm_saves_a_checkpoint_and_reraises(env, tmp_path):
                 run=NullRun([term_at_3]), **FAST)
     assert signal.getsignal(signal.SIGTERM) is old
     assert [d.name for d in T.list_checkpoints(tmp_path / "t" / "checkpoints")] == ["step-000003"]
+
+
+def test_response_logps_match_the_whole_forward(env):
+    """Head at the response positions only == log-softmax of the full logits there; a model whose
+    forward does more than body + head (here: scaled logits) falls back to the whole forward."""
+    m, _ = lora.load_model(env["model"])
+    toks = T.dpo_batch(env["dpo"].train, 64)
+    full = np.array(nn.log_softmax(m(toks[0][:, :-1]).astype(mx.float32), axis=-1))
+    mask = np.array(T.response_mask(*toks))
+    targets = np.array(toks[0][:, 1:])
+    want = full[mask, targets[mask]]
+    head = T.logits_head(m)
+    logp, rows = T.response_logps(m, head, *toks)
+    np.testing.assert_allclose(np.array(logp), want, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(rows, np.nonzero(mask)[0])
+    sums, counts = T.row_sums(logp, rows, toks[0].shape[0])
+    np.testing.assert_allclose(np.array(sums), [want[rows == i].sum() for i in range(toks[0].shape[0])],
+                               rtol=1e-4, atol=1e-3)
+    assert np.array_equal(np.array(counts), mask.sum(1))
+
+    class Scaled(type(m)):
+        def __call__(self, inputs, cache=None):
+            return super().__call__(inputs, cache) * 0.5
+
+    m.__class__ = Scaled
+    assert T.logits_head(m) is None
+    logp, _ = T.response_logps(m, None, *toks)
+    half = np.array(nn.log_softmax(m(toks[0][:, :-1]).astype(mx.float32), axis=-1))
+    np.testing.assert_allclose(np.array(logp), half[mask, targets[mask]], rtol=1e-4, atol=1e-4)
