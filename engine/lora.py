@@ -44,6 +44,35 @@ def _plain(obj, name: str, value) -> None:
     object.__setattr__(obj, name, value)
 
 
+def dropout_lora(x: mx.array, lora_a: mx.array, lora_b: mx.array, mask: mx.array, keep: float) -> mx.array:
+    """(dropout(x) @ A) @ B with dropout's keep-mask `mask` (bool, x's shape). The backward
+    pass keeps only the mask (1 byte per element) and rebuilds dropout(x) from x, which it
+    keeps anyway: plain autodiff would keep a float copy of the mask and the dropped x (8
+    bytes per element, for every adapted layer) until the backward pass, most of the
+    memory of a LoRA step with dropout."""
+    inv = 1.0 / keep
+
+    def dropped(v):
+        return mx.where(mask, v * inv, mx.zeros_like(v))
+
+    @mx.custom_function
+    def term(x, a, b):
+        return (dropped(x) @ a) @ b
+
+    @term.vjp
+    def term_vjp(primals, cotangent, _):
+        x, a, b = primals
+        xd = dropped(x)
+        u = xd @ a
+        gu = cotangent @ b.T
+        def rows(t):
+            return t.reshape(-1, t.shape[-1])
+        return (dropped(gu @ a.T).astype(x.dtype), (rows(xd).T @ rows(gu)).astype(a.dtype),
+                (rows(u).T @ rows(cotangent)).astype(b.dtype))
+
+    return term(x, lora_a, lora_b)
+
+
 class StackedLoRALinear(nn.Module):
     def __init__(self, base: nn.Module):
         super().__init__()
@@ -53,7 +82,7 @@ class StackedLoRALinear(nn.Module):
         _plain(self, "active", {})  # name -> None (every row) or a (batch,) gate array
         _plain(self, "scale", 0.0)  # the trainable term's scale
         _plain(self, "trainable_on", True)
-        _plain(self, "dropout", nn.Dropout(0.0))
+        _plain(self, "dropout_p", 0.0)  # on the trainable term's input, in training mode only
 
     @property
     def input_dims(self) -> int:
@@ -76,7 +105,7 @@ class StackedLoRALinear(nn.Module):
         self.lora_a = mx.random.uniform(low=-bound, high=bound, shape=(self.input_dims, rank))
         self.lora_b = mx.zeros((rank, self.output_dims))
         _plain(self, "scale", float(scale))
-        _plain(self, "dropout", nn.Dropout(p=dropout))
+        _plain(self, "dropout_p", float(dropout))
         self.unfreeze(keys=["lora_a", "lora_b"], recurse=False)
 
     def remove_trainable(self) -> None:
@@ -109,13 +138,13 @@ class StackedLoRALinear(nn.Module):
                 z = z * gate.reshape((-1,) + (1,) * (z.ndim - 1))
             y = y + z.astype(x.dtype)
         if self.trainable_on and "lora_a" in self:
-            z = (self.dropout(x) @ self.lora_a) @ self.lora_b
+            keep = 1.0 - self.dropout_p
+            if self.training and keep < 1.0:
+                z = dropout_lora(x, self.lora_a, self.lora_b, mx.random.bernoulli(keep, x.shape), keep)
+            else:
+                z = (x @ self.lora_a) @ self.lora_b
             y = y + (self.scale * z).astype(x.dtype)
         return y
-
-    def _set_training_mode(self, mode: bool) -> None:
-        super()._set_training_mode(mode)
-        self.dropout._set_training_mode(mode)
 
 
 # --- the model ----------------------------------------------------------------------

@@ -120,7 +120,7 @@ DEFAULTS = {
 STRUCTURAL = ("method", "rank", "scale", "dropout", "num_layers", "keys", "batch_size", "seed")
 KEEP_CHECKPOINTS = 2
 PAD_TO = 8
-KL_CHUNK = 256  # positions per full-vocabulary KL chunk in evaluation
+HEAD_CHUNK = 64  # positions whose full-vocabulary logits exist at once (peak memory; no slower than more)
 
 
 # --- configuration -------------------------------------------------------------------
@@ -266,10 +266,42 @@ def logps_of(logits: mx.array, targets: mx.array) -> mx.array:
     return -nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
 
 
+def chunked_logps(head, x: mx.array, targets: mx.array, chunk: int = HEAD_CHUNK) -> mx.array:
+    """log p(targets) from hidden states x (N, D), the head's (chunk, vocab) logits built one
+    chunk at a time and built again in the backward pass instead of being kept: memory for
+    one chunk's logits rather than all N positions', for one more head forward."""
+    n = x.shape[0]
+    spans = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+    def in_turn(parts: list, i: int, j: int, x: mx.array) -> mx.array:
+        # chunk i:j only after the one before: without the edge MLX may build all chunks' logits at once
+        return x[i:j] if not parts else mx.depends(x[i:j], parts[-1])
+
+    @mx.custom_function
+    def logps(x):
+        parts = []
+        for i, j in spans:
+            parts.append(logps_of(head(in_turn(parts, i, j, x)), targets[i:j]))
+        return mx.concatenate(parts)
+
+    @logps.vjp
+    def logps_vjp(x, cotangent, _):
+        grads = []
+        for i, j in spans:
+            t = targets[i:j]
+            _, (g,) = mx.vjp(lambda z: logps_of(head(z), t), [in_turn(grads, i, j, x)], [cotangent[i:j]])
+            grads.append(g)
+        return (mx.concatenate(grads),)
+
+    return logps(x)
+
+
 def response_logps(model, head, tokens, lengths, prompt_lens):
     """(log p of each response token (N,), its batch row (N,) as a numpy array)."""
     x, to_logits, targets, rows = response_positions(model, head, tokens, lengths, prompt_lens)
-    return logps_of(to_logits(x), targets), rows
+    if head is None or rows.size == 0:
+        return logps_of(to_logits(x), targets), rows
+    return chunked_logps(head, x, targets), rows
 
 
 def row_sums(values: mx.array, rows: np.ndarray, n_rows: int) -> tuple[mx.array, mx.array]:
@@ -682,10 +714,10 @@ def train(
                 with lora.reference_mode(model):
                     rx, _, _, _ = response_positions(model, head, *toks)
                 parts, rparts = [], []
-                for i in range(0, rows.size, KL_CHUNK):  # in chunks: full-vocabulary tensors are big
-                    lg, rlg = to_logits(x[i:i + KL_CHUNK]), to_logits(rx[i:i + KL_CHUNK])
-                    parts.append(logps_of(lg, targets[i:i + KL_CHUNK]))
-                    rparts.append(logps_of(rlg, targets[i:i + KL_CHUNK]))
+                for i in range(0, rows.size, HEAD_CHUNK):  # in chunks: full-vocabulary tensors are big
+                    lg, rlg = to_logits(x[i:i + HEAD_CHUNK]), to_logits(rx[i:i + HEAD_CHUNK])
+                    parts.append(logps_of(lg, targets[i:i + HEAD_CHUNK]))
+                    rparts.append(logps_of(rlg, targets[i:i + HEAD_CHUNK]))
                     kl = kl_per_token(lg.astype(mx.float32), rlg.astype(mx.float32)).sum()
                     mx.eval(kl, parts[-1], rparts[-1])
                     tot_kl += kl.item()

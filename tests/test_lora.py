@@ -258,3 +258,21 @@ def test_fold_adapter_leaves_quantized_layers_mounted(base, sft_dir):
     q = model.model.layers[0].self_attn.q_proj
     assert isinstance(q.linear, nn.QuantizedLinear) and "sft" in q.adapters
     np.testing.assert_allclose(logits(model), want, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_lora_gradients_equal_plain_autodiff():
+    x = mx.random.normal((2, 5, 12))
+    a, b = mx.random.normal((12, 3)), mx.random.normal((3, 7))
+    mask = mx.random.bernoulli(0.8, x.shape)
+    cot = mx.random.normal((2, 5, 7))
+
+    def plain(x, a, b):
+        return ((mx.where(mask, x / 0.8, 0.0) @ a) @ b * cot).sum()
+
+    def ours(x, a, b):
+        return (lora.dropout_lora(x, a, b, mask, 0.8) * cot).sum()
+
+    np.testing.assert_allclose(np.array(ours(x, a, b)), np.array(plain(x, a, b)), rtol=1e-5)
+    for g1, g2 in zip(mx.grad(ours, argnums=(0, 1, 2))(x, a, b), mx.grad(plain, argnums=(0, 1, 2))(x, a, b)):
+        np.testing.assert_allclose(np.array(g1), np.array(g2), rtol=1e-4, atol=1e-5)
+    assert not np.array(mask).all()  # some inputs dropped
