@@ -52,6 +52,7 @@ from engine import adapters as A
 from engine import lora
 from engine.errors import HumanizerError
 from engine.events import Cancelled, NullRun, Run
+from engine.fastops import cpu_fast_ops
 from engine.workspace import atomic_dir
 
 METHODS = ("sft", "dpo")
@@ -588,6 +589,7 @@ def train(
         steps_per_report=steps_per_report, steps_per_save=steps_per_save, seed=seed,
     )
     lock = _lock_output(output)
+    scope = contextlib.ExitStack()
     try:
         _clean_temp(output)
         checkpoints = list_checkpoints(ckpt_dir)
@@ -608,6 +610,7 @@ def train(
         model_dir = _resolve_model_dir(model_spec, ws, run)
         run.log(f"loading {model_dir}")
         model, tokenizer = lora.load_model(model_dir)
+        scope.enter_context(cpu_fast_ops(model))
         on_cpu = mx.default_device() == mx.cpu
         run.log("CPU backend: training on float32 (quantized layers dequantized)" if on_cpu
                 else "Metal backend: training on the model's own weights (QLoRA if quantized)")
@@ -861,6 +864,7 @@ def train(
         run.done(adapter=str(output), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return output
     finally:
+        scope.close()
         lock.close()
 
 
