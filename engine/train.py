@@ -26,6 +26,17 @@ adapter as a run that was never interrupted.
 On the CPU backend a quantized base is dequantized to float32 in memory and trained
 that way (the same function; MLX's CPU quantized kernels are slow); on Metal the
 quantized weights are trained as they are (QLoRA). The adapter is the same either way.
+
+Where the time and memory go, and what we do about it (figures in bench/README.md):
+- the loss needs log-probs at response positions only, so the LM head and the
+  log-softmax over the vocabulary run there only, a chunk of positions at a time, and
+  the backward pass rebuilds each chunk's logits instead of keeping them
+  (`chunked_logps`): the full (batch, length, vocab) logits never exist;
+- for DPO on float32 weights the frozen parent is folded into the base weights
+  (`lora.fold_adapter`): the same function with fewer matmuls;
+- LoRA dropout keeps only its 1-byte mask for the backward pass (`lora.dropout_lora`);
+- on the CPU backend, attention softmax and SwiGLU use a faster exp
+  (`engine.fastops`).
 """
 
 from __future__ import annotations
