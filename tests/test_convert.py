@@ -566,3 +566,57 @@ def test_reuse_measurements_for_another_target(converted, tiny_model, tmp_path):
         _convert(tiny_model, tmp_path / "out5", candidate_bits="4,5", target_bpw=5.0, measurements=converted[0].path)
     with pytest.raises(HumanizerError, match="cannot reuse.*seed"):
         _convert(tiny_model, tmp_path / "out6", seed=1, measurements=converted[0].path)
+
+
+def test_reuse_with_the_same_target_writes_the_same_weights(converted, tiny_model, tmp_path):
+    """The clip rounding of a reused measurement comes from the stored Fisher factors: same bits, same codes."""
+    assert (converted[0].path / C.ROUNDING_FILE).is_file()
+    result = _convert(tiny_model, tmp_path / "again", measurements=converted[0].path)
+    wa, wb = _safetensors(result.path), _safetensors(converted[0].path)
+    assert set(wa) == set(wb) and all(mx.array_equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(HumanizerError, match="cannot reuse.*rounding"):
+        _convert(tiny_model, tmp_path / "minmax", rounding="minmax", measurements=converted[0].path)
+
+
+# --- rounding and the choice among allocations ----------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_clip_rounding_never_loses_to_min_max_on_its_own_weighting(bits):
+    """Ratio 1 (plain min/max) is among the candidates, so the search can only lower the
+    weighted error, and what it returns quantizes to exactly the dequantized weights it reports."""
+    mx.random.seed(bits)
+    w = mx.random.normal((48, 128)) * mx.random.uniform(0.5, 2.0, (48, 1))
+    w = mx.where(mx.random.uniform(shape=w.shape) < 0.01, w * 6, w)  # a few outliers to clip
+    imp = mx.random.uniform(0.1, 1.0, (48, 1)) * mx.random.uniform(0.1, 1.0, (1, 128))
+    w_in, deq, choice = C.rounded_weight(w, bits, 64, mx.float16, imp)
+    _, plain, none = C.rounded_weight(w, bits, 64, mx.float16, None)
+    assert none is None and choice.shape == (48, 2, 1) and int(choice.max()) > 0
+    err = lambda d: (imp * mx.square(d - w.astype(mx.float16).astype(mx.float32))).sum().item()  # noqa: E731
+    assert err(deq) < err(plain)
+    q, s, b = mx.quantize(w_in, group_size=64, bits=bits)
+    assert mx.array_equal(mx.dequantize(q, s, b, group_size=64, bits=bits).astype(mx.float32), deq)
+    again_in, again, _ = C.rounded_weight(w, bits, 64, mx.float16, imp, choice)  # replaying the choice
+    assert mx.array_equal(again_in, w_in) and mx.array_equal(again, deq)
+
+
+def test_split_check_holds_back_one_window_in_sixteen():
+    calib = [[i] * 4 for i in range(32)]
+    fisher, check = C.split_check(calib)
+    assert len(check) == 2 and len(fisher) == 30 and not set(map(tuple, check)) & set(map(tuple, fisher))
+    assert C.split_check(calib[:8]) == (calib[:8], [])
+
+
+def test_the_kept_allocation_has_the_smallest_real_kl_on_held_back_tokens(tiny_model, tmp_path):
+    events = []
+    result = _convert(tiny_model, tmp_path / "out", events, samples=16, target_bpw=3.5)
+    meta = json.loads((result.path / C.META_FILE).read_text())
+    assert meta["calibration"]["check_samples"] == 1 and meta["calibration"]["fisher_samples"] == 15
+    sel = meta["method"]["selection"]
+    assert sorted(k for c in sel for k in c["kappas"]) == sorted(C.KAPPAS)
+    kept = [c for c in sel if c["kept"]]
+    assert len(kept) == 1
+    assert len(sel) > 1  # on this tiny model the kappas give two different allocations
+    assert kept[0]["check_kl"] == min(c["check_kl"] for c in sel)
+    assert kept[0]["bits_params"] == result.summary["bits_histogram"]
+    assert [e for e in events if e.get("phase") == "allocate"]
