@@ -42,7 +42,6 @@ epoch of the pairs.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -253,17 +252,8 @@ def child_peer(spec: dict) -> dict:
 
 
 def settings_from(args) -> dict:
-    from engine.train import PRESETS
-
-    p = PRESETS[args.preset]
     return {
-        "preset": args.preset,
-        "rank": args.rank or p["rank"],
-        "scale": p["scale"] if args.scale is None else args.scale,
-        "dropout": p["dropout"] if args.dropout is None else args.dropout,
-        "num_layers": args.num_layers or p["num_layers"],
-        "keys": args.keys.split(",") if args.keys else list(p["keys"]),
-        "learning_rate": p["learning_rate"]["dpo"],
+        **common.lora_settings(args, "dpo"),
         "beta": 0.1,
         "batch_size": args.batch_size,
         "prompt_len": args.prompt_len,
@@ -278,27 +268,13 @@ def settings_from(args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="PATH", help="also write every number to PATH")
-    ap.add_argument("--model", default=common.DEFAULT_MODEL, help="model spec (default: %(default)s)")
-    ap.add_argument("--cache-dir", type=Path, default=common.default_cache_dir(),
-                    help="where the float32 copy, the SFT adapter and the fused model are kept (default: %(default)s)")
-    ap.add_argument("--preset", default="small", choices=["small", "medium", "large"])
-    ap.add_argument("--rank", type=int)
-    ap.add_argument("--scale", type=float)
-    ap.add_argument("--dropout", type=float)
-    ap.add_argument("--num-layers", type=int)
-    ap.add_argument("--keys", help="comma-separated, e.g. q_proj,v_proj")
+    ap = common.trainer_bench_args(__doc__.split("\n\n")[0], "mlx-lm-lora",
+                                   "where the float32 copy, the SFT adapter and the fused model are kept",
+                                   steps=4, timeout=1500, children=["prep", "ours", "peer"])
     ap.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--response-len", type=int, default=128, help="chosen and rejected tokens each")
     ap.add_argument("--pairs", type=int, default=8, help="training pairs (our reference pass covers them all)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (mlx-lm-lora compiles its step)")
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per side")
-    ap.add_argument("--timeout", type=float, default=1500, help="seconds for the whole run of both sides")
-    ap.add_argument("--child", choices=["prep", "ours", "peer"], help=argparse.SUPPRESS)
-    ap.add_argument("--spec", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.warmup < 1 or args.steps < 1:

@@ -38,7 +38,6 @@ are listed for reference only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -164,17 +163,8 @@ def child_peer(spec: dict) -> dict:
 
 
 def settings_from(args) -> dict:
-    from engine.train import PRESETS
-
-    p = PRESETS[args.preset]
     s = {
-        "preset": args.preset,
-        "rank": args.rank or p["rank"],
-        "scale": args.scale if args.scale is not None else p["scale"],
-        "dropout": args.dropout if args.dropout is not None else p["dropout"],
-        "num_layers": args.num_layers or p["num_layers"],
-        "keys": args.keys.split(",") if args.keys else list(p["keys"]),
-        "learning_rate": p["learning_rate"]["sft"],
+        **common.lora_settings(args, "sft"),
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "prompt_len": args.prompt_len,
@@ -187,27 +177,12 @@ def settings_from(args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="PATH", help="also write every number to PATH")
-    ap.add_argument("--model", default=common.DEFAULT_MODEL, help="model spec (default: %(default)s)")
-    ap.add_argument("--cache-dir", type=Path, default=common.default_cache_dir(),
-                    help="where the float32 copy is kept (default: %(default)s)")
-    ap.add_argument("--preset", default="small", choices=["small", "medium", "large"])
-    ap.add_argument("--rank", type=int)
-    ap.add_argument("--scale", type=float)
-    ap.add_argument("--dropout", type=float)
-    ap.add_argument("--num-layers", type=int)
-    ap.add_argument("--keys", help="comma-separated, e.g. q_proj,v_proj")
+    ap = common.trainer_bench_args(__doc__.split("\n\n")[0], "mlx-lm", "where the float32 copy is kept",
+                                   steps=10, timeout=1200, children=["ours", "peer"])
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per row (= max_seq_length)")
     ap.add_argument("--prompt-len", type=int, default=64, help="masked prompt tokens per row")
     ap.add_argument("--rows", type=int, default=32, help="training rows")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (mlx-lm compiles its step)")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
-    ap.add_argument("--timeout", type=float, default=1200, help="seconds for the whole run of both sides")
-    ap.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
-    ap.add_argument("--spec", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.warmup < 1 or args.steps < 1:

@@ -18,6 +18,7 @@ This module imports no mlx at the top: the parent process stays light.
 from __future__ import annotations
 
 import contextlib
+import argparse
 import json
 import os
 import platform
@@ -465,6 +466,44 @@ def child_memory() -> dict:
 def child_blas() -> dict:
     info = blas_in_use()
     return {"name": info["name"], "path": info["path"]}
+
+
+def trainer_bench_args(description: str, peer: str, cache_help: str, steps: int, timeout: float,
+                       children: list[str]) -> argparse.ArgumentParser:
+    """The flags bench_sft and bench_dpo share (their data-shape flags are their own)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--json", metavar="PATH", help="also write every number to PATH")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default: %(default)s)")
+    ap.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help=f"{cache_help} (default: %(default)s)")
+    ap.add_argument("--preset", default="small", choices=["small", "medium", "large"])
+    ap.add_argument("--rank", type=int)
+    ap.add_argument("--scale", type=float)
+    ap.add_argument("--dropout", type=float)
+    ap.add_argument("--num-layers", type=int)
+    ap.add_argument("--keys", help="comma-separated, e.g. q_proj,v_proj")
+    ap.add_argument("--warmup", type=int, default=2, help=f"untimed steps first ({peer} compiles its step)")
+    ap.add_argument("--steps", type=int, default=steps, help="timed steps per side")
+    ap.add_argument("--timeout", type=float, default=timeout, help="seconds for the whole run of both sides")
+    ap.add_argument("--child", choices=children, help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    return ap
+
+
+def lora_settings(args, method: str) -> dict:
+    """LoRA shape and learning rate: our --preset, with any explicit flag overriding it."""
+    from engine.train import PRESETS
+
+    p = PRESETS[args.preset]
+    return {
+        "preset": args.preset,
+        "rank": args.rank or p["rank"],
+        "scale": p["scale"] if args.scale is None else args.scale,
+        "dropout": p["dropout"] if args.dropout is None else args.dropout,
+        "num_layers": args.num_layers or p["num_layers"],
+        "keys": args.keys.split(",") if args.keys else list(p["keys"]),
+        "learning_rate": p["learning_rate"][method],
+    }
 
 
 def write_result(path: str | Path, res: dict) -> None:
