@@ -12,7 +12,10 @@ An adapter is a folder with
 
 so a single SFT adapter loads in stock `mlx_lm.load(model, adapter_path=...)`. A delta
 (a DPO adapter trained on top of a mounted SFT adapter) holds only its own change and
-is refused unless its parent is mounted with it.
+is refused unless its parent is mounted with it. Its tensor names carry the prefix
+`DELTA_PREFIX`, so stock mlx-lm refuses it too (on its own it would load without error
+and give wrong outputs), naming that prefix in its error; `humanizer lora combine
+SFT DPO` makes the single adapter stock mlx-lm can load.
 
 Fingerprints: a base model's is a SHA-256 over its safetensors tensors' names, dtypes,
 shapes and a strided sample of their bytes (read from the file, cheap and stable); an
@@ -38,6 +41,7 @@ CONFIG_FILE = "adapter_config.json"
 FORMAT_VERSION = 1
 SAMPLES_PER_TENSOR = 8
 SAMPLE_BYTES = 64
+DELTA_PREFIX = "needs_its_parent_adapter_mounted_first."
 
 
 # --- fingerprints --------------------------------------------------------------------
@@ -182,12 +186,15 @@ def adapter_config(config: Mapping, metadata: Mapping) -> dict:
 
 
 def write_adapter_files(folder: Path, weights: Mapping, config: dict) -> None:
-    """Write the two files into an existing (temp) folder."""
+    """Write the two files into an existing (temp) folder. A delta's tensor names get
+    DELTA_PREFIX (see the module docstring)."""
     import mlx.core as mx
 
     if not weights:
         raise HumanizerError("the model has no trainable LoRA weights to save")
-    mx.save_safetensors(str(folder / ADAPTER_FILE), dict(weights), metadata={"format": "mlx"})
+    prefix = DELTA_PREFIX if (config.get("humanizer") or {}).get("parent") else ""
+    mx.save_safetensors(str(folder / ADAPTER_FILE), {prefix + k: v for k, v in weights.items()},
+                        metadata={"format": "mlx"})
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
     for name in (ADAPTER_FILE, CONFIG_FILE):
         with open(folder / name, "rb") as f:
@@ -204,6 +211,18 @@ def save_adapter(model, out_dir, config: Mapping, metadata: Mapping) -> Path:
     with atomic_dir(out_dir) as tmp:
         write_adapter_files(tmp, weights, cfg)
     return out_dir
+
+
+def tensor_name(stored: str) -> str:
+    """The model parameter a stored adapter tensor belongs to (DELTA_PREFIX removed)."""
+    return stored[len(DELTA_PREFIX):] if stored.startswith(DELTA_PREFIX) else stored
+
+
+def load_weights(adapter_dir) -> dict:
+    """The adapter's LoRA weights by model parameter name."""
+    import mlx.core as mx
+
+    return {tensor_name(k): v for k, v in mx.load(str(Path(adapter_dir) / ADAPTER_FILE)).items()}
 
 
 def read_adapter(adapter_dir) -> AdapterInfo:
@@ -246,7 +265,7 @@ def read_adapter(adapter_dir) -> AdapterInfo:
     except (ValueError, KeyError, TypeError) as e:
         raise HumanizerError(f"{cfg_path} is not a valid adapter config ({type(e).__name__}: {e})") from None
     header, _ = safetensors_header(w_path)  # readable
-    info.layers = sorted({k.rsplit(".", 1)[0] for k in header})
+    info.layers = sorted({tensor_name(k).rsplit(".", 1)[0] for k in header})
     info.size_bytes = w_path.stat().st_size
     info.fingerprint = file_fingerprint(w_path)
     return info
@@ -266,7 +285,8 @@ def check_fits(adapter, model_dir, *, strict: bool = True) -> list[str]:
     header, _ = safetensors_header(a.path / ADAPTER_FILE)
     base_name = (a.base or {}).get("name", "unknown")
     problems = []
-    for key, t in sorted(header.items()):
+    for stored, t in sorted(header.items()):
+        key = tensor_name(stored)
         path, leaf = key.rsplit(".", 1)
         if path not in dims:
             problems.append(f"{path}: no such layer in {model_dir.name}")

@@ -323,7 +323,7 @@ def mount_adapter(
     if model_dir:
         A.check_fits(info, model_dir)
     A.check_parent(info, {n: i for n, i in reg.items() if i is not None})
-    weights = mx.load(str(Path(adapter_dir) / A.ADAPTER_FILE))
+    weights = A.load_weights(adapter_dir)
     by_path: dict[str, dict] = {}
     for k, v in weights.items():
         path, leaf = k.rsplit(".", 1)

@@ -194,8 +194,8 @@ def combine(a_dir, b_dir, out_dir, run: Run = NullRun(), ws=None) -> Path:
                              "combine two different adapters")
     base = _same_base(a, b, run)
     parent = _combined_parent(a, b, run)
-    pa = _pairs(a, mx.load(str(a.path / A.ADAPTER_FILE)))
-    pb = _pairs(b, mx.load(str(b.path / A.ADAPTER_FILE)))
+    pa = _pairs(a, A.load_weights(a.path))
+    pb = _pairs(b, A.load_weights(b.path))
     paths = sorted(set(pa) | set(pb), key=_natural)
     f32 = mx.float32
     weights = {}

@@ -456,7 +456,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, adapter_cfg: di
 def load_checkpoint(d: Path) -> tuple[dict, dict, dict]:
     """(state, lora weights, optimizer state tree)."""
     state = json.loads((d / "state.json").read_text(encoding="utf-8"))
-    weights = mx.load(str(d / A.ADAPTER_FILE))
+    weights = A.load_weights(d)
     opt = tree_unflatten(list(mx.load(str(d / "optimizer.safetensors")).items()))
     return state, weights, opt
 

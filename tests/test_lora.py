@@ -276,3 +276,21 @@ def test_dropout_lora_gradients_equal_plain_autodiff():
     for g1, g2 in zip(mx.grad(ours, argnums=(0, 1, 2))(x, a, b), mx.grad(plain, argnums=(0, 1, 2))(x, a, b)):
         np.testing.assert_allclose(np.array(g1), np.array(g2), rtol=1e-4, atol=1e-5)
     assert not np.array(mask).all()  # some inputs dropped
+
+
+def test_dpo_delta_is_refused_by_stock_mlx_lm_and_combined_loads(base, sft_dir, dpo_dir, tmp_path):
+    from mlx_lm import load
+
+    from engine.manage import combine
+
+    path, training = dpo_dir
+    stored = mx.load(str(path / A.ADAPTER_FILE))
+    assert all(k.startswith(A.DELTA_PREFIX) for k in stored)
+    assert A.read_adapter(path).layers == A.read_adapter(sft_dir).layers  # our readers see model names
+    with pytest.raises(ValueError, match=A.DELTA_PREFIX.rstrip(".")):
+        load(str(base), adapter_path=str(path))
+    combined = combine(sft_dir, path, tmp_path / "sft+dpo")
+    assert not any(k.startswith(A.DELTA_PREFIX) for k in mx.load(str(combined / A.ADAPTER_FILE)))
+    stock, _ = load(str(base), adapter_path=str(combined))
+    training.eval()
+    np.testing.assert_allclose(logits(stock), logits(training), rtol=1e-4, atol=1e-4)
