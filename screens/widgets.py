@@ -128,11 +128,12 @@ def format_event(ev: dict) -> Text:
 
 
 # data tables ------------------------------------------------------------------
-def sync_table(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
+def sync_table(table: DataTable, rows: list[tuple[str, tuple]], widen: bool = False) -> None:
     """Show `rows` (key, cells) in order, keeping the cursor on the same key.
 
-    Only changed cells are updated; the table is rebuilt only when its set of keys
-    or their order changes, so a live table neither flickers nor loses its place."""
+    Only changed cells are updated (`widen`: a cell that grows widens its column); the
+    table is rebuilt only when its set of keys or their order changes, so a live table
+    neither flickers nor loses its place."""
     keys = [k for k, _ in rows]
     current = [rk.value for rk in table.rows]
     if keys != current:
@@ -148,7 +149,7 @@ def sync_table(table: DataTable, rows: list[tuple[str, tuple]]) -> None:
         old = table.get_row(key)
         for col, new, was in zip(columns, cells, old):
             if new != was:
-                table.update_cell(key, col, new)
+                table.update_cell(key, col, new, update_width=widen)
 
 
 def cursor_key(table: DataTable) -> str | None:
