@@ -9,12 +9,11 @@ waiting for the allocation, · for not measured yet); the gauge marks the target
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from rich.text import Text
 
-from engine.events import TERMINAL
-from engine.jobs import JobInfo, job_events
+from engine.jobs import JobInfo
+from screens.runs import JobHistory
 from screens.widgets import parse_verb_argv
 
 # the grid's columns, as engine.convert.MODULE_NAMES names them
@@ -48,35 +47,17 @@ def _num(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
-class ConvertHistory:
+class ConvertHistory(JobHistory):
     """One convert's events, read incrementally: every layer's latest `layer` event (in
-    the convert's order), the latest progress per phase, the budget metric, done/error."""
+    the convert's order), the latest progress, the budget metric, done/error."""
+
+    parse_argv = staticmethod(parse_convert_argv)
 
     def __init__(self, job: JobInfo) -> None:
-        self.job = job
-        self.args = parse_convert_argv(job.argv)
-        self.name = Path(self.args["output"]).name if self.args.get("output") else job.id
-        self.offset = 0
+        super().__init__(job)
         self.layers: dict[str, dict] = {}  # path -> its latest layer event
-        self.progress: dict | None = None
         self.metric: dict = {}
-        self.done: dict | None = None
-        self.error: dict | None = None
-        self.message: str | None = None
         self.total_layers: int | None = None
-        self.final = False
-
-    def update(self, job: JobInfo | None = None) -> bool:
-        if self.final:
-            return False
-        if job is not None:
-            self.job = job
-        events, self.offset = job_events(self.job, self.offset)
-        for ev in events:
-            self.feed(ev)
-        if self.job.status in TERMINAL:
-            self.final = True
-        return bool(events)
 
     def feed(self, ev: dict) -> None:
         kind = ev.get("type")
@@ -84,17 +65,11 @@ class ConvertHistory:
             self.layers[str(ev["path"])] = ev
             if isinstance(ev.get("total"), int):
                 self.total_layers = ev["total"]
-        elif kind == "progress":
-            self.progress = ev
         elif kind == "metric":
             values = ev.get("values") or {}
             self.metric.update({k: v for k, v in values.items() if _num(v) is not None})
-        elif kind == "done" and self.done is None:
-            self.done = ev
-        elif kind == "error":
-            self.error = ev
-        elif kind == "log" and ev.get("message"):
-            self.message = str(ev["message"])
+        else:
+            super().feed(ev)
 
     # what the view shows -----------------------------------------------------------------
     @property
@@ -190,6 +165,16 @@ def legend(bits: list[int]) -> Text:
         line.append(" float16  " if b == 16 else f" {b}-bit  ")
     line.append(f"{MEASURED} measured, waiting for the allocation  {PENDING} not measured", style="dim")
     return line
+
+
+def fmt_size(n: float | None) -> str:
+    if n is None:
+        return "—"
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} GB"
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} KB"
 
 
 def fmt_sci(v: float | None) -> str:
