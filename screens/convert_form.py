@@ -16,6 +16,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from engine.convert import DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, GROUP_SIZES, check_settings, parse_bits
 from engine.errors import HumanizerError
 from screens.convert_widgets import fmt_size
+from screens.runs import form_head
 from screens.widgets import display_path
 
 PLAN_DELAY = 0.3  # seconds after the last change of model, bits or group size
@@ -43,11 +44,7 @@ class ConvertForm:
     _plan_timer: Timer | None
 
     def compose_form(self) -> ComposeResult:
-        yield Static("New convert", classes="heading")
-        yield Static("", id="f-errors")
-        with Horizontal(classes="form-row"):
-            yield Label("model")
-            yield Select([], prompt="no models: pull one in Models (1)", compact=True, id="f-model")
+        yield from form_head("New convert")
         with Horizontal(classes="form-row"):
             yield Label("target")
             yield Input("5.0", placeholder="bits per weight, e.g. 5.0", compact=True, id="f-target")

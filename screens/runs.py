@@ -14,8 +14,10 @@ from functools import partial
 from pathlib import Path
 
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Input, Select, Static
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, humanizer_argv, job_events, job_info, start_job
@@ -110,6 +112,15 @@ def append_outcome(line: Text, h: JobHistory, cancelled: str) -> None:
             line.append(f"\n  hint: {err['hint']}", style="italic")
     elif h.job.status == "cancelled":
         line.append(f"\n⊘ cancelled: {cancelled}", style="italic")
+
+
+def form_head(title: str) -> ComposeResult:
+    """The top of a new-run form: its title, the error box and the model to start from."""
+    yield Static(title, classes="heading")
+    yield Static("", id="f-errors")
+    with Horizontal(classes="form-row"):
+        yield Label("model")
+        yield Select([], prompt="no models: pull one in Models (1)", compact=True, id="f-model")
 
 
 class RunsTable(DataTable):

@@ -16,6 +16,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, S
 
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo
+from screens.runs import form_head
 from screens.train_widgets import parse_train_argv
 from screens.widgets import display_path
 
@@ -128,11 +129,7 @@ class TrainForm:
     _preview_timer: Timer | None
 
     def compose_form(self) -> ComposeResult:
-        yield Static("New run", classes="heading")
-        yield Static("", id="f-errors")
-        with Horizontal(classes="form-row"):
-            yield Label("model")
-            yield Select([], prompt="no models: pull one in Models (1)", compact=True, id="f-model")
+        yield from form_head("New run")
         with Horizontal(classes="form-row"):
             yield Label("dataset")
             yield Input(placeholder="folder, .jsonl, .parquet or HF id", compact=True, id="f-data")
