@@ -12,8 +12,10 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from engine.jobs import JobInfo, humanizer_argv, start_job
-from screens.widgets import InputDialog, ModeHeader, JobProgress, StatusBar, display_path, sync_table
+from engine.jobs import JobInfo
+from screens.widgets import (
+    InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, start_humanizer_job, sync_table,
+)
 
 EMBEDDED = "smollm2-135m"
 MODEL_JOB_KINDS = ("models pull", "models import")
@@ -128,18 +130,12 @@ class ModelsScreen(Screen):
         return next((w.job for w in self.query(JobProgress) if w.following and w.job.kind == kind), None)
 
     def _start(self, kind: str, *args: str) -> None:
-        try:
-            job = start_job(self.app.ws, kind, humanizer_argv(*args))
-        except OSError as e:
-            self.notify(f"could not start {kind}: {e}", severity="error")
-            return
-        self._follow(job)
+        job = start_humanizer_job(self, kind, *args)
+        if job is not None:
+            self._follow(job)
 
     def _follow(self, job: JobInfo) -> None:
-        box = self.query_one("#models-jobs")
-        for finished in [w for w in box.query(JobProgress) if w.job and not w.following]:
-            finished.remove()
-        box.mount(JobProgress(job))
+        follow_job(self.query_one("#models-jobs"), job)
         self.app.poll_jobs()
 
     def action_pull(self) -> None:

@@ -32,7 +32,7 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
 from engine.events import TERMINAL, read_events
 from engine.errors import HumanizerError
-from engine.jobs import JobInfo, cancel_job, job_info, last_progress
+from engine.jobs import JobInfo, cancel_job, humanizer_argv, job_info, last_progress, start_job
 
 TAIL_HZ = 4  # how often a screen re-reads a job it is showing (never per event)
 
@@ -345,6 +345,22 @@ class JobProgress(Vertical):
         elif job.status == "done":
             message = "✓ done" + (f": {last['message']}" if last.get("message") else "")
         self.query_one("#jp-message", Label).update(message)
+
+
+def start_humanizer_job(screen, kind: str, *args: str) -> JobInfo | None:
+    """Start `humanizer ARGS` as a job; None (and the error notified) when it cannot start."""
+    try:
+        return start_job(screen.app.ws, kind, humanizer_argv(*args))
+    except OSError as e:
+        screen.notify(f"could not start {kind}: {e}", severity="error")
+        return None
+
+
+def follow_job(box: Widget, job: JobInfo) -> None:
+    """Add `job`'s progress to `box`, dropping the finished ones shown there."""
+    for finished in [w for w in box.query(JobProgress) if w.job and not w.following]:
+        finished.remove()
+    box.mount(JobProgress(job))
 
 
 # dialogs ----------------------------------------------------------------------
