@@ -9,8 +9,12 @@ What is compared (all on the same float32 source: the embedded model is a 4-bit 
 import, dequantized to float32; every number is measured against that float model):
 
 - float: the float32 source itself;
-- ours: engine.convert.convert at each budget; the sensitivities are measured ONCE (by
-  the first budget's convert) and the other budgets reuse them via `measurements=`;
+- ours: engine.convert.convert at each budget (its default Fisher-weighted clip rounding);
+  the sensitivities are measured ONCE (by the first budget's convert) and the other
+  budgets reuse them via `measurements=`;
+- ours, allocation only: the same with rounding="minmax" (plain mx.quantize rounding, as
+  uniform and dynamic_quant use), to show what the allocation alone gives
+  (--no-allocation-only to skip);
 - uniform: every quantizable layer (the tied embedding included) at one bit width,
   nn.quantize of the float16 weights, the width whose bpw is nearest the budget;
 - dynamic_quant: mlx_lm.quant.dynamic_quant used as a library: estimate_sensitivities
@@ -118,6 +122,7 @@ def main() -> int:
                     help="dynamic_quant (low-high) widths per budget, e.g. '3.5:2-4,4.5:4-6' "
                          "(default: nearest candidate widths below / above each budget)")
     ap.add_argument("--no-dynamic-quant", action="store_true")
+    ap.add_argument("--no-allocation-only", action="store_true", help="skip the min/max-rounding rows of ours")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", default=None, help="keep our converted folders here")
     args = ap.parse_args()
@@ -169,29 +174,35 @@ def main() -> int:
     # ours ----------------------------------------------------------------------------------
     tmp = Path(tempfile.mkdtemp(prefix="bench-convert-"))
     ours_timing = {}
-    first_meta = None
+    variants = [("ours", "clip")] + ([] if args.no_allocation_only else [("ours, allocation only", "minmax")])
     try:
-        for b in budgets:
-            out = tmp / f"ours-{b:g}"
-            t = time.perf_counter()
-            res = C.convert(str(model_dir), out, target_bpw=b, candidate_bits=cands, group_size=gs,
-                            samples=args.samples, seq_len=args.seq_len, seed=args.seed,
-                            measurements=first_meta, ws=ws)
-            wall = time.perf_counter() - t
-            s = res.summary
-            if first_meta is None:
-                first_meta = out / C.META_FILE
-                ours_timing = {"measure_seconds": s["measure_seconds"], "convert_wall_seconds": round(wall, 1),
-                               "loadavg_after": os.getloadavg()}
-            q, _ = mlx_load(str(out))
-            bpw = count_bpw(q, total)
-            hist = bits_hist(q)
-            p = ppl(as_float32(q))
-            add("ours", b, bpw, p, convert_ppl=s.get("ppl_result"), measure_seconds=s["measure_seconds"],
-                reused=first_meta != out / C.META_FILE, bits_params=hist)
-            del q
-            if args.keep:
-                shutil.copytree(out, Path(args.keep) / out.name, dirs_exist_ok=True)
+        for label, rounding in variants:
+            first_meta = None
+            for b in budgets:
+                out = tmp / f"{rounding}-{b:g}"
+                t = time.perf_counter()
+                res = C.convert(str(model_dir), out, target_bpw=b, candidate_bits=cands, group_size=gs,
+                                samples=args.samples, seq_len=args.seq_len, seed=args.seed,
+                                measurements=first_meta, rounding=rounding, ws=ws)
+                wall = time.perf_counter() - t
+                s = res.summary
+                if first_meta is None:
+                    first_meta = out / C.META_FILE
+                    ours_timing[rounding] = {"measure_seconds": s["measure_seconds"],
+                                             "convert_wall_seconds": round(wall, 1),
+                                             "loadavg_after": os.getloadavg()}
+                meta = json.loads((out / C.META_FILE).read_text())
+                kept = next(c for c in meta["method"]["selection"] if c["kept"])
+                q, _ = mlx_load(str(out))
+                bpw = count_bpw(q, total)
+                hist = bits_hist(q)
+                p = ppl(as_float32(q))
+                add(label, b, bpw, p, convert_ppl=s.get("ppl_result"), measure_seconds=s["measure_seconds"],
+                    reused=first_meta != out / C.META_FILE, bits_params=hist, kappas=kept["kappas"],
+                    check_kl=kept["check_kl"], candidates=len(meta["method"]["selection"]))
+                del q
+                if args.keep:
+                    shutil.copytree(out, Path(args.keep) / out.name, dirs_exist_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -260,12 +271,14 @@ def main() -> int:
         bud = "-" if r["budget"] is None else f"{r['budget']:g}"
         print(f"| {bud} | {r['method']} | {r['bpw']:.3f} | {r['ppl']:.3f} | {r['increase_pct']:+.2f}% |")
     print()
-    print(f"ours: sensitivity measurement + allocation {ours_timing.get('measure_seconds')} s "
-          f"(load average at start {load0[0]:.2f}, after {ours_timing.get('loadavg_after', (0,))[0]:.2f}, "
-          f"{os.cpu_count()} CPUs)")
+    for rounding, t in ours_timing.items():
+        print(f"ours ({rounding}): sensitivity measurement + allocation {t['measure_seconds']} s "
+              f"(load average at start {load0[0]:.2f}, after {t['loadavg_after'][0]:.2f}, "
+              f"{os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable by this process)")
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": load0,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "cpus_usable": sorted(os.sched_getaffinity(0)), "loadavg_start": load0,
                     "loadavg_end": os.getloadavg(), "blas": blas_in_use()},
         "model": str(model_dir), "params": total, "group_size": gs, "candidates": cands,
         "calibration_samples": len(calib), "seq_len": args.seq_len,
