@@ -620,3 +620,12 @@ def test_the_kept_allocation_has_the_smallest_real_kl_on_held_back_tokens(tiny_m
     assert kept[0]["check_kl"] == min(c["check_kl"] for c in sel)
     assert kept[0]["bits_params"] == result.summary["bits_histogram"]
     assert [e for e in events if e.get("phase") == "allocate"]
+
+
+def test_cli_rounding_flag_reaches_the_convert(ws, tiny_model, tmp_path):
+    out = tmp_path / "plain"
+    code, _ = _cli(ws, ["convert", str(tiny_model), "--target-bpw", "5", "--candidate-bits", "4,8",
+                        "--output", str(out), "--samples", "2", "--seq-len", "32", "--heldout-tokens", "64",
+                        "--rounding", "minmax", "--json"])
+    assert code == 0
+    assert json.loads((out / C.META_FILE).read_text())["settings"]["rounding"] == "minmax"

@@ -117,6 +117,9 @@ def register(sub) -> dict:
     p.add_argument("--heldout-tokens", type=int, default=DEFAULT_HELDOUT_TOKENS, metavar="N",
                    help=f"held-out tokens to evaluate (default {DEFAULT_HELDOUT_TOKENS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled labels of the calibration pass")
+    p.add_argument("--rounding", choices=["clip", "minmax"], default="clip",
+                   help="clip (default): per group, the range shrink that minimises the Fisher-weighted "
+                   "error at 4 bits or fewer; minmax: plain min/max rounding (both the standard MLX format)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted convert into --output")
     p.add_argument("--reuse-measurements", metavar="FILE",
                    help="the humanizer_quant.json (or folder) of an earlier convert of the same model and "
@@ -137,7 +140,7 @@ def cmd_convert(ws, args, argv) -> int:
                             calibration=args.calibration, samples=args.samples, seq_len=args.seq_len,
                             resume=args.resume, seed=args.seed, heldout=args.heldout,
                             heldout_tokens=args.heldout_tokens, measurements=args.reuse_measurements,
-                            run=run, ws=ws),
+                            rounding=args.rounding, run=run, ws=ws),
         human_view=HumanView,
     )
     if not args.json:
