@@ -16,8 +16,6 @@ two side by side (A/B), with streaming replies.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from functools import partial
 
 from rich.text import Text
@@ -29,23 +27,18 @@ from textual.widgets import Footer, Static, TextArea
 from textual.worker import Worker
 
 from engine.errors import HumanizerError
-from screens.chat_widgets import (
-    MAX_TOKENS_LIMIT, Conversation, Message, PairView, Reply, ReplyView, UserView, list_conversations,
-    save_conversation,
-)
-from screens.forms import Field, FormDialog, PickDialog
-from screens.server import server_defaults
-from screens.serving import (
-    DEFAULT_PORT, ServerError, ServerMonitor, adapter_choices, fit_lines, host_port, pick_default_model, start_server,
-)
-from screens.widgets import ConfirmDialog, ModeHeader, StatusBar, fmt_time
+from screens.chat_conversations import ChatConversations
+from screens.chat_widgets import Conversation, Message, Reply, ReplyView, UserView, chat_bar, stream_reply
+from screens.server_widgets import server_defaults
+from screens.serving import DEFAULT_PORT, ServerMonitor, adapter_choices, host_port, pick_default_model, start_server
+from screens.widgets import ConfirmDialog, ModeHeader, StatusBar
 
 REDRAW_HZ = 4
 SHORT = 30  # below this many rows: a shorter input box
 SEND_KEYS = "ctrl+s"
 
 
-class ChatScreen(Screen):
+class ChatScreen(ChatConversations, Screen):
     DEFAULT_CSS = """
     ChatScreen #chat-bar { height: auto; padding: 0 1; background: $boost; }
     ChatScreen #transcript { height: 1fr; padding: 0 1; scrollbar-size-vertical: 1; }
@@ -112,112 +105,6 @@ class ChatScreen(Screen):
         if short != self._short:
             self._short = short
             self.set_class(short, "-short")
-
-    # conversations ------------------------------------------------------------------------
-    def _load_latest(self) -> None:
-        """In a worker thread: reopen the most recent conversation."""
-        found, _ = list_conversations(self.app.ws)
-        self.app.call_from_thread(self._opened, found[0] if found else None, True)
-
-    def _opened(self, conv: Conversation | None, initial: bool = False) -> None:
-        self._loaded = True
-        if conv is None:
-            return
-        if initial and (self.conv.messages or self.streams):
-            return  # the user started typing a new one meanwhile
-        self.conv = conv
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        box = self.query_one("#transcript", VerticalScroll)
-        for w in list(box.children):
-            if w.id != "chat-info":
-                w.remove()
-        box.mount_all([w for m in self.conv.messages for w in self._views(m)])
-        self._draw_bar()
-        self._draw_info()
-        self.call_after_refresh(box.scroll_end, animate=False)
-
-    def _views(self, m: Message) -> list:
-        if m.role == "user":
-            return [UserView(m.content)]
-        if m.role == "assistant":
-            return [ReplyView(m.replies[0])]
-        return [UserView(m.content, "you · A/B"), PairView(*m.replies)]
-
-    def _save(self) -> None:
-        if not self.conv.messages or not self.conv.id:
-            return
-        self.conv.updated = time.time()
-        text = self.conv.to_json()
-        self.run_worker(partial(self._write, text, self.conv.id), thread=True, group="chat-save")
-
-    def _write(self, text: str, conv_id: str) -> None:
-        try:
-            save_conversation(self.app.ws, text, conv_id)
-        except OSError as e:
-            self.app.call_from_thread(self.notify, f"conversation not saved: {e}", severity="error")
-
-    def action_new_chat(self) -> None:
-        if self.streams:
-            self.notify("a reply is streaming: esc stops it first", severity="warning")
-            return
-        self.conv = Conversation.new(like=self.conv)
-        self.pending = None
-        self._rebuild()
-        self.query_one("#chat-input").focus()
-
-    def action_open_chat(self) -> None:
-        if self.streams:
-            self.notify("a reply is streaming: esc stops it first", severity="warning")
-            return
-        self.run_worker(self._gather_chats, thread=True, group="chat-list")
-
-    def _gather_chats(self) -> None:
-        found, bad = list_conversations(self.app.ws)
-        self.app.call_from_thread(self._pick_chat, found, bad)
-
-    def _pick_chat(self, found: list[Conversation], bad: list[str]) -> None:
-        options = []
-        for c in found:
-            label = Text(c.title, style="bold")
-            n = sum(1 for m in c.messages if m.role in ("user", "ab"))
-            label.append(f"  {fmt_time(c.updated)} · {n} message{'s' * (n != 1)}", style="dim")
-            if c.id == self.conv.id:
-                label.append(" · open", style="italic")
-            options.append((label, c))
-        help_ = f"{len(bad)} file(s) could not be read: {bad[0]}" if bad else ""
-        self.app.push_screen(PickDialog("Conversations", options, help=help_,
-                                        empty="no saved conversations yet"), self._opened)
-
-    # settings -----------------------------------------------------------------------------------
-    def action_settings(self) -> None:
-        def validate(v: dict) -> list[tuple[str, str]]:
-            errors = []
-            try:
-                t = float(v["temperature"])
-                if not 0 <= t <= 2:
-                    raise ValueError
-            except ValueError:
-                errors.append(("temperature", "temperature: a number from 0 (greedy) to 2"))
-            if not v["max_tokens"].isdigit() or not 1 <= int(v["max_tokens"]) <= MAX_TOKENS_LIMIT:
-                errors.append(("max_tokens", f"max tokens: a whole number from 1 to {MAX_TOKENS_LIMIT}"))
-            return errors
-
-        def done(v: dict | None) -> None:
-            if not v:
-                return
-            self.conv.system = v["system"].strip()
-            self.conv.temperature = float(v["temperature"])
-            self.conv.max_tokens = int(v["max_tokens"])
-            self._draw_bar()
-            self._save()
-
-        self.app.push_screen(FormDialog("Chat settings", [
-            Field("system", "system", "text", self.conv.system, placeholder="a system prompt (optional)"),
-            Field("temperature", "temperature", value=f"{self.conv.temperature:g}", help="0: greedy, 0.7: varied"),
-            Field("max_tokens", "max tokens", value=str(self.conv.max_tokens)),
-        ], ok="Save", validate=validate, intro="For this conversation (new ones start with the same)."), done)
 
     # adapters ------------------------------------------------------------------------------------
     def choices(self) -> list[str]:
@@ -328,39 +215,7 @@ class ChatScreen(Screen):
             self.streams.append(worker)
 
     async def _stream(self, reply: Reply, body: dict) -> None:
-        client = self.monitor.client(timeout=10)
-        t0 = time.monotonic()
-        reply.status = "streaming"
-        reply.version += 1
-        try:
-            if client is None:
-                raise ServerError("the server went away")
-            async for chunk in client.stream_chat(body):
-                usage = chunk.get("usage")
-                if isinstance(usage, dict):
-                    reply.prompt_tokens = usage.get("prompt_tokens")
-                    reply.completion_tokens = usage.get("completion_tokens")
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        if reply.ttft_s is None:
-                            reply.ttft_s = time.monotonic() - t0
-                        reply.content += text
-                    if choice.get("finish_reason"):
-                        reply.status = str(choice["finish_reason"])
-                reply.version += 1
-            if not reply.done:
-                reply.status = "stop"
-        except asyncio.CancelledError:
-            reply.status = "stopped"
-            raise
-        except ServerError as e:
-            reply.status, reply.error = "error", e.message
-        except Exception as e:  # noqa: BLE001 - a bad chunk must not take the app down
-            reply.status, reply.error = "error", f"{type(e).__name__}: {e}"
-        finally:
-            reply.latency_s = time.monotonic() - t0
-            reply.version += 1
+        await stream_reply(self.monitor.client(timeout=10), reply, body)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker not in self.streams or not event.worker.is_finished:
@@ -441,22 +296,6 @@ class ChatScreen(Screen):
             self.pending = None
         self._draw_info()
 
-    # copy --------------------------------------------------------------------------------------------
-    def action_copy_reply(self) -> None:
-        last = next((m for m in reversed(self.conv.messages) if m.role in ("assistant", "ab")), None)
-        if last is None:
-            self.notify("no reply to copy yet", severity="warning", timeout=2)
-            return
-        if last.role == "assistant":
-            text = last.replies[0].content
-            what = last.replies[0].adapter
-        else:
-            a, b = last.replies
-            text = f"A ({a.adapter}):\n{a.content}\n\nB ({b.adapter}):\n{b.content}"
-            what = f"A/B {a.adapter} | {b.adapter}"
-        self.app.copy_to_clipboard(text)
-        self.notify(f"copied the reply ({what}, {len(text)} characters)", timeout=2)
-
     # drawing ------------------------------------------------------------------------------------------
     def tick(self) -> None:
         if not self.is_current:
@@ -477,40 +316,8 @@ class ChatScreen(Screen):
             self._send(text)
 
     def _draw_bar(self) -> None:
-        choices = self.choices()
-        a, b = self.adapter, self.compare
-        t = Text()
-        if b is None:
-            t.append("adapter ", style="dim")
-            t.append(f" {a or '—'} ", style="bold reverse")
-        else:
-            t.append("A ", style="bold")
-            t.append(f" {a} ", style="bold reverse")
-            t.append("  B ", style="bold")
-            t.append(f" {b} ", style="bold reverse")
-            t.append("  side by side", style="dim")
-        width = self.size.width - 2
-        if choices:
-            listed = Text("   ctrl+o: ", style="dim")
-            for i, c in enumerate(choices):
-                listed.append(" · " if i else "", style="dim")
-                listed.append(c, style="bold" if c in (a, b) else "dim")
-            if t.cell_len + listed.cell_len <= width:
-                t.append_text(listed)
-            else:
-                t.append(f"   {choices.index(a) + 1 if a in choices else '?'}/{len(choices)} · ctrl+o: next",
-                         style="dim")
-        else:
-            t.append("   no server: the choices come from its models", style="dim")
-        t.append("\n")
-        t.append(f"temp {self.conv.temperature:g} · max {self.conv.max_tokens}", style="")
-        if self.conv.system.strip():
-            system = " ".join(self.conv.system.split())
-            t.append(" · system: ", style="dim")
-            t.append(system if len(system) <= 32 else system[:31] + "…", style="italic")
-        t.append(" · ", style="dim")
-        t.append(self.conv.title if self.conv.messages else "new conversation", style="bold")
-        self.query_one("#chat-bar", Static).update(fit_lines(t, self.size.width - 2))
+        bar = chat_bar(self.conv, self.adapter, self.compare, self.choices(), self.size.width - 2)
+        self.query_one("#chat-bar", Static).update(bar)
 
     def _draw_info(self) -> None:
         info = self.query_one("#chat-info", Static)

@@ -1,9 +1,11 @@
 """The Chat screen's pieces: conversations kept as JSON files in the workspace's chats/
-folder (atomic writes), replies that a stream fills in while the UI redraws them on a
-timer, and the widgets that show a message, a reply and an A/B pair of replies."""
+folder (atomic writes), replies that a stream fills in (stream_reply) while the UI redraws
+them on a timer, the widgets that show a message, a reply and an A/B pair of replies, and
+the bar above the transcript."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -15,6 +17,7 @@ from textual.containers import Horizontal
 from textual.widgets import Static
 
 from engine.workspace import atomic_write_text
+from screens.serving import ServerError, fit_lines
 
 FORMAT = 1
 DEFAULT_TEMPERATURE = 0.7
@@ -195,6 +198,44 @@ def list_conversations(ws) -> tuple[list[Conversation], list[str]]:
     return found, bad
 
 
+# streaming ---------------------------------------------------------------------------
+async def stream_reply(client, reply: Reply, body: dict) -> None:
+    """Stream one chat completion into `reply` (None: the server went away); cancelling
+    the task stops it (status "stopped") and closes the stream."""
+    t0 = time.monotonic()
+    reply.status = "streaming"
+    reply.version += 1
+    try:
+        if client is None:
+            raise ServerError("the server went away")
+        async for chunk in client.stream_chat(body):
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                reply.prompt_tokens = usage.get("prompt_tokens")
+                reply.completion_tokens = usage.get("completion_tokens")
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    if reply.ttft_s is None:
+                        reply.ttft_s = time.monotonic() - t0
+                    reply.content += text
+                if choice.get("finish_reason"):
+                    reply.status = str(choice["finish_reason"])
+            reply.version += 1
+        if not reply.done:
+            reply.status = "stop"
+    except asyncio.CancelledError:
+        reply.status = "stopped"
+        raise
+    except ServerError as e:
+        reply.status, reply.error = "error", e.message
+    except Exception as e:  # noqa: BLE001 - a bad chunk must not take the app down
+        reply.status, reply.error = "error", f"{type(e).__name__}: {e}"
+    finally:
+        reply.latency_s = time.monotonic() - t0
+        reply.version += 1
+
+
 # the widgets -------------------------------------------------------------------------------
 def reply_label(reply: Reply, side: str | None = None) -> Text:
     t = Text()
@@ -288,3 +329,39 @@ class PairView(Horizontal):
 
     def __init__(self, a: Reply, b: Reply) -> None:
         super().__init__(ReplyView(a, "A"), ReplyView(b, "B"))
+
+
+def chat_bar(conv: Conversation, a: str | None, b: str | None, choices: list[str], width: int) -> Text:
+    """The bar above the transcript: the adapter choice (A and B side by side), the choices,
+    then the settings and the conversation's title, each line cut to `width`."""
+    t = Text()
+    if b is None:
+        t.append("adapter ", style="dim")
+        t.append(f" {a or '—'} ", style="bold reverse")
+    else:
+        t.append("A ", style="bold")
+        t.append(f" {a} ", style="bold reverse")
+        t.append("  B ", style="bold")
+        t.append(f" {b} ", style="bold reverse")
+        t.append("  side by side", style="dim")
+    if choices:
+        listed = Text("   ctrl+o: ", style="dim")
+        for i, c in enumerate(choices):
+            listed.append(" · " if i else "", style="dim")
+            listed.append(c, style="bold" if c in (a, b) else "dim")
+        if t.cell_len + listed.cell_len <= width:
+            t.append_text(listed)
+        else:
+            t.append(f"   {choices.index(a) + 1 if a in choices else '?'}/{len(choices)} · ctrl+o: next",
+                     style="dim")
+    else:
+        t.append("   no server: the choices come from its models", style="dim")
+    t.append("\n")
+    t.append(f"temp {conv.temperature:g} · max {conv.max_tokens}", style="")
+    if conv.system.strip():
+        system = " ".join(conv.system.split())
+        t.append(" · system: ", style="dim")
+        t.append(system if len(system) <= 32 else system[:31] + "…", style="italic")
+    t.append(" · ", style="dim")
+    t.append(conv.title if conv.messages else "new conversation", style="bold")
+    return fit_lines(t, width)
