@@ -23,12 +23,17 @@ class AdapterActions:
     `selected`, `by_fingerprint`, `is_mounted`, `monitor`, `models`, `model_dir`)."""
 
     # mount / unmount ---------------------------------------------------------------------
-    def action_mount(self) -> None:
+    def _selected_when_up(self, off: str):
+        """The highlighted adapter, if any, when a server is up; otherwise None (`off` notified)."""
         info = self.selected()
+        if info is not None and not self.monitor.up:
+            self.notify(off, severity="warning")
+            return None
+        return info
+
+    def action_mount(self) -> None:
+        info = self._selected_when_up("no server is up: start one in Server (5)")
         if info is None:
-            return
-        if not self.monitor.up:
-            self.notify("no server is up: start one in Server (5)", severity="warning")
             return
         if self.is_mounted(info):
             self.notify(f"{info.name} is mounted already", timeout=2)
@@ -45,11 +50,8 @@ class AdapterActions:
         self.run_worker(mount_reported(self, info.name, parent), group="adapters-mount", exit_on_error=False)
 
     def action_unmount(self) -> None:
-        info = self.selected()
+        info = self._selected_when_up("no server is up")
         if info is None:
-            return
-        if not self.monitor.up:
-            self.notify("no server is up", severity="warning")
             return
         name = next((a.get("name") for a in self.monitor.mounted if a.get("fingerprint") == info.fingerprint), None)
         if name is None:
