@@ -14,3 +14,9 @@ async def until(pilot, condition, timeout: float = 20.0, what: str = "condition"
 
 def text_of(screen, selector: str) -> str:
     return str(screen.query_one(selector).render())
+
+
+def steady_cursors(screen) -> None:
+    """Stop the text cursors blinking: a snapshot would catch a blinking one on or off."""
+    for widget in screen.query("Input, TextArea"):
+        widget.cursor_blink = False

@@ -30,7 +30,7 @@ from screens.server import ServerScreen, request_summary
 from screens.serving import ServerClient, ServerMonitor, parse_serve_argv, start_server
 from screens.widgets import ConfirmDialog, JobProgress, StatusBar
 from tests.test_generate import make_adapters, make_lively_llama
-from tests.pilot import text_of, until
+from tests.pilot import steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
@@ -583,8 +583,7 @@ def _app(ws: Workspace, mode: str) -> HumanizerApp:
 def _settled(check):
     async def run_before(pilot) -> None:
         await until(pilot, lambda: monitor(pilot.app).up and check(pilot.app.screen), 15, "the screen settled")
-        for area in pilot.app.screen.query("TextArea"):
-            area.cursor_blink = False  # a blinking cursor would be caught on or off
+        steady_cursors(pilot.app.screen)
         await pilot.pause(0.6)  # a redraw tick
         await pilot.wait_for_scheduled_animations()
     return run_before

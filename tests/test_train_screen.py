@@ -20,7 +20,7 @@ from engine.workspace import Workspace
 from screens.charts import STYLES, LineChart, Series, fmt_num, render_chart
 from screens.train import RunHistory, TrainScreen, parse_extra, parse_train_argv
 from screens.widgets import ConfirmDialog
-from tests.pilot import text_of, until
+from tests.pilot import steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
@@ -398,8 +398,10 @@ def _app(ws: Workspace) -> HumanizerApp:
 def _settled(*keys: str):
     async def run_before(pilot) -> None:
         screen = pilot.app.screen
-        await until(pilot, lambda: screen.shown in screen.histories and screen._value("f-model"), 10, "the run")
+        await until(pilot, lambda: screen.shown in screen.histories and screen._value("f-model")
+                    and all(j.id in screen.histories for j in screen.run_jobs()), 10, "the runs")
         await pilot.press(*keys)
+        steady_cursors(pilot.app.screen)
         await pilot.pause(0.5)  # at least one redraw tick
         await pilot.wait_for_scheduled_animations()
     return run_before

@@ -13,6 +13,7 @@ import pytest
 
 from engine.events import process_start_time
 from engine.workspace import Workspace
+from tests.pilot import steady_cursors
 from tui.app import HumanizerApp
 
 T0 = 1735808400.0  # 2025-01-02 09:00:00 UTC
@@ -95,6 +96,7 @@ def _after(*keys: str):
     async def run_before(pilot) -> None:
         await pilot.pause(0.2)
         await pilot.press(*keys)
+        steady_cursors(pilot.app.screen)
         await pilot.pause(0.4)
         await pilot.wait_for_scheduled_animations()
     return run_before
