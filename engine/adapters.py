@@ -37,6 +37,7 @@ from engine.errors import HumanizerError
 from engine.workspace import atomic_dir
 
 ADAPTER_FILE = "adapters.safetensors"
+WEIGHT_FILES = "model*.safetensors"  # a model folder's weights, as mlx-lm loads them (other files beside them are not)
 CONFIG_FILE = "adapter_config.json"
 FORMAT_VERSION = 1
 SAMPLES_PER_TENSOR = 8
@@ -66,7 +67,7 @@ def safetensors_header(path: Path) -> tuple[dict, int]:
 
 def model_fingerprint(model_dir) -> str:
     model_dir = Path(model_dir)
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = sorted(model_dir.glob(WEIGHT_FILES))
     if not files:
         raise HumanizerError(f"no *.safetensors in {model_dir}", "is this an MLX model folder?")
     h = hashlib.sha256()
@@ -107,7 +108,7 @@ def model_linear_dims(model_dir) -> dict[str, tuple[int, int]]:
         cfg = {}
     quant = cfg.get("quantization") or cfg.get("quantization_config") or {}
     dims: dict[str, tuple[int, int]] = {}
-    for file in sorted(model_dir.glob("*.safetensors")):
+    for file in sorted(model_dir.glob(WEIGHT_FILES)):
         header, _ = safetensors_header(file)
         for name, t in header.items():
             if not name.endswith(".weight") or len(t["shape"]) != 2:

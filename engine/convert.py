@@ -626,8 +626,9 @@ def select_allocation(model, layers, sens, bits, budget, target, check, params, 
             continue
         cands.append({"kappa": kappa, "kappas": [kappa], "chosen": ch,
                       "predicted_kl": sum(sens[la.path][ch[la.path]] for la in layers if la.quantized)})
-    if len(cands) == 1 or not check:
-        return cands[0]["chosen"], cands, 0
+    if len(cands) == 1 or not check:  # nothing to check on: the uncorrected estimate
+        keep = next((i for i, c in enumerate(cands) if 1.0 in c["kappas"]), 0)
+        return cands[keep]["chosen"], cands, keep
     modules = dict(model.named_modules())
     x = mx.array([c[: min(map(len, check))] for c in check])
     ref = nn.log_softmax(model(x).astype(mx.float32), axis=-1)

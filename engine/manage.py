@@ -272,7 +272,7 @@ class FuseResult:
 def quantized_layers(model_dir) -> set[str]:
     """Module paths of the quantized layers of a model folder (those with `.scales`)."""
     paths = set()
-    for file in sorted(Path(model_dir).glob("*.safetensors")):
+    for file in sorted(Path(model_dir).glob(A.WEIGHT_FILES)):
         header, _ = A.safetensors_header(file)
         paths.update(k[: -len(".scales")] for k in header if k.endswith(".scales"))
     return paths
@@ -422,7 +422,7 @@ def fuse(model_dir, adapter_dirs, out_dir, requantize: bool | None = None, run: 
         "adapters": [i.name for i in infos],
         "layers_fused": len(fused),
         "float_dtype": "/".join(dtypes),
-        "source_bytes": _folder_bytes(model_dir, "*.safetensors"),
+        "source_bytes": _folder_bytes(model_dir, A.WEIGHT_FILES),
         "float_bytes": float_bytes,
         "fused_vs_stacked": check,
         "quantization": None,
@@ -462,7 +462,7 @@ def fuse(model_dir, adapter_dirs, out_dir, requantize: bool | None = None, run: 
                         config[key][p] = False
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         _copy_model_extras(model_dir, tmp)
-        report["output_bytes"] = _folder_bytes(tmp, "*.safetensors")
+        report["output_bytes"] = _folder_bytes(tmp, A.WEIGHT_FILES)
         report["seconds"] = round(time.perf_counter() - t0, 2)
         record = {
             "format": 1,

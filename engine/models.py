@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine.adapters import WEIGHT_FILES
 from engine.errors import HumanizerError
 from engine.events import NullRun, Run
 from engine.gguf import gguf_import_info, import_gguf, same_source
@@ -107,7 +108,7 @@ def describe_quantization(config: dict, folder: Path) -> str:
 
 def safetensors_dtype(folder: Path) -> str:
     """The dtype of the first floating tensor in the first *.safetensors (its JSON header)."""
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in sorted(folder.glob(WEIGHT_FILES)):
         try:
             with open(f, "rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
@@ -171,7 +172,7 @@ def check_model_dir(folder: Path) -> Path:
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")
-    if not any(folder.glob("*.safetensors")):
+    if not any(folder.glob(WEIGHT_FILES)):
         missing.append("*.safetensors weights")
     if missing:
         raise HumanizerError(
@@ -239,7 +240,7 @@ def hf_download(repo_id: str, run: Run = NullRun()) -> Path:
 
 def is_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file() and any(
-        folder.glob("*.safetensors")
+        folder.glob(WEIGHT_FILES)
     )
 
 

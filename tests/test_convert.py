@@ -629,3 +629,22 @@ def test_cli_rounding_flag_reaches_the_convert(ws, tiny_model, tmp_path):
                         "--rounding", "minmax", "--json"])
     assert code == 0
     assert json.loads((out / C.META_FILE).read_text())["settings"]["rounding"] == "minmax"
+
+
+def test_without_held_back_windows_the_uncorrected_allocation_is_kept(tiny_model, tmp_path):
+    result = _convert(tiny_model, tmp_path / "few", samples=4, target_bpw=3.5)
+    meta = json.loads((result.path / C.META_FILE).read_text())
+    assert meta["calibration"]["check_samples"] == 0
+    kept = [c for c in meta["method"]["selection"] if c["kept"]]
+    assert len(kept) == 1 and 1.0 in kept[0]["kappas"]
+
+
+def test_files_beside_the_weights_do_not_change_the_model_fingerprint(tiny_model, tmp_path):
+    import shutil
+
+    from engine import adapters as A
+
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    before = A.model_fingerprint(copy)
+    mx.save_safetensors(str(copy / C.ROUNDING_FILE), {"x": mx.zeros((2,))})
+    assert A.model_fingerprint(copy) == before
