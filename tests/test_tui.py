@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import tomllib
 
 import pytest
@@ -15,6 +14,7 @@ from engine.jobs import find_job, start_job
 from screens.jobs import JobsScreen
 from screens.models import ModelsScreen
 from screens.widgets import ConfirmDialog, InputDialog, JobProgress, StatusBar
+from tests.pilot import until
 from tests.tiny import write_tiny_gguf
 from tui.app import HumanizerApp
 from tui.config import dumps, load_config, set_value
@@ -31,15 +31,6 @@ with open_run(Path(sys.argv[1]), "slow", sys.argv) as run:
         run.progress(i, 300, f"slow step {i}")
         time.sleep(0.05)
 """
-
-
-async def until(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
-    """Let the app run until `condition()` holds (bounded; never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def rows(table: DataTable) -> list[list[str]]:
