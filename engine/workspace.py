@@ -1,4 +1,4 @@
-"""The workspace folder: models/, adapters/, datasets/, runs/, config.toml.
+"""The workspace folder: models/, adapters/, datasets/, runs/, corpora/, config.toml.
 
 Default ~/.humanizer; override with HUMANIZER_HOME or --home (which sets it)."""
 
@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SUBDIRS = ("models", "adapters", "datasets", "runs")
+SUBDIRS = ("models", "adapters", "datasets", "runs", "corpora")
 
 
 def default_home() -> Path:

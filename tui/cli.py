@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli_convert import register as register_convert
 
     COMMANDS.update(register_convert(sub))
+    from tui.cli_data import register as register_data
+
+    COMMANDS.update(register_data(sub))
 
     p = sub.add_parser("serve", help="OpenAI-compatible server: one model, several adapters, each request picks its own",
                        description="Serve MODEL over an OpenAI-compatible API with the --adapter folders mounted. "

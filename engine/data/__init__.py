@@ -275,8 +275,17 @@ def _split_file(folder: Path, names: tuple[str, ...]) -> Path | None:
     return found[0] if found else None
 
 
-def _read_folder(folder: Path) -> tuple[dict[str, list], str]:
+def _read_folder(folder: Path, method: str | None = None) -> tuple[dict[str, list], str]:
     train = _split_file(folder, _TRAIN_NAMES)
+    if train is None and any((folder / m).is_dir() for m in METHODS):
+        # a dataset built by `humanizer data build`: sft/ and dpo/ side by side
+        if method in METHODS and _split_file(folder / method, _TRAIN_NAMES) is not None:
+            return _read_folder(folder / method)
+        has = [m for m in METHODS if (folder / m).is_dir() and _split_file(folder / m, _TRAIN_NAMES) is not None]
+        raise HumanizerError(
+            f"{folder} has no {method or 'sft or dpo'} rows (it has: {', '.join(has) or 'nothing trainable'})",
+            f"train with --method {has[0]}" if has else "build the dataset again with `humanizer data build`",
+        )
     if train is None:
         if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
             return _read_saved(folder)
@@ -418,18 +427,18 @@ def _read_hf(spec: str, local: bool = False) -> tuple[dict[str, list], str]:
     return _hf_splits(dd, label), f"{spec} ({where})"
 
 
-def _read(spec: str, ws=None) -> tuple[dict[str, list], str]:
+def _read(spec: str, ws=None, method: str | None = None) -> tuple[dict[str, list], str]:
     kind, target = _resolve(spec, ws)
     if kind == "file":
         return {"train": _read_file(target, target.name)}, str(target)
     if kind == "dir":
-        return _read_folder(target)
+        return _read_folder(target, method)
     return _read_hf(target)
 
 
-def read_rows(spec: str, ws=None) -> dict[str, list[tuple[str, int, object]]]:
+def read_rows(spec: str, ws=None, method: str | None = None) -> dict[str, list[tuple[str, int, object]]]:
     """split name ("train"/"valid") -> [(file, line, row dict or RowIssue)]; no tokenizer needed."""
-    return _read(spec, ws)[0]
+    return _read(spec, ws, method)[0]
 
 
 # ---------------------------------------------------------------------- checking
@@ -800,7 +809,7 @@ def load_data(spec: str, method: str, tokenizer, max_seq_length: int, skip_bad_r
     those rows and counts them in `skipped`), and always when a file is empty or has no
     usable rows. Warnings never stop. Without a valid split, `valid_fraction` of the
     train rows (at least 1 when there are >= 2) is held out, chosen by `seed`."""
-    splits, source = _read(spec, ws)
+    splits, source = _read(spec, ws, method)
     good, issues, counts = _check(method, splits)
 
     tokenized: dict[str, list] = {}
@@ -836,7 +845,7 @@ def load_data(spec: str, method: str, tokenizer, max_seq_length: int, skip_bad_r
 def preview(spec: str, method: str, limit: int = 20, ws=None) -> tuple[list[dict], int, list[RowIssue]]:
     """First `limit` rows (as read), the total row count and the issues found without
     tokenizing (too-long rows need the tokenizer and show up only in load_data)."""
-    splits, _ = _read(spec, ws)
+    splits, _ = _read(spec, ws, method)
     _, issues, counts = _check(method, splits)
     rows = [row for entries in splits.values() for _, _, row in entries if isinstance(row, dict)]
     total = sum(n for n, _ in counts.values())
