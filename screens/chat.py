@@ -3,12 +3,16 @@ two side by side (A/B), with streaming replies.
 
 - The adapter choices are the server's model ids (/v1/models: base, sft, sft+dpo, …, from
   the adapters actually mounted); ctrl+o cycles A, ctrl+f cycles B (the second column of
-  an A/B comparison: one input, two replies streamed side by side) and turns it off.
-  (Not ctrl+b: that is tmux's prefix, and this app is often used over SSH inside tmux.)
+  an A/B comparison: one source text, two rewrites streamed side by side, each with its
+  own seed; B may be A's choice too) and turns it off. (Not ctrl+b: that is tmux's prefix,
+  and this app is often used over SSH inside tmux.)
+- A/B pairs are judged with a / b / t (tie) / s (skip) into a preference set, blind or not;
+  r runs the newest pair again (screens/chat_judge.py).
 - Replies stream over SSE in async workers that only append to a Reply; the screen
   redraws the replies that changed 4 times a second. Esc cancels the workers, which
   closes the streams (the server stops generating and frees the slot).
-- ctrl+r copies the last reply with OSC 52 (works over SSH).
+- ctrl+r copies the last reply with OSC 52 (works over SSH); of an A/B pair, both sides,
+  then A, then B (a picked side first).
 - System prompt, temperature and max tokens: ctrl+g. Conversations are saved as JSON in
   the workspace's chats/ folder after every turn; ctrl+l reopens one, ctrl+n starts one.
 - The input is a multi-line TextArea: enter is a new line; ctrl+s sends (alt+enter too, in
@@ -28,7 +32,8 @@ from textual.worker import Worker
 
 from engine.errors import HumanizerError
 from screens.chat_conversations import ChatConversations
-from screens.chat_widgets import Conversation, Message, Reply, ReplyView, UserView, chat_bar, stream_reply
+from screens.chat_judge import JUDGE_BINDINGS, ChatJudge
+from screens.chat_widgets import Conversation, Message, PairView, Reply, ReplyView, UserView, chat_bar, stream_reply
 from screens.server_widgets import server_defaults
 from screens.serving import DEFAULT_PORT, ServerMonitor, adapter_choices, host_port, pick_default_model, start_server
 from screens.widgets import ConfirmDialog, ModeHeader, StatusBar
@@ -38,7 +43,7 @@ SHORT = 30  # below this many rows: a shorter input box
 SEND_KEYS = "ctrl+s"
 
 
-class ChatScreen(ChatConversations, Screen):
+class ChatScreen(ChatJudge, ChatConversations, Screen):
     DEFAULT_CSS = """
     ChatScreen #chat-bar { height: auto; padding: 0 1; background: $boost; }
     ChatScreen #transcript { height: 1fr; padding: 0 1; scrollbar-size-vertical: 1; }
@@ -55,12 +60,15 @@ class ChatScreen(ChatConversations, Screen):
         Binding("ctrl+o", "cycle_adapter", "Adapter", id="chat_adapter",
                 tooltip="Next adapter choice: the server's model ids (base, sft, sft+dpo, …)"),
         Binding("ctrl+f", "cycle_compare", "A/B", id="chat_compare",
-                tooltip="Side by side: also send to a second adapter choice (again: the next one, then off)"),
-        Binding("ctrl+r", "copy_reply", "Copy", id="chat_copy", tooltip="Copy the last reply (OSC 52)"),
+                tooltip="Side by side: also send to a second adapter choice, any one, A's too "
+                "(again: the next one, then off)"),
+        Binding("ctrl+r", "copy_reply", "Copy", id="chat_copy",
+                tooltip="Copy the last reply (OSC 52); A/B: both, again: A, again: B"),
         Binding("ctrl+g", "settings", "Settings", id="chat_settings",
-                tooltip="System prompt, temperature, max tokens"),
+                tooltip="System prompt, temperature, max tokens, preference set"),
         Binding("ctrl+n", "new_chat", "New", id="chat_new", tooltip="Start a new conversation"),
         Binding("ctrl+l", "open_chat", "Chats", id="chat_open", tooltip="Reopen a saved conversation"),
+        *JUDGE_BINDINGS,
     ]
 
     def __init__(self) -> None:
@@ -93,6 +101,7 @@ class ChatScreen(ChatConversations, Screen):
         self.run_worker(self._load_latest, thread=True, group="chat-load")
         self.set_interval(1 / REDRAW_HZ, self.tick)
         self.query_one("#chat-input").focus()
+        self._load_stats()
         self._draw_bar()
         self._draw_info()
 
@@ -134,25 +143,31 @@ class ChatScreen(ChatConversations, Screen):
         current = self.adapter
         i = choices.index(current) if current in choices else -1
         self.conv.adapter = choices[(i + 1) % len(choices)]
-        if self.conv.adapter == self.compare:
-            self.conv.compare = None
         self._draw_bar()
 
-    def action_cycle_compare(self) -> None:
-        choices = self.choices()
-        a = self.adapter
+    def compare_cycle(self) -> list[str]:
+        """B's choices in ctrl+f order: the others (base first), then A's own choice (the same
+        adapter twice, two seeds: how much of a difference is only sampling); then off."""
+        choices, a = self.choices(), self.adapter
         others = [c for c in choices if c != a]
-        if not others:
-            self.notify("A/B needs a second adapter choice on the server", severity="warning")
+        first = "base" if "base" in others else (others[-1] if others else None)
+        if first is not None:
+            others.remove(first)
+            others.insert(0, first)
+        return others + [c for c in choices if c == a]
+
+    def action_cycle_compare(self) -> None:
+        cycle = self.compare_cycle()
+        if not cycle:
+            self.notify("no server is up: its model ids are the choices (start one in Server, 5)",
+                        severity="warning")
             return
-        current = self.compare
-        if current is None:
-            self.conv.compare = "base" if "base" in others else others[-1]
-        else:
-            i = others.index(current)
-            self.conv.compare = others[i + 1] if i + 1 < len(others) else None
+        i = cycle.index(self.compare) + 1 if self.compare in cycle else 0
+        self.conv.compare = cycle[i] if i < len(cycle) else None
         if self.conv.compare is None:
             self.notify("A/B off", timeout=2)
+        elif self.conv.compare == self.adapter:
+            self.notify(f"A/B: {self.adapter} against itself (two seeds)", timeout=3)
         self._draw_bar()
 
     # sending --------------------------------------------------------------------------------------
@@ -190,29 +205,26 @@ class ChatScreen(ChatConversations, Screen):
         a, b = self.adapter, self.compare
         self.conv.adapter = a
         if b is not None:
-            replies = [Reply(a), Reply(b)]
-            message = Message("ab", text, replies)
-            history = ([{"role": "system", "content": self.conv.system}] if self.conv.system.strip() else [])
-            history.append({"role": "user", "content": text})
-            self.conv.messages.append(message)
-            views = self._views(message)
-        else:
-            self.conv.messages.append(Message("user", text))
-            history = self.conv.history()
-            reply = Reply(a)
-            self.conv.messages.append(Message("assistant", replies=[reply]))
-            replies = [reply]
-            views = [UserView(text), ReplyView(reply)]
+            self._add_pair(Message.ab(text, a, b, self.conv.blind))
+            return
+        self.conv.messages.append(Message("user", text))
+        history = self.conv.history()
+        reply = Reply(a)
+        self.conv.messages.append(Message("assistant", replies=[reply]))
+        self._show([UserView(text), ReplyView(reply)])
+        self._start_stream(reply, {"messages": history, "adapter": a, "temperature": self.conv.temperature,
+                                   "max_tokens": self.conv.max_tokens})
+
+    def _show(self, views: list) -> None:
         box = self.query_one("#transcript", VerticalScroll)
         box.mount_all(views)
         self._save()  # kept even if the app closes mid-reply (saved as stopped there)
         self._draw_info()
         self.call_after_refresh(box.scroll_end, animate=False)
-        for r in replies:
-            body = {"messages": history, "adapter": r.adapter, "temperature": self.conv.temperature,
-                    "max_tokens": self.conv.max_tokens}
-            worker = self.run_worker(self._stream(r, body), group="chat-stream", exit_on_error=False)
-            self.streams.append(worker)
+
+    def _start_stream(self, reply: Reply, body: dict) -> None:
+        worker = self.run_worker(self._stream(reply, body), group="chat-stream", exit_on_error=False)
+        self.streams.append(worker)
 
     async def _stream(self, reply: Reply, body: dict) -> None:
         await stream_reply(self.monitor.client(timeout=10), reply, body)
@@ -305,6 +317,8 @@ class ChatScreen(ChatConversations, Screen):
         changed = False
         for view in self.query(ReplyView):
             changed = view.sync() or changed
+        for pair in self.query(PairView):
+            changed = pair.sync() or changed
         if changed and at_end:
             self.call_after_refresh(box.scroll_end, animate=False)
         if self.monitor.version != self._seen_version:
@@ -316,7 +330,8 @@ class ChatScreen(ChatConversations, Screen):
             self._send(text)
 
     def _draw_bar(self) -> None:
-        bar = chat_bar(self.conv, self.adapter, self.compare, self.choices(), self.size.width - 2)
+        bar = chat_bar(self.conv, self.adapter, self.compare, self.choices(), self.size.width - 2,
+                       self._prefs_text())
         self.query_one("#chat-bar", Static).update(bar)
 
     def _draw_info(self) -> None:
@@ -336,7 +351,8 @@ class ChatScreen(ChatConversations, Screen):
             t.append(f"The server at {host_port(mon.url)} is not answering: {mon.view.error}", style="red")
         elif not self.conv.messages and mon.up:
             t.append(f"Talking to {host_port(mon.url)}. ctrl+o picks the adapter, ctrl+f compares two side by "
-                     "side, ctrl+g sets the system prompt, temperature and max tokens.")
+                     "side (judge them with a / b / t / s: the picks become DPO data), ctrl+g sets the system "
+                     "prompt, temperature and max tokens.")
         info.update(t)
         info.display = bool(t.plain)
 
@@ -344,8 +360,19 @@ class ChatScreen(ChatConversations, Screen):
     def palette_commands(self):
         cmds = [("New conversation", "ctrl+n", self.action_new_chat),
                 ("Open a conversation…", "the saved ones, newest first (ctrl+l)", self.action_open_chat),
-                ("Chat settings…", "system prompt, temperature, max tokens (ctrl+g)", self.action_settings),
-                ("Copy the last reply", "OSC 52 (ctrl+r)", self.action_copy_reply)]
+                ("Chat settings…", "system prompt, temperature, max tokens, preference set (ctrl+g)",
+                 self.action_settings),
+                ("Copy the last reply", "OSC 52 (ctrl+r)", self.action_copy_reply),
+                ("Blind A/B " + ("off" if self.conv.blind else "on"), "shuffle the sides, hide the adapters (h)",
+                 self.action_toggle_blind)]
+        latest = self._latest_ab()
+        if latest is not None and latest.pick is None:
+            cmds += [("A/B: A wins", "a", lambda: self.action_pick("a")),
+                     ("A/B: B wins", "b", lambda: self.action_pick("b")),
+                     ("A/B: a tie", "t", lambda: self.action_pick("tie")),
+                     ("A/B: skip", "s", lambda: self.action_pick("skip"))]
+        if latest is not None:
+            cmds.append(("A/B: again", "both sides with new seeds (r)", self.action_again))
         for c in self.choices():
             cmds.append((f"Chat with adapter: {c}", "A (ctrl+o cycles)", lambda c=c: self._set_adapter(c)))
             cmds.append((f"Compare with adapter: {c}", "B, side by side (ctrl+f cycles)",
@@ -356,10 +383,8 @@ class ChatScreen(ChatConversations, Screen):
 
     def _set_adapter(self, choice: str) -> None:
         self.conv.adapter = choice
-        if self.conv.compare == choice:
-            self.conv.compare = None
         self._draw_bar()
 
     def _set_compare(self, choice: str | None) -> None:
-        self.conv.compare = None if choice == self.adapter else choice
+        self.conv.compare = choice
         self._draw_bar()

@@ -1,6 +1,7 @@
 """The Chat screen's conversations: the latest one reopened when the screen opens, saved
 as JSON (chats/) after every turn in a worker thread, a new one (ctrl+n), a saved one
-reopened (ctrl+l), this one's settings (ctrl+g), and its last reply copied (ctrl+r)."""
+reopened (ctrl+l), this one's settings (ctrl+g: with the preference set A/B picks go to),
+and its last reply copied (ctrl+r; of an A/B pair, one side at a time)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from functools import partial
 from rich.text import Text
 from textual.containers import VerticalScroll
 
+from engine.data.prefs import check_set_name
+from engine.errors import HumanizerError
 from screens.chat_widgets import (
     MAX_TOKENS_LIMIT, Conversation, Message, PairView, ReplyView, UserView, list_conversations, save_conversation,
 )
@@ -20,6 +23,8 @@ from screens.widgets import fmt_time
 class ChatConversations:
     """The Chat screen's conversation actions (a mixin: the screen has the bindings, `conv`,
     `streams`, `pending`, the transcript, and `_draw_bar` and `_draw_info`)."""
+
+    _copied: tuple[int, int] | None = None  # (id of the A/B message, how many times ctrl+r copied it)
 
     # conversations ------------------------------------------------------------------------
     def _load_latest(self) -> None:
@@ -42,6 +47,7 @@ class ChatConversations:
             if w.id != "chat-info":
                 w.remove()
         box.mount_all([w for m in self.conv.messages for w in self._views(m)])
+        self._load_stats()
         self._draw_bar()
         self._draw_info()
         self.call_after_refresh(box.scroll_end, animate=False)
@@ -51,14 +57,16 @@ class ChatConversations:
             return [UserView(m.content)]
         if m.role == "assistant":
             return [ReplyView(m.replies[0])]
-        return [UserView(m.content, "you · A/B"), PairView(*m.replies)]
+        source = UserView(m.content, "source · A/B: both sides rewrite this").add_class("-source")
+        return [source, PairView(m, latest=m is self._latest_ab())]
 
-    def _save(self) -> None:
-        if not self.conv.messages or not self.conv.id:
+    def _save(self, conv: Conversation | None = None) -> None:
+        conv = conv or self.conv
+        if not conv.messages or not conv.id:
             return
-        self.conv.updated = time.time()
-        text = self.conv.to_json()
-        self.run_worker(partial(self._write, text, self.conv.id), thread=True, group="chat-save")
+        conv.updated = time.time()
+        text = conv.to_json()
+        self.run_worker(partial(self._write, text, conv.id), thread=True, group="chat-save")
 
     def _write(self, text: str, conv_id: str) -> None:
         try:
@@ -110,6 +118,10 @@ class ChatConversations:
                 errors.append(("temperature", "temperature: a number from 0 (greedy) to 2"))
             if not v["max_tokens"].isdigit() or not 1 <= int(v["max_tokens"]) <= MAX_TOKENS_LIMIT:
                 errors.append(("max_tokens", f"max tokens: a whole number from 1 to {MAX_TOKENS_LIMIT}"))
+            try:
+                check_set_name(v["prefs"])
+            except HumanizerError as e:
+                errors.append(("prefs", f"{e.message}: {e.hint}"))
             return errors
 
         def done(v: dict | None) -> None:
@@ -118,6 +130,8 @@ class ChatConversations:
             self.conv.system = v["system"].strip()
             self.conv.temperature = float(v["temperature"])
             self.conv.max_tokens = int(v["max_tokens"])
+            self.conv.prefs = check_set_name(v["prefs"])
+            self._load_stats()
             self._draw_bar()
             self._save()
 
@@ -125,6 +139,8 @@ class ChatConversations:
             Field("system", "system", "text", self.conv.system, placeholder="a system prompt (optional)"),
             Field("temperature", "temperature", value=f"{self.conv.temperature:g}", help="0: greedy, 0.7: varied"),
             Field("max_tokens", "max tokens", value=str(self.conv.max_tokens)),
+            Field("prefs", "preference set", value=self.conv.prefs,
+                  help="A/B picks go to datasets/NAME (train on it: lora train --method dpo --data NAME)"),
         ], ok="Save", validate=validate, intro="For this conversation (new ones start with the same)."), done)
 
     # copy --------------------------------------------------------------------------------------------
@@ -135,10 +151,26 @@ class ChatConversations:
             return
         if last.role == "assistant":
             text = last.replies[0].content
-            what = last.replies[0].adapter
+            what = f"the reply ({last.replies[0].adapter}, {len(text)} characters)"
         else:
-            a, b = last.replies
-            text = f"A ({a.adapter}):\n{a.content}\n\nB ({b.adapter}):\n{b.content}"
-            what = f"A/B {a.adapter} | {b.adapter}"
+            text, what = self._copy_side(last)
         self.app.copy_to_clipboard(text)
-        self.notify(f"copied the reply ({what}, {len(text)} characters)", timeout=2)
+        self.notify(f"copied {what}", timeout=3)
+
+    def _copy_side(self, m: Message) -> tuple[str, str]:
+        """ctrl+r on an A/B pair, pressed again and again: both sides, then A, then B (judged:
+        the picked side first, then the other, then both). Blind and not judged yet: the
+        adapters stay hidden."""
+        presses = self._copied[1] + 1 if self._copied and self._copied[0] == id(m) else 0
+        self._copied = (id(m), presses)
+        order = {"a": ["a", "b", "both"], "b": ["b", "a", "both"]}.get(m.pick, ["both", "a", "b"])
+        side, after = order[presses % 3], order[(presses + 1) % 3]
+        name = (lambda r: "" if m.hidden else f" ({r.adapter})")
+        a, b = m.replies
+        if side == "both":
+            text = f"A{name(a)}:\n{a.content}\n\nB{name(b)}:\n{b.content}"
+            what = "both sides"
+        else:
+            r = a if side == "a" else b
+            text, what = r.content, f"side {side.upper()}{name(r)}"
+        return text, f"{what}, {len(text)} characters (ctrl+r again: {'both' if after == 'both' else after.upper()})"

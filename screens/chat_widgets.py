@@ -1,21 +1,23 @@
 """The Chat screen's pieces: conversations kept as JSON files in the workspace's chats/
 folder (atomic writes), replies that a stream fills in (stream_reply) while the UI redraws
-them on a timer, the widgets that show a message, a reply and an A/B pair of replies, and
-the bar above the transcript."""
+them on a timer, the widgets that show a message, a reply and an A/B pair of replies (with
+its judgement), and the bar above the transcript."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.text import Text
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
+from engine.data.prefs import DEFAULT_SET
 from engine.workspace import atomic_write_text
 from screens.serving import ServerError, fit_lines
 
@@ -54,6 +56,7 @@ class Reply:
     completion_tokens: int | None = None
     latency_s: float | None = None
     ttft_s: float | None = None
+    seed: int | None = None  # sent with the request (A/B: each side its own)
     version: int = 0
 
     @property
@@ -68,8 +71,11 @@ class Reply:
         return self.completion_tokens / gen if gen > 0 else None
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("adapter", "content", "status", "error", "prompt_tokens",
-                                               "completion_tokens", "latency_s", "ttft_s")}
+        d = {k: getattr(self, k) for k in ("adapter", "content", "status", "error", "prompt_tokens",
+                                            "completion_tokens", "latency_s", "ttft_s")}
+        if self.seed is not None:
+            d["seed"] = self.seed
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Reply":
@@ -77,19 +83,59 @@ class Reply:
         for k in ("content", "status", "error", "prompt_tokens", "completion_tokens", "latency_s", "ttft_s"):
             if k in d:
                 setattr(r, k, d[k])
+        r.seed = d["seed"] if isinstance(d.get("seed"), int) else None
         if r.status not in FINISHED:  # saved while streaming (the app was closed): it stopped there
             r.status = "stopped"
         r.content = str(r.content or "")
         return r
 
+    def restart(self, seed: int | None) -> None:
+        """Empty it for a new generation (A/B "again"); the version only grows, so views redraw."""
+        self.content, self.status, self.error, self.seed = "", "waiting", None, seed
+        self.prompt_tokens = self.completion_tokens = self.latency_s = self.ttft_s = None
+        self.version += 1
+
+
+def new_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+PICK_WORDS = {"a": "A", "b": "B", "tie": "tie", "skip": "skipped"}
+
 
 @dataclass
 class Message:
-    """role "user" (content), "assistant" (one reply) or "ab" (content = the prompt, two replies)."""
+    """role "user" (content), "assistant" (one reply) or "ab" (content = the source text, two
+    replies in the order shown: side A, side B). An A/B message also keeps its judgement:
+    `pick` ("a", "b", "tie", "skip"; None before), the preference set it went to, and
+    whether it was blind (then `shuffle` is the seed that ordered the sides, and the
+    adapters are hidden until the pick)."""
 
     role: str
     content: str = ""
     replies: list[Reply] = field(default_factory=list)
+    pick: str | None = None
+    prefs: str | None = None
+    blind: bool = False
+    shuffle: int | None = None
+    sampling: dict | None = None  # A/B: the temperature and max tokens both sides were generated with
+
+    @classmethod
+    def ab(cls, text: str, a: str, b: str, blind: bool = False) -> "Message":
+        """A new A/B message for choices a and b, each side with its own seed; blind: the
+        sides in a random order (seeded per message, so the saved file says how)."""
+        replies = [Reply(a, seed=new_seed()), Reply(b, seed=new_seed())]
+        shuffle = None
+        if blind:
+            shuffle = new_seed()
+            if random.Random(shuffle).random() < 0.5:
+                replies.reverse()
+        return cls("ab", text, replies, blind=blind, shuffle=shuffle)
+
+    @property
+    def hidden(self) -> bool:
+        """Blind and not judged yet: which adapter wrote which side is not shown."""
+        return self.blind and self.pick is None
 
     def to_dict(self) -> dict:
         d: dict = {"role": self.role}
@@ -99,6 +145,10 @@ class Message:
             d["content"] = self.content
         if self.role == "ab":
             d["replies"] = [r.to_dict() for r in self.replies]
+            d.update({k: getattr(self, k) for k in ("pick", "prefs", "shuffle", "sampling")
+                      if getattr(self, k) is not None})
+            if self.blind:
+                d["blind"] = True
         return d
 
     @classmethod
@@ -109,7 +159,13 @@ class Message:
         if role == "assistant":
             return cls("assistant", replies=[Reply.from_dict(d)])
         if role == "ab" and isinstance(d.get("replies"), list) and len(d["replies"]) == 2:
-            return cls("ab", str(d.get("content") or ""), [Reply.from_dict(r) for r in d["replies"]])
+            m = cls("ab", str(d.get("content") or ""), [Reply.from_dict(r) for r in d["replies"]])
+            m.pick = d.get("pick") if d.get("pick") in PICK_WORDS else None
+            m.prefs = d.get("prefs") if isinstance(d.get("prefs"), str) else None
+            m.blind = d.get("blind") is True
+            m.shuffle = d.get("shuffle") if isinstance(d.get("shuffle"), int) else None
+            m.sampling = d.get("sampling") if isinstance(d.get("sampling"), dict) else None
+            return m
         return None
 
 
@@ -123,6 +179,8 @@ class Conversation:
     max_tokens: int = DEFAULT_MAX_TOKENS
     adapter: str | None = None
     compare: str | None = None
+    blind: bool = False  # A/B: shuffle the sides and hide the adapters until the pick
+    prefs: str = DEFAULT_SET  # the preference set A/B picks go to
     messages: list[Message] = field(default_factory=list)
 
     @classmethod
@@ -132,7 +190,7 @@ class Conversation:
         c = cls(cid, now, now)
         if like is not None:  # the settings carry over to a new conversation
             c.system, c.temperature, c.max_tokens = like.system, like.temperature, like.max_tokens
-            c.adapter, c.compare = like.adapter, like.compare
+            c.adapter, c.compare, c.blind, c.prefs = like.adapter, like.compare, like.blind, like.prefs
         return c
 
     @property
@@ -158,7 +216,8 @@ class Conversation:
         return json.dumps({
             "format": FORMAT, "id": self.id, "title": self.title, "created": self.created, "updated": self.updated,
             "system": self.system, "temperature": self.temperature, "max_tokens": self.max_tokens,
-            "adapter": self.adapter, "compare": self.compare, "messages": [m.to_dict() for m in self.messages],
+            "adapter": self.adapter, "compare": self.compare, "blind": self.blind, "prefs": self.prefs,
+            "messages": [m.to_dict() for m in self.messages],
         }, indent=1, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -174,6 +233,8 @@ class Conversation:
         c.max_tokens = int(mt) if isinstance(mt, int) and mt > 0 else DEFAULT_MAX_TOKENS
         c.adapter = d.get("adapter") if isinstance(d.get("adapter"), str) else None
         c.compare = d.get("compare") if isinstance(d.get("compare"), str) else None
+        c.blind = d.get("blind") is True
+        c.prefs = d["prefs"] if isinstance(d.get("prefs"), str) and d["prefs"].strip() else DEFAULT_SET
         c.messages = [m for m in (Message.from_dict(x) for x in d.get("messages") or [] if isinstance(x, dict)) if m]
         return c
 
@@ -237,19 +298,23 @@ async def stream_reply(client, reply: Reply, body: dict) -> None:
 
 
 # the widgets -------------------------------------------------------------------------------
-def reply_label(reply: Reply, side: str | None = None) -> Text:
+def reply_label(reply: Reply, side: str | None = None, hidden: bool = False, picked: bool = False) -> Text:
+    """The line above a reply: its side, its adapter (hidden: "blind" instead, and no timings,
+    which could give the adapter away), its numbers and its state."""
     t = Text()
     if side:
         t.append(f"{side} ", style="bold reverse")
         t.append(" ")
-    t.append(reply.adapter, style="bold")
+    if picked:
+        t.append("✓ ", style="bold green")
+    t.append("blind" if hidden else reply.adapter, style="dim italic" if hidden else "bold")
     stats = []
     if reply.completion_tokens is not None:
         stats.append(f"{reply.completion_tokens} tok")
-    if reply.latency_s is not None and reply.done:
+    if reply.latency_s is not None and reply.done and not hidden:
         stats.append(f"{reply.latency_s:.2f}s")
     tps = reply.tokens_per_second
-    if tps and reply.done:
+    if tps and reply.done and not hidden:
         stats.append(f"{tps:.1f} tok/s")
     if stats:
         t.append("  " + " · ".join(stats), style="dim")
@@ -278,6 +343,7 @@ def reply_body(reply: Reply) -> Text:
 class UserView(Static):
     DEFAULT_CSS = """
     UserView { height: auto; margin: 1 0 0 0; padding: 0 1; border-left: outer $secondary; }
+    UserView.-source { border-left: outer $accent; }
     """
 
     def __init__(self, text: str, label: str = "you") -> None:
@@ -291,53 +357,127 @@ class UserView(Static):
 
 
 class ReplyView(Static):
-    """A reply; `sync()` redraws it when its stream has added something since the last time."""
+    """A reply; `sync()` redraws it when its stream has added something since the last time
+    (or, in an A/B pair, when its judgement changed what the label shows)."""
 
     DEFAULT_CSS = """
     ReplyView { height: auto; margin: 1 0 0 0; padding: 0 1; border-left: outer $primary; }
     ReplyView.-error { border-left: outer $error; }
+    ReplyView.-picked { border-left: outer $success; }
     """
 
-    def __init__(self, reply: Reply, side: str | None = None) -> None:
+    def __init__(self, reply: Reply, side: str | None = None, message: Message | None = None) -> None:
         super().__init__()
-        self.reply, self.side = reply, side
-        self.shown = -1
+        self.reply, self.side, self.message = reply, side, message
+        self.shown: tuple | int = -1
+
+    @property
+    def hidden(self) -> bool:
+        return self.message is not None and self.message.hidden
+
+    @property
+    def picked(self) -> bool:
+        return self.message is not None and self.side is not None and self.message.pick == self.side.lower()
 
     def render(self) -> Text:
-        t = reply_label(self.reply, self.side)
+        t = reply_label(self.reply, self.side, self.hidden, self.picked)
         t.append("\n")
         t.append_text(reply_body(self.reply))
         return t
 
     def sync(self) -> bool:
-        if self.reply.version == self.shown:
+        state = (self.reply.version, self.hidden, self.picked)
+        if state == self.shown:
             return False
-        self.shown = self.reply.version
+        self.shown = state
         self.set_class(self.reply.status == "error", "-error")
+        self.set_class(self.picked, "-picked")
         self.refresh(layout=True)
         return True
 
 
-class PairView(Horizontal):
-    """Two replies to the same input, side by side."""
+JUDGE_HINT = "judge it (esc: to the transcript): a · b · t tie · s skip · r again"
+
+
+def verdict(m: Message, latest: bool, recording: bool = False) -> Text:
+    """The line under an A/B pair: how to judge it, or how it was judged."""
+    t = Text()
+    a, b = m.replies
+    where = f" → {m.prefs}" if m.prefs else ""
+    if m.pick in ("a", "b"):
+        won, lost = (a, b) if m.pick == "a" else (b, a)
+        t.append(f"✓ {m.pick.upper()} wins", style="bold green")
+        t.append(" (blind)" if m.blind else "", style="dim")
+        t.append(f": {won.adapter} over {lost.adapter}{where}")
+    elif m.pick == "tie":
+        t.append("= tie", style="bold")
+        t.append(" (blind)" if m.blind else "", style="dim")
+        t.append(f": {a.adapter} and {b.adapter}{where}")
+    elif m.pick == "skip":
+        t.append("skipped", style="bold")
+        t.append(f": A {a.adapter}, B {b.adapter}" if m.blind else "", style="dim")
+    elif not (a.done and b.done):
+        return t
+    elif recording:
+        t.append("recording the pick…", style="italic")
+    elif not latest:
+        t.append("not judged", style="dim")
+    elif "error" in (a.status, b.status):
+        t.append("a side failed: r tries again · s skips", style="dark_orange")
+    else:
+        t.append(JUDGE_HINT, style="italic")
+    return t
+
+
+class PairView(Vertical):
+    """Two replies to the same source text, side by side, and the line that says how to
+    judge them or how they were judged. `latest` (only the newest pair takes picks) and
+    `recording` are set by the screen; `sync()` redraws what changed."""
 
     DEFAULT_CSS = """
     PairView { height: auto; }
-    PairView > ReplyView { width: 1fr; }
-    PairView > ReplyView:first-child { margin-right: 1; }
+    PairView > Horizontal { height: auto; }
+    PairView ReplyView { width: 1fr; }
+    PairView ReplyView.-side-a { margin-right: 1; }
+    PairView > .pair-verdict { height: auto; padding: 0 1; color: $text-muted; }
     """
 
-    def __init__(self, a: Reply, b: Reply) -> None:
-        super().__init__(ReplyView(a, "A"), ReplyView(b, "B"))
+    def __init__(self, message: Message, latest: bool = False) -> None:
+        a, b = message.replies
+        self._line = Static("", classes="pair-verdict")
+        super().__init__(Horizontal(ReplyView(a, "A", message).add_class("-side-a"), ReplyView(b, "B", message)),
+                         self._line)
+        self.message, self.latest, self.recording = message, latest, False
+        self._shown: tuple | None = None
+        self.sync()
+
+    def sync(self) -> bool:
+        m = self.message
+        state = (m.pick, m.prefs, self.latest, self.recording, *(r.status for r in m.replies))
+        if state == self._shown:
+            return False
+        self._shown = state
+        text = verdict(m, self.latest, self.recording)
+        self._line.update(text)
+        self._line.display = bool(text.plain)
+        return True
 
 
-def chat_bar(conv: Conversation, a: str | None, b: str | None, choices: list[str], width: int) -> Text:
-    """The bar above the transcript: the adapter choice (A and B side by side), the choices,
-    then the settings and the conversation's title, each line cut to `width`."""
+def chat_bar(conv: Conversation, a: str | None, b: str | None, choices: list[str], width: int,
+             prefs: Text | None = None) -> Text:
+    """The bar above the transcript: the adapter choice (A and B side by side; blind: the two
+    choices, in no order), the choices, then the settings and the conversation's title, then
+    (`prefs`) the preference set's line, each line cut to `width`."""
     t = Text()
     if b is None:
         t.append("adapter ", style="dim")
         t.append(f" {a or '—'} ", style="bold reverse")
+    elif conv.blind:
+        t.append("A/B blind ", style="bold")
+        t.append(f" {a} ", style="bold reverse")
+        t.append(" · ", style="dim")
+        t.append(f" {b} ", style="bold reverse")
+        t.append("  sides shuffled", style="dim")
     else:
         t.append("A ", style="bold")
         t.append(f" {a} ", style="bold reverse")
@@ -364,4 +504,8 @@ def chat_bar(conv: Conversation, a: str | None, b: str | None, choices: list[str
         t.append(system if len(system) <= 32 else system[:31] + "…", style="italic")
     t.append(" · ", style="dim")
     t.append(conv.title if conv.messages else "new conversation", style="bold")
+    if prefs is not None:
+        t.append("\n")
+        t.append_text(prefs)
     return fit_lines(t, width)
+
