@@ -403,8 +403,10 @@ async def test_chat_stream_cycle_stop_ab_copy(sws, server):
 
         await pilot.press("ctrl+r")
         assert app.clipboard == f"A (sft):\n{a.content}\n\nB (base):\n{b.content}"
-        await pilot.press("ctrl+f")  # B: the next choice, then off
+        await pilot.press("ctrl+f")  # B: the next choice, then A's own (two seeds), then off
         assert screen.compare == "sft+dpo"
+        await pilot.press("ctrl+f")
+        assert screen.compare == "sft"
         await pilot.press("ctrl+f")
         assert screen.compare is None
 
