@@ -28,6 +28,7 @@ from engine.events import NullRun, Run
 from engine.workspace import atomic_dir
 
 SAMPLE_EVERY = 8.0  # seconds between two sample pairs in the events
+CHUNK_BATCHES = 4  # generations submitted together = rows * CHUNK_BATCHES
 PARTS = ("sft/train", "sft/valid", "dpo/train", "dpo/valid", "heldout")
 
 
@@ -59,6 +60,11 @@ def draft_prompt(passage: str, locks: list[str]) -> str:
     return DRAFT_PROMPT.format(locks=L.locks_sentence(locks, LOCKS_SENTENCE), passage=passage)
 
 
+def max_tokens_for(human: str) -> int:
+    """Room for a rewrite a bit longer than the passage (~1.35 tokens a word), not for a loop."""
+    return min(768, int(1.6 * 1.35 * len(human.split())) + 24)
+
+
 def seed_of(seed: int, key: str) -> int:
     """A sample's own seed: the same for the same row whatever batch it lands in."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
@@ -78,7 +84,12 @@ def build(settings: BuildSettings, ws, run: Run = NullRun()) -> Path:
     started = time.time()
     template = {"style-transfer": _style_transfer, "dpo-pairs": _dpo_pairs, "paired": _paired,
                 "judgements": _judgements}[settings.template]
-    src, out = template(settings, ws, run, work)
+    try:
+        src, out = template(settings, ws, run, work)
+    except BaseException:
+        if not (work / "generations.jsonl").is_file():
+            shutil.rmtree(work, ignore_errors=True)  # nothing generated yet: nothing to resume
+        raise
     for part in PARTS:
         out.counts[part.replace("/", "_")] = len(out.rows[part])
     if not out.rows["sft/train"] and not out.rows["dpo/train"]:
@@ -172,9 +183,12 @@ def generate(jobs: list[tuple[str, str, str, str]], settings: BuildSettings, ws,
         run.log(f"writing {len(todo)} {what} with {json.dumps(writer.describe)}")
         started, last_sample, done = time.time(), 0.0, 0
         try:
-            for i in range(0, len(todo), settings.rows):
-                chunk = todo[i:i + settings.rows]
-                limits = [settings.max_tokens or min(768, max(64, 3 * len(h.split()))) for _, _, h, _ in chunk]
+            # A chunk of several batches keeps every row busy (a batch of exactly `rows` would wait
+            # for its longest generation with the others idle); each chunk is cached when done.
+            step = settings.rows * CHUNK_BATCHES
+            for i in range(0, len(todo), step):
+                chunk = todo[i:i + step]
+                limits = [settings.max_tokens or max_tokens_for(h) for _, _, h, _ in chunk]
                 written = writer.write([[{"role": "user", "content": p}] for _, p, _, _ in chunk],
                                        [seed_of(settings.seed, k) for k, _, _, _ in chunk],
                                        temperature=settings.temperature, top_p=settings.top_p, max_tokens=limits)

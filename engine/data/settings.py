@@ -96,7 +96,7 @@ class BuildSettings:
     top_p: float = _opt("nucleus sampling", 0.95, metavar="P", group="generation")
     max_tokens: int = _opt("longest generation in tokens (default: about twice the passage)", 0,
                            metavar="N", group="generation")
-    rows: int = _opt("generations decoded together", 8, metavar="N", group="generation")
+    rows: int = _opt("generations decoded together", 16, metavar="N", group="generation")
     seed: int = _opt("seed of the split and of every sample", 0, metavar="S")
     resume: bool = _opt("continue an interrupted build of the same NAME (same rows)", False, form=False)
 

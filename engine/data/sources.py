@@ -10,6 +10,7 @@ column and says what to do."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -99,7 +100,7 @@ def read_table(path: Path) -> list[tuple[str, dict]]:
                     raise HumanizerError(f"{path}:{n}: not a JSON object", "one JSON object per line")
                 rows.append((f"{path}:{n}", row))
         elif suffix == ".csv":
-            reader = csv.reader(text.splitlines())
+            reader = csv.reader(io.StringIO(text, newline=""))  # quoted fields may hold newlines
             header = next(reader, None)
             if not header:
                 raise HumanizerError(f"{path}: the file is empty", "a CSV needs a header row and rows")

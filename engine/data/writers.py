@@ -35,9 +35,10 @@ class EngineWriter:
         from engine.models import resolve_model
 
         self.model_dir = resolve_model(model, ws) if run is None else resolve_model(model, ws, run)
-        paths = [resolve_adapter(a, ws) for a in adapters if a]
+        # "sft+dpo" mounts both, the parent first, and generates with the stack
+        paths = [resolve_adapter(part, ws) for a in adapters if a for part in a.split("+") if part]
         self.engine = Engine.load(self.model_dir, adapters=paths, max_rows=rows).start()
-        self.adapter = "+".join(self.engine.mounted) or "base"
+        self.adapter = "+".join(self.engine.mounted()) or "base"
         self.describe = {"model": str(model), "model_dir": str(self.model_dir), "adapter": self.adapter,
                          "adapter_paths": [str(p) for p in paths], "backend": f"engine ({self.engine.mode})"}
 
@@ -49,7 +50,13 @@ class EngineWriter:
         for messages, seed, limit in zip(prompts, seeds, max_tokens):
             tokens = self.engine.encode_chat(messages)
             params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=limit, seed=seed)
-            gens.append(self.engine.submit(tokens, self.adapter, params))
+            try:
+                gens.append(self.engine.submit(tokens, self.adapter, params))
+            except HumanizerError as e:
+                for g in gens:
+                    g.cancel()
+                raise HumanizerError(e.message, "lower --max-words (shorter passages make shorter prompts), "
+                                     "or use a model with a longer context") from None
         out = []
         for g in gens:
             g.result()
