@@ -437,3 +437,31 @@ def test_judgements_become_dpo_rows(ws):
     assert all(r["meta"]["chosen_adapter"] in ("sft+dpo", "base") for r in rows["dpo/train"])
     with pytest.raises(HumanizerError, match="not a preference set"):
         B.build(settings(template="judgements", source="nothing", output="j2"), ws)
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_build_list_show_and_errors(ws, tmp_path):
+    from tests.test_cli_train import _cli
+
+    src = tmp_path / "editlens.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in editlens_rows()), encoding="utf-8")
+    res = _cli(ws, "data", "build", "--template", "paired", "--source", str(src), "--output", "el", "--json")
+    assert res.returncode == 0, res.stderr + res.stdout
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert events[-1]["type"] == "done" and any(e["type"] == "artifact" for e in events)
+    listed = {d["name"]: d for d in json.loads(_cli(ws, "data", "list", "--json").stdout)}
+    assert listed["el"]["counts"]["heldout"] == 2 and listed["el"]["methods"] == ["sft", "dpo"]
+    assert {"sft", "dpo"} <= set(listed) | {m for d in listed.values() for m in d["methods"]}  # examples too
+    shown = json.loads(_cli(ws, "data", "show", "el", "--part", "heldout", "--json").stdout)
+    assert len(shown["rows"]["heldout"]) == 2
+    corpora = json.loads(_cli(ws, "data", "corpus", "list", "--json").stdout)
+    assert {c["name"] for c in corpora} >= {"bbc-news", "wikipedia-sample"} and all(c["licence"] for c in corpora)
+    res = _cli(ws, "data", "build", "--template", "style-transfer", "--source", str(tmp_path / "none"),
+               "--output", "x")
+    assert res.returncode == 2 and "source not found" in res.stderr and "hint:" in res.stderr
+    res = _cli(ws, "data", "build", "--template", "style-transfer", "--source", str(src), "--output", "el")
+    assert res.returncode == 2 and "already exists" in res.stderr
+    help_text = _cli(ws, "data", "build", "--help").stdout
+    assert "the way an AI assistant writes" in help_text and "--min-locks-kept" in help_text

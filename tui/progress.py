@@ -29,8 +29,17 @@ def format_event(ev: dict) -> str:
         return f"{stamp} wrote {ev.get('path')}"
     if kind == "log":
         return f"{stamp} {ev.get('message')}"
+    if kind == "sample":  # a dataset build's latest pair, shortened to a line a side
+        sides = [(name, ev.get(name)) for name in ("human", "draft", "rewrite") if ev.get(name)]
+        return f"{stamp} sample {ev.get('key', '')}" + "".join(
+            f"\n  {name:>7}: {_short(text)}" for name, text in sides)
     rest = {k: v for k, v in ev.items() if k not in ("t", "type")}
     return f"{stamp} {kind} {json.dumps(rest, default=str)}" if rest else f"{stamp} {kind}"
+
+
+def _short(text: str, width: int = 150) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 class EventPrinter:
