@@ -387,3 +387,25 @@ def test_smollm2_concurrent_equals_alone(tmp_path_factory):
         assert "Paris" in greedy(eng, jobs[0][0], "base", 24).text
         gens = [eng.submit(p, a, SamplingParams(temperature=0, max_tokens=24)) for p, a in jobs]
         assert [g.result(600).token_ids for g in gens] == alone
+
+
+def test_sample_token_head_sort_draws_as_the_full_sort():
+    """The nucleus from the sorted head equals the one from sorting the whole vocabulary."""
+    def reference(logits, temperature, top_p, rng):
+        z = logits.astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")
+        sp = p[order]
+        keep = min(int(np.searchsorted(np.cumsum(sp), top_p)) + 1, len(sp))
+        cum = np.cumsum(sp[:keep])
+        return int(order[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), keep - 1)])
+
+    gen = np.random.default_rng(0)
+    for scale in (0.05, 1.0, 4.0, 10.0):
+        logits = (gen.standard_normal(5000) * scale).astype(np.float32)
+        logits[10:20] = logits.max()  # ties at the top, ordered by index
+        for top_p in (0.5, 0.9, 0.99):
+            a, b = np.random.default_rng(7), np.random.default_rng(7)
+            assert [sample_token(logits, 0.8, top_p, a) for _ in range(50)] == \
+                [reference(logits, 0.8, top_p, b) for _ in range(50)]
