@@ -76,6 +76,8 @@ class TrainScreen(TrainForm, RunsScreen):
 
     BINDINGS = [
         Binding("ctrl+s", "start", "Start", id="train_start", tooltip="Start training with the form's settings"),
+        Binding("ctrl+o", "pick_dataset", "Dataset", id="train_pick_data",
+                tooltip="Pick a workspace dataset or an example; sets the method its rows feed"),
         Binding("c", "cancel_run", "Cancel", id="train_cancel", tooltip="Stop the shown run, after a confirm"),
         Binding("n", "new_run", "New run", id="train_new", tooltip="Go to the form"),
         Binding("r", "focus_runs", "Runs", id="train_runs", show=False, tooltip="Go to the runs table"),

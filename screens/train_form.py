@@ -4,6 +4,7 @@ worker thread a moment after the last keystroke)."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, S
 
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo
+from screens.forms import PickDialog
 from screens.runs import form_head
 from screens.train_widgets import parse_train_argv
 from screens.widgets import display_path
@@ -81,6 +83,34 @@ def check_dataset(ws, spec: str) -> str | None:
     return None  # a Hugging Face dataset id: read when the run starts
 
 
+def dataset_methods(ws, spec: str) -> tuple[str, ...]:
+    """The methods DATA's rows feed (("sft",), ("dpo",), both, or () when unknown): a workspace
+    dataset or folder by its parts and first rows, a .jsonl file by its first row. Reads files:
+    call it in a worker thread."""
+    from engine.data.catalog import dataset_info, row_method
+
+    p = Path(spec).expanduser()
+    if not p.exists() and not Path(spec).is_absolute() and (ws.datasets_dir / spec).is_dir():
+        p = ws.datasets_dir / spec
+    if p.is_dir():
+        info = dataset_info(p)
+        return info.methods if info else ()
+    if p.is_file() and p.suffix.lower() == ".jsonl":
+        try:
+            with open(p, encoding="utf-8") as f:
+                first = next((line for line in f if line.strip()), "")
+            method = row_method(json.loads(first)) if first else None
+        except (OSError, ValueError, AttributeError):
+            return ()
+        return (method,) if method else ()
+    return ()
+
+
+def pick_method(current: str, methods) -> str:
+    """Keep the current method when the dataset feeds it, else the one it feeds."""
+    return current if current in methods or not methods else methods[0]
+
+
 def parse_extra(text: str) -> tuple[list[str], str | None]:
     """The extra flags as argv, or an error."""
     try:
@@ -127,12 +157,13 @@ class TrainForm:
 
     preview_result: tuple | None  # (spec, method, rows, total, issues, error)
     _preview_timer: Timer | None
+    _methods_spec: str | None = None  # the dataset whose rows last set the method
 
     def compose_form(self) -> ComposeResult:
         yield from form_head("New run")
         with Horizontal(classes="form-row"):
             yield Label("dataset")
-            yield Input(placeholder="folder, .jsonl, .parquet or HF id", compact=True, id="f-data")
+            yield Input(placeholder="ctrl+o: pick, or a path / HF id", compact=True, id="f-data")
         with Horizontal(classes="form-row"):
             yield Label("method")
             yield Select([("SFT", "sft"), ("DPO", "dpo")], value="sft", allow_blank=False, compact=True,
@@ -244,12 +275,23 @@ class TrainForm:
             return
         method = self._value("f-method") or "sft"
         self.query_one("#preview-summary", Static).update(Text(f"reading {spec}…", style="dim"))
-        self.run_worker(partial(self._preview, spec, method), thread=True, group="train-preview")
+        infer = spec != self._methods_spec  # a new dataset: its rows say which method it feeds
+        self.run_worker(partial(self._preview, spec, method, infer), thread=True, group="train-preview")
 
-    def _preview(self, spec: str, method: str) -> None:
-        """In a worker thread: the first rows, the row count and the row issues (no tokenizer)."""
+    def _preview(self, spec: str, method: str, infer: bool = False) -> None:
+        """In a worker thread: the method the rows feed (for a new spec), then the first rows,
+        the row count and the row issues (no tokenizer)."""
         from engine.data import preview
 
+        if infer:
+            try:
+                wanted = pick_method(method, dataset_methods(self.app.ws, spec))
+            except Exception:  # an unreadable file: the preview says why
+                wanted = method
+            if wanted != method:
+                self.app.call_from_thread(self._method_inferred, spec, wanted)
+                return  # the method's change reads the preview again
+            self.app.call_from_thread(setattr, self, "_methods_spec", spec)
         try:
             rows, total, issues = preview(spec, method, limit=PREVIEW_ROWS, ws=self.app.ws)
             result = (spec, method, rows, total, issues, None)
@@ -258,6 +300,50 @@ class TrainForm:
         except Exception as e:  # an unreadable file must not take the screen down
             result = (spec, method, [], 0, [], f"{type(e).__name__}: {e}")
         self.app.call_from_thread(self._previewed, result)
+
+    def _method_inferred(self, spec: str, method: str) -> None:
+        if spec != self.query_one("#f-data", Input).value.strip():
+            return
+        self._methods_spec = spec
+        self.query_one("#f-method", Select).value = method
+        self.notify(f"method: {method.upper()} (the rows of {Path(spec).name or spec} are {method.upper()} rows)",
+                    timeout=3)
+
+    # the dataset picker --------------------------------------------------------------------
+    def action_pick_dataset(self) -> None:
+        self.run_worker(self._list_datasets, thread=True, group="train-datasets", exclusive=True)
+
+    def _list_datasets(self) -> None:
+        from engine.data.catalog import list_datasets
+
+        try:
+            found = list_datasets(self.app.ws)
+        except Exception as e:  # a broken folder must not take the screen down
+            self.app.call_from_thread(self.notify, f"cannot list datasets: {e}", severity="error")
+            return
+        self.app.call_from_thread(self._offer_datasets, found)
+
+    def _offer_datasets(self, found: list) -> None:
+        from screens.data_widgets import dataset_line
+
+        self.app.push_screen(PickDialog("Dataset: workspace datasets and the bundled examples",
+                                        [(dataset_line(d), d) for d in found],
+                                        empty="no datasets yet: build one in Data (8), or type a path"),
+                             lambda d: d is not None and self.use_dataset(d.spec, d.methods))
+
+    def use_dataset(self, spec: str, methods=()) -> None:
+        """Train on `spec`: the dataset field, and the method its rows feed (kept when it feeds both)."""
+        method = self._value("f-method") or "sft"
+        wanted = pick_method(method, tuple(methods))
+        self._methods_spec = spec
+        if wanted != method:
+            self.query_one("#f-method", Select).value = wanted
+        field = self.query_one("#f-data", Input)
+        field.value = spec
+        field.focus()
+        self._schedule_preview(0)
+        if wanted != method:
+            self.notify(f"method: {wanted.upper()} ({spec} feeds {'+'.join(m.upper() for m in methods)})", timeout=3)
 
     def _previewed(self, result: tuple) -> None:
         spec, method = result[0], result[1]
@@ -307,7 +393,7 @@ class TrainForm:
 
     def _show_preview_hint(self) -> None:
         self.query_one("#preview-summary", Static).update(Text(
-            "Dataset preview: type a path above. SFT rows: messages, prompt/completion or text; "
+            "Dataset preview: ctrl+o picks a workspace dataset or an example; or type a path. SFT rows: messages, prompt/completion or text; "
             "DPO rows: prompt, chosen, rejected.", style="dim"))
         self.query_one("#preview-table").display = False
         self.query_one("#preview-issues", Static).update("")
