@@ -20,6 +20,7 @@ from engine.workspace import Workspace
 from screens.adapters import AdaptersScreen
 from screens.chat import ChatScreen
 from screens.convert import ConvertScreen
+from screens.data import DataScreen
 from screens.jobs import JobsScreen
 from screens.models import EMBEDDED, ModelsScreen
 from screens.server import ServerScreen
@@ -29,7 +30,7 @@ from tui.config import ConfigError, keymap_line, load_config, set_value
 from tui.keymap import APP_BINDINGS, MODES, check_keymap
 
 SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScreen, "adapters": AdaptersScreen,
-                   "server": ServerScreen, "chat": ChatScreen, "convert": ConvertScreen}
+                   "server": ServerScreen, "chat": ChatScreen, "convert": ConvertScreen, "data": DataScreen}
 POLL_HZ = 2
 THEMES = ("textual-dark", "textual-light")
 
@@ -166,6 +167,8 @@ class HumanizerApp(App):
                lambda: self._in_mode("chat", "new_chat"))
         yield ("Convert a model…", "mixed-precision quantization within a bpw budget, as a job (Convert mode, key 7)",
                lambda: self._in_mode("convert", "new_run"))
+        yield ("Build a dataset…", "human text in, SFT / DPO / held-out rows out, as a job (Data mode, key 8)",
+               lambda: self._in_mode("data", "new_run"))
         yield ("Toggle dark/light theme", "remembered in config.toml", self.action_toggle_theme)
         if hasattr(screen, "palette_commands"):
             yield from screen.palette_commands()

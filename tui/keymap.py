@@ -2,7 +2,7 @@
 rebind in config.toml's [keymap] table (`binding_id = "key"`, several keys comma-separated).
 
 Every binding has an id and a tooltip. Number keys switch modes (1 Models, 2 Jobs,
-3 Train, 4 Adapters, 5 Server, 6 Chat, 7 Convert); later modes take the next numbers."""
+3 Train, 4 Adapters, 5 Server, 6 Chat, 7 Convert, 8 Data); later modes take the next numbers."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ MODES: list[tuple[str, str, str]] = [
     ("server", "Server", "5"),
     ("chat", "Chat", "6"),
     ("convert", "Convert", "7"),
+    ("data", "Data", "8"),
 ]
 
 APP_BINDINGS: list[Binding] = [
@@ -35,6 +36,8 @@ def _binding_owners():
     from screens.adapters import AdaptersScreen, AdapterTable
     from screens.chat import ChatScreen
     from screens.convert import ConvertScreen, ConvertTable
+    from screens.data import DataScreen
+    from screens.data_widgets import BuildTable, DatasetTable, RowTable
     from screens.forms import FormDialog, PickDialog
     from screens.jobs import JobsScreen, JobTable
     from screens.models import ModelsScreen, ModelTable
@@ -44,7 +47,7 @@ def _binding_owners():
 
     return [ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,
             AdaptersScreen, AdapterTable, ServerScreen, ChatScreen, FormDialog, PickDialog, ConvertScreen,
-            ConvertTable]
+            ConvertTable, DataScreen, DatasetTable, RowTable, BuildTable]
 
 
 def known_bindings() -> dict[str, Binding]:
