@@ -22,7 +22,6 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from engine.data.settings import NAME_RE, TEMPLATES, BuildSettings, setting_fields
-from engine.errors import HumanizerError
 from screens.data_widgets import corpus_line, dataset_line, folder_line, parse_data_argv
 from screens.forms import PickDialog
 from screens.widgets import ConfirmDialog, display_path, start_humanizer_job
@@ -34,7 +33,6 @@ GENERATES = ("style-transfer", "dpo-pairs")  # the templates that write text wit
 LABELS = {"per_document": "per doc", "near_duplicate": "near dup", "min_locks_kept": "locks kept",
           "valid_share": "valid share", "text_column": "text column", "model": "drafter"}
 SUFFIX = {"style-transfer": "st", "dpo-pairs": "dpo", "paired": "paired", "judgements": "picks"}
-DUMMY = {"template": "style-transfer", "source": "x", "output": "x", "adapter": "x"}  # valid stand-ins
 TEXT_EXTS = (".txt", ".md")
 MAX_FOLDERS = 30
 SKIP_FOLDERS = {"node_modules", "site-packages", "venv", "build", "dist"}
@@ -77,25 +75,9 @@ def field_help(f) -> str:
 
 
 def check_all(values: dict) -> list[tuple[str, str]]:
-    """Every problem BuildSettings.check() finds, as (flag, message): after each, the field is
-    given its default (or a valid stand-in) and the check runs again."""
-    errors: list[tuple[str, str]] = []
-    values = dict(values)
-    defaults = {f.name: f.default for f in setting_fields() if f.default is not MISSING}
-    for _ in range(len(FIELDS) + 1):
-        try:
-            BuildSettings(**values).check()
-            break
-        except HumanizerError as e:
-            m = re.match(r"--([\w-]+)", e.message)
-            flag = m.group(1) if m else "source"
-            errors.append((flag, e.message + (f" ({e.hint})" if e.hint else "")))
-            name = flag.replace("-", "_")
-            stand_in = defaults.get(name, DUMMY.get(name))
-            if name not in values or stand_in is None or values[name] == stand_in:
-                break
-            values[name] = stand_in
-    return errors
+    """Every problem BuildSettings finds, as (flag, message with its hint)."""
+    return [(flag, message + (f" ({hint})" if hint else ""))
+            for flag, message, hint in BuildSettings(**values).problems()]
 
 
 def text_folders(base: Path) -> list[tuple[Path, int]]:

@@ -465,3 +465,18 @@ def test_cli_build_list_show_and_errors(ws, tmp_path):
     assert res.returncode == 2 and "already exists" in res.stderr
     help_text = _cli(ws, "data", "build", "--help").stdout
     assert "the way an AI assistant writes" in help_text and "--min-locks-kept" in help_text
+
+
+def test_problems_lists_every_bad_value_and_dpo_pairs_reads_a_plain_sft_folder(ws, tmp_path):
+    flags = [p[0] for p in settings(output="bad name", min_words=0, max_copy=3, temperature=-1).problems()]
+    assert flags == ["output", "min-words", "max-copy", "temperature"]
+    folder = tmp_path / "sft"
+    folder.mkdir()
+    human = [p for d in DOCS[:3] for p in passages(d["text"], 40, 100)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(
+        {"prompt": B.instruction(" ".join(reversed(h.split())), []), "completion": h,
+         "draft": " ".join(reversed(h.split()))}) + "\n" for h in human), encoding="utf-8")
+    out = B.build(settings(template="dpo-pairs", source=str(folder), output="pd", rejected="draft"), ws)
+    rows = rows_of(out)
+    assert [r["chosen"] for r in rows["dpo/train"]] == human == [r["completion"] for r in rows["sft/train"]]
+    assert all(r["rejected"] == r["draft"] != r["chosen"] for r in rows["dpo/train"])

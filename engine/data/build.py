@@ -328,7 +328,8 @@ def _dpo_pairs(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Sourc
     folder = Path(settings.source).expanduser()
     if not folder.is_dir():
         folder = ws.datasets_dir / settings.source
-    if not (folder / "sft" / "train.jsonl").is_file():
+    sft = folder / "sft" if (folder / "sft" / "train.jsonl").is_file() else folder  # or a plain SFT folder
+    if not (sft / "train.jsonl").is_file():
         raise HumanizerError(f"--source {settings.source}: not a workspace dataset with sft/train.jsonl",
                              "build one first with --template style-transfer (or paired)")
     parent = json.loads((folder / "manifest.json").read_text(encoding="utf-8")) \
@@ -337,10 +338,10 @@ def _dpo_pairs(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Sourc
                  f"SFT rows of workspace dataset {folder}")
     items: list[Item] = []
     for split in ("train", "valid"):
-        for n, r in enumerate(_dataset_rows(folder, f"sft/{split}"), 1):
+        for n, r in enumerate(_dataset_rows(sft, split), 1):
             missing = [f for f in ("prompt", "completion") if not isinstance(r.get(f), str)]
             if missing:
-                raise HumanizerError(f"{folder}/sft/{split}.jsonl:{n}: field '{missing[0]}' is missing",
+                raise HumanizerError(f"{sft}/{split}.jsonl:{n}: field '{missing[0]}' is missing",
                                      "dpo-pairs reads rows made by style-transfer or paired")
             items.append(Item(str(r.get("key") or f"{split}:{n}"), str(r.get("source_id") or n), r["completion"],
                               split, list(r.get("locks") or []), str(r.get("draft") or ""), r["prompt"]))
@@ -376,14 +377,15 @@ def _dpo_pairs(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Sourc
             else:
                 rejected = min(usable, key=lambda t: filters.similarity(t, it.human))
         out.rows[f"dpo/{it.split}"].append({"prompt": it.prompt, "chosen": it.human, "rejected": rejected,
-                                            "source_id": it.doc, "key": it.key, "locks": it.locks,
-                                            "rewrites": rewrites.get(it.key, [])})
+                                            "draft": it.draft, "source_id": it.doc, "key": it.key,
+                                            "locks": it.locks, "rewrites": rewrites.get(it.key, [])})
     out.counts["rewrites"] = len(items) * (settings.samples if settings.rejected != "draft" else 0)
     out.counts["rewrites_degenerate"] = degenerate
     out.counts["rewrites_same_as_human"] = same
     out.counts["prompts_with_no_usable_rewrite"] = fallback
-    for part in ("sft/train", "sft/valid", "heldout"):  # the parent's rows come along, so one name trains and evals
-        out.rows[part] = _dataset_rows(folder, part)
+    for part in ("train", "valid"):  # the parent's rows come along, so one name trains and evals
+        out.rows[f"sft/{part}"] = _dataset_rows(sft, part)
+    out.rows["heldout"] = _dataset_rows(folder, "heldout")
     out.extra["parent"] = {"dataset": str(folder), "template": parent.get("template")}
     out.extra["models"] = {"rewriter": settings.endpoint or settings.model, "adapter": settings.adapter or None}
     out.extra["rejected_rule"] = settings.rejected

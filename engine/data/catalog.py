@@ -145,9 +145,10 @@ def row_sides(row: dict) -> dict[str, str]:
     prompt = row.get("prompt")
     if isinstance(prompt, list):
         prompt = "\n".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+    on_policy = bool(row.get("rewrites"))  # dpo-pairs: the rejected side is the model's own rewrite
+    draft = row.get("draft") or (row.get("rejected") if "rejected" in row and not on_policy else None)
     return {
-        "draft": str(row.get("draft") or (row.get("rejected") if row.get("draft") is None and "rejected" in row
-                                          and not row.get("rewrites") else "") or prompt or ""),
+        "draft": str(draft or prompt or ""),
         "human": str(row.get("human") or row.get("completion") or row.get("chosen") or row.get("text") or ""),
-        "rewrite": str(row.get("rejected") if row.get("rewrites") else row.get("rewrite") or ""),
+        "rewrite": str(row.get("rejected") if on_policy else row.get("rewrite") or ""),
     }

@@ -100,40 +100,49 @@ class BuildSettings:
     seed: int = _opt("seed of the split and of every sample", 0, metavar="S")
     resume: bool = _opt("continue an interrupted build of the same NAME (same rows)", False, form=False)
 
-    def check(self) -> "BuildSettings":
-        """Bad values as HumanizerError naming the flag: before any work starts."""
-        from engine.errors import HumanizerError
+    def problems(self) -> list[tuple[str, str, str]]:
+        """Every bad value as (flag, message, hint), so a form can mark all of them at once."""
+        out: list[tuple[str, str, str]] = []
 
-        def bad(flag: str, what: str, hint: str = "") -> HumanizerError:
-            return HumanizerError(f"--{flag}: {what}", hint or None)
+        def bad(name: str, what: str, hint: str = "") -> None:
+            flag = name.replace("_", "-")
+            out.append((flag, f"--{flag}: {what}", hint))
 
         if self.template not in TEMPLATES:
-            raise bad("template", f"unknown template {self.template!r}", "one of: " + ", ".join(TEMPLATES))
+            bad("template", f"unknown template {self.template!r}", "one of: " + ", ".join(TEMPLATES))
         if not str(self.source).strip():
-            raise bad("source", "no source given", "pass --source: a corpus, folder, file or dataset")
+            bad("source", "no source given", "pass --source: a corpus, folder, file or dataset")
         if not NAME_RE.match(self.output or ""):
-            raise bad("output", f"{self.output!r} is not a dataset name",
-                      "use letters, digits, '.', '_' or '-' (it becomes the folder datasets/NAME)")
+            bad("output", f"{self.output!r} is not a dataset name",
+                "use letters, digits, '.', '_' or '-' (it becomes the folder datasets/NAME)")
         if self.template == "dpo-pairs" and not self.adapter and self.rejected != "draft":
-            raise bad("adapter", "dpo-pairs needs the adapter that writes the on-policy rewrites",
-                      "pass --adapter humanizer-sft (or --rejected draft for off-policy pairs)")
+            bad("adapter", "dpo-pairs needs the adapter that writes the on-policy rewrites",
+                "pass --adapter humanizer-sft (or --rejected draft for off-policy pairs)")
         for name in ("min_words", "max_words", "samples", "rows"):
             if getattr(self, name) < 1:
-                raise bad(name.replace("_", "-"), "must be at least 1")
-        if self.min_words > self.max_words:
-            raise bad("min-words", f"{self.min_words} is above --max-words {self.max_words}")
+                bad(name, "must be at least 1")
+        if 1 <= self.max_words < self.min_words:
+            bad("min_words", f"{self.min_words} is above --max-words {self.max_words}")
         for name in ("near_duplicate", "max_copy", "min_locks_kept", "top_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise bad(name.replace("_", "-"), "must be between 0 and 1")
+                bad(name, "must be between 0 and 1")
         if not 0.0 <= self.valid_share < 1.0:
-            raise bad("valid-share", "must be at least 0 and below 1")
+            bad("valid_share", "must be at least 0 and below 1")
         for name in ("limit", "per_document", "max_tokens"):
             if getattr(self, name) < 0:
-                raise bad(name.replace("_", "-"), "must not be negative")
+                bad(name, "must not be negative")
         if not 0.0 <= self.temperature <= 10.0:
-            raise bad("temperature", "must be between 0 and 10")
+            bad("temperature", "must be between 0 and 10")
         if self.endpoint and not re.match(r"^https?://", self.endpoint):
-            raise bad("endpoint", f"{self.endpoint!r} is not an http(s) URL", "e.g. http://127.0.0.1:8080")
+            bad("endpoint", f"{self.endpoint!r} is not an http(s) URL", "e.g. http://127.0.0.1:8080")
+        return out
+
+    def check(self) -> "BuildSettings":
+        """The first bad value as a HumanizerError naming its flag: before any work starts."""
+        from engine.errors import HumanizerError
+
+        for _, message, hint in self.problems()[:1]:
+            raise HumanizerError(message, hint or None)
         return self
 
     def to_dict(self) -> dict:
