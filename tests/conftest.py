@@ -1,6 +1,7 @@
 """Shared fixtures. Tiny models and tokenizers are built in tests/tiny.py."""
 
 import os
+import time
 
 import pytest
 
@@ -17,3 +18,12 @@ def ws(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("HUMANIZER_HOME", str(home))
     return Workspace.open(home)
+
+@pytest.fixture
+def utc(monkeypatch):
+    """Local time is UTC (snapshots show clock times)."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

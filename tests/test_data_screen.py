@@ -427,15 +427,6 @@ async def test_train_picker_sets_data_and_method(data_ws, tmp_path, monkeypatch)
 
 # snapshots ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
-@pytest.fixture
 def studio(tmp_path, monkeypatch, utc) -> Workspace:
     """Fixed content: three datasets, and a build still running (this process stands in for it)."""
     monkeypatch.setenv("HOME", str(tmp_path))

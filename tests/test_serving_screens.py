@@ -485,15 +485,6 @@ class FixedServer(ServerClient):
         return {}
 
 
-@pytest.fixture
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
 def _adapter(ws, name, method, base, rank, metrics, parent=None, d_in=64):
     from engine import adapters as A
 

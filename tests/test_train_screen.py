@@ -294,15 +294,6 @@ T0 = 1735808400.0  # 2025-01-02 09:00:00 UTC
 NOW = T0 + 3 * 3600
 
 
-@pytest.fixture
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
 def _run_dir(ws: Workspace, run_id: str, kind: str, argv: list[str], events: list[dict], status: str,
              started: float, ended: float | None) -> None:
     d = ws.runs_dir / run_id

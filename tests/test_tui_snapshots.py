@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -18,15 +17,6 @@ from tui.app import HumanizerApp
 
 T0 = 1735808400.0  # 2025-01-02 09:00:00 UTC
 NOW = T0 + 2 * 3600 + 95  # the app's clock: 11:01:35
-
-
-@pytest.fixture
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def _run(ws: Workspace, run_id: str, kind: str, status: str, started: float, ended: float | None,
