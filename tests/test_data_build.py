@@ -410,6 +410,7 @@ def test_paired_keeps_its_own_split(ws, tmp_path):
     rows, counts = rows_of(out), json.loads((out / "manifest.json").read_text())["counts"]
     assert counts["source_ids"] == 9 and counts["source_ids_without_a_pair"] == 1
     assert len(rows["heldout"]) == 2 and len(rows["sft/train"]) == 6 and not rows["sft/valid"]
+    assert not (out / "sft" / "valid.jsonl").exists()  # no empty part files: the trainer holds out its own
     assert {r["source_id"] for r in rows["heldout"]} == {DOCS[0]["id"], DOCS[1]["id"]}
     first = rows["dpo/train"][0]
     assert first["chosen"] == DOCS[2]["text"].split("\n\n")[0] and first["rejected"] == DOCS[2]["text"].split("\n\n")[1]

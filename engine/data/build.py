@@ -108,6 +108,8 @@ def build(settings: BuildSettings, ws, run: Run = NullRun()) -> Path:
     }
     with atomic_dir(final) as tmp:
         for part, rows in out.rows.items():
+            if not rows:
+                continue  # no empty files: a trainer would stop at an empty valid.jsonl
             path = tmp / f"{part}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -345,8 +347,10 @@ def _dpo_pairs(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Sourc
                                      "dpo-pairs reads rows made by style-transfer or paired")
             items.append(Item(str(r.get("key") or f"{split}:{n}"), str(r.get("source_id") or n), r["completion"],
                               split, list(r.get("locks") or []), str(r.get("draft") or ""), r["prompt"]))
-    if settings.limit:
-        items = items[:settings.limit]
+    if settings.limit and len(items) > settings.limit:  # the same share of each split
+        train = [it for it in items if it.split == "train"]
+        keep_train = round(settings.limit * len(train) / len(items))
+        items = train[:keep_train] + [it for it in items if it.split != "train"][:settings.limit - keep_train]
     src.documents = []
     out.counts["prompts"] = len(items)
     rewrites: dict[str, list[str]] = {}
