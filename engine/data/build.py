@@ -221,12 +221,14 @@ def generate(jobs: list[tuple[str, str, str, str]], settings: BuildSettings, ws,
 # --- splits -----------------------------------------------------------------------------------------
 
 
-def split_documents(doc_ids: list[str], settings: BuildSettings) -> dict[str, str]:
-    """doc id -> heldout | valid | train, by a seeded shuffle of the documents."""
+def split_documents(doc_ids: list[str], settings: BuildSettings, heldout: int | None = None) -> dict[str, str]:
+    """doc id -> heldout | valid | train, by a seeded shuffle of the documents. Held out:
+    `heldout` (default settings.heldout; negative = 10%, at least one); valid: a share of the rest."""
     order = sorted(set(doc_ids))
     random.Random(settings.seed).shuffle(order)
     n = len(order)
-    held = settings.heldout if settings.heldout >= 0 else max(1, round(0.1 * n))
+    held = settings.heldout if heldout is None else heldout
+    held = held if held >= 0 else max(1, round(0.1 * n))
     held = min(held, max(0, n - 1))  # leave at least one document to train on
     rest = n - held
     valid = round(settings.valid_share * rest)
@@ -471,8 +473,7 @@ def _judgements(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Sour
             continue
         kept.append(r)
     out.counts["duplicates"], out.counts["degenerate_or_equal"] = dup, bad
-    by_prompt = split_documents([r["prompt"] for r in kept], BuildSettings(
-        "judgements", "-", "x", heldout=0, valid_share=settings.valid_share, seed=settings.seed))
+    by_prompt = split_documents([r["prompt"] for r in kept], settings, heldout=0)  # eval reads drafts, not picks
     for r in kept:
         out.rows[f"dpo/{by_prompt[r['prompt']]}"].append(r)
     return src, out

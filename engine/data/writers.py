@@ -31,10 +31,11 @@ class EngineWriter:
 
     def __init__(self, model: str, ws, adapters: tuple[str, ...] = (), rows: int = 8, run=None):
         from engine.adapters import resolve_adapter
+        from engine.events import NullRun
         from engine.generate import Engine
         from engine.models import resolve_model
 
-        self.model_dir = resolve_model(model, ws) if run is None else resolve_model(model, ws, run)
+        self.model_dir = resolve_model(model, ws, run or NullRun())
         # "sft+dpo" mounts both, the parent first, and generates with the stack
         paths = [resolve_adapter(part, ws) for a in adapters if a for part in a.split("+") if part]
         self.engine = Engine.load(self.model_dir, adapters=paths, max_rows=rows).start()
