@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.cli_data import register as register_data
 
     COMMANDS.update(register_data(sub))
+    from tui.cli_detect import register as register_detect  # detect FILE..., detect calibrate/train/list
+    COMMANDS.update(register_detect(sub))
 
     p = sub.add_parser("serve", help="OpenAI-compatible server: one model, several adapters, each request picks its own",
                        description="Serve MODEL over an OpenAI-compatible API with the --adapter folders mounted. "
