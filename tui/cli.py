@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     COMMANDS.update(register_data(sub))
     from tui.cli_detect import register as register_detect  # detect FILE..., detect calibrate/train/list
     COMMANDS.update(register_detect(sub))
+    from tui.cli_eval import register as register_eval  # eval MODEL --adapter A --data DATASET: the table
+    COMMANDS.update(register_eval(sub))
 
     p = sub.add_parser("serve", help="OpenAI-compatible server: one model, several adapters, each request picks its own",
                        description="Serve MODEL over an OpenAI-compatible API with the --adapter folders mounted. "
