@@ -203,6 +203,8 @@ async def test_blind_hides_the_adapters_until_the_pick(up):
         screen = app.screen
         await until(pilot, lambda: screen.query(PairView) and "B wins" in text_of(screen.query(PairView).last(),
                                                                                  ".pair-verdict"), 10, "reopened")
+        # the pair's two reply views mount after its verdict line: wait for them too
+        await until(pilot, lambda: len(sides_of(screen)) == 2, 10, "the reopened pair's sides")
         assert sides_of(screen)[1].startswith(f"B  ✓ {m.replies[1].adapter}")
 
 
