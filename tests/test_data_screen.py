@@ -448,6 +448,8 @@ def _settled(*keys: str):
         await pilot.press(*keys)
         if screen.view == "rows":
             await until(pilot, lambda: screen.rows, 5, "the rows")
+        if screen.view == "build":  # the shown build's events are read in a worker: wait for its samples
+            await until(pilot, lambda: getattr(screen.histories.get(screen.shown), "samples", None), 5, "the samples")
         steady_cursors(pilot.app.screen)
         await pilot.pause(0.5)  # at least one redraw tick
         await pilot.wait_for_scheduled_animations()
