@@ -7,9 +7,8 @@ from pathlib import Path
 
 from rich.text import Text
 from textual.binding import Binding
-from textual.widgets import DataTable
 
-from screens.widgets import display_path
+from screens.widgets import LiveTable, display_path
 
 
 def engine_adapters():
@@ -146,7 +145,7 @@ def dry_run_listing(result) -> Text:
     return t
 
 
-class AdapterTable(DataTable):
+class AdapterTable(LiveTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Inspect", id="adapters_inspect", tooltip="Show all its details"),
     ]

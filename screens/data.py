@@ -143,7 +143,8 @@ class DataScreen(DataForm, RunsScreen):
         self.view = view
         self.query_one(ContentSwitcher).current = f"view-{view}"
         table = {"datasets": DatasetTable, "rows": RowTable, "build": BuildTable}[view]
-        self.query_one(table).focus()
+        # focus without scrolling: at 80x24 the build view's progress, not its table, belongs on screen
+        self.query_one(table).focus(scroll_visible=False)
         self._dirty = True
 
     def action_view(self, view: str) -> None:

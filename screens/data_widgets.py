@@ -11,11 +11,10 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 from textual.binding import Binding
-from textual.widgets import DataTable
 
 from engine.jobs import JobInfo
 from screens.runs import JobHistory, RunsTable
-from screens.widgets import parse_verb_argv
+from screens.widgets import LiveTable, parse_verb_argv
 
 MAX_SAMPLES = 6  # sample pairs kept per build (the view shows the newest few)
 PART_SHORT = {"sft/train": "sft", "dpo/train": "dpo", "heldout": "held", "train": "train"}
@@ -67,7 +66,7 @@ class DataHistory(JobHistory):
 
 
 # tables ---------------------------------------------------------------------------------------
-class DatasetTable(DataTable):
+class DatasetTable(LiveTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Rows", id="data_open", tooltip="Browse this dataset's rows"),
         Binding("t", "screen.train_on", "Train", id="data_train",
@@ -75,7 +74,7 @@ class DatasetTable(DataTable):
     ]
 
 
-class RowTable(DataTable):
+class RowTable(LiveTable):
     BINDINGS = [
         Binding("p", "screen.next_part", "Next part", id="data_part",
                 tooltip="Show the next part: sft/train, sft/valid, dpo/train, dpo/valid, heldout"),

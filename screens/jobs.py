@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Footer, RichLog, Static
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, last_progress
 from screens.widgets import (
-    TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
+    LiveTable, TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
     confirm_cancel, format_event, progress_pct, status_text, sync_table,
 )
 
@@ -20,7 +20,7 @@ NARROW = 100  # below this many columns the kind column goes (the id carries the
 MAX_LINES = 2000
 
 
-class JobTable(DataTable):
+class JobTable(LiveTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Events", id="jobs_events",
                 tooltip="Follow its events below"),

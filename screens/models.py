@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from engine.jobs import JobInfo
 from screens.widgets import (
-    InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, start_humanizer_job, sync_table,
+    LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, start_humanizer_job, sync_table,
 )
 
 EMBEDDED = "smollm2-135m"
@@ -41,7 +41,7 @@ def validate_gguf_path(text: str) -> str | None:
     return None
 
 
-class ModelTable(DataTable):
+class ModelTable(LiveTable):
     BINDINGS = [
         Binding("enter,s", "select_cursor", "Select", id="models_select",
                 tooltip="Make it the current model"),

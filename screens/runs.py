@@ -21,7 +21,7 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, humanizer_argv, job_events, job_info, start_job
-from screens.widgets import confirm_cancel, fmt_duration, sync_table
+from screens.widgets import LiveTable, confirm_cancel, fmt_duration, sync_table
 
 REDRAW_HZ = 3  # the view is redrawn at most this often
 NARROW = 110  # below this many columns: one scrolling column
@@ -123,7 +123,7 @@ def form_head(title: str) -> ComposeResult:
         yield Select([], prompt="no models: pull one in Models (1)", compact=True, id="f-model")
 
 
-class RunsTable(DataTable):
+class RunsTable(LiveTable):
     """The table of a RunsScreen's jobs, newest first (subclasses add the bindings)."""
 
 

@@ -128,6 +128,22 @@ def format_event(ev: dict) -> Text:
 
 
 # data tables ------------------------------------------------------------------
+class LiveTable(DataTable):
+    """A DataTable whose column widths and rendered lines never disagree.
+
+    Textual (8.2) widens columns on idle, after `add_row`/`update_cell`, without a new
+    cache generation: a frame drawn in between (a loaded machine, a timer) leaves the
+    header or rows cached at the old widths until the next change. Clearing the caches
+    once the widths are settled fixes that; it costs one repaint per changed batch."""
+
+    async def _on_idle(self, event) -> None:
+        stale = bool(self._updated_cells) or self._require_update_dimensions
+        await super()._on_idle(event)
+        if stale:
+            self._clear_caches()
+            self.refresh()
+
+
 def sync_table(table: DataTable, rows: list[tuple[str, tuple]], widen: bool = False) -> None:
     """Show `rows` (key, cells) in order, keeping the cursor on the same key.
 

@@ -449,7 +449,9 @@ def _settled(*keys: str):
         if screen.view == "rows":
             await until(pilot, lambda: screen.rows, 5, "the rows")
         if screen.view == "build":  # the shown build's events are read in a worker: wait for its samples
-            await until(pilot, lambda: getattr(screen.histories.get(screen.shown), "samples", None), 5, "the samples")
+            # ...and drawn on the 3-a-second timer, which a loaded CI machine can delay past a fixed pause
+            await until(pilot, lambda: "24/40" in text_of(screen, "#build-title")
+                        and "Call me Ishmael" in shown(screen, "#build-samples"), 10, "the drawn build")
         steady_cursors(pilot.app.screen)
         await pilot.pause(0.5)  # at least one redraw tick
         await pilot.wait_for_scheduled_animations()
