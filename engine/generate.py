@@ -58,6 +58,7 @@ import concurrent.futures
 import itertools
 import logging
 import secrets
+import sys
 import threading
 import time
 import traceback
@@ -69,6 +70,7 @@ import mlx.core as mx
 import numpy as np
 
 from engine import lora
+from engine.fastops import cpu_fast_ops
 from engine.errors import HumanizerError
 
 log = logging.getLogger("humanizer.generate")
@@ -371,8 +373,10 @@ class SlotLayer:
 def _slot_attention(attn, x: mx.array, sl: SlotLayer) -> mx.array:
     """llama-style attention for a (rows, 1, dim) batch over the SlotBatch: the model's own
     computation per row (rope at the row's position, its keys only), batched."""
-    from mlx_lm.models.base import scaled_dot_product_attention
+    from mlx_lm.models.base import scaled_dot_product_attention as base_sdpa
 
+    # the model module's own name for it, which engine.fastops swaps for the fast-exp version on CPU
+    sdpa = getattr(sys.modules.get(type(attn).__module__), "scaled_dot_product_attention", base_sdpa)
     B, L, _ = x.shape
     q = attn.q_proj(x).reshape(B, L, attn.n_heads, -1)
     k = attn.k_proj(x).reshape(B, L, attn.n_kv_heads, -1)
@@ -384,7 +388,7 @@ def _slot_attention(attn, x: mx.array, sl: SlotLayer) -> mx.array:
     q = attn.rope(q, offset=sl.offset)
     k = attn.rope(k, offset=sl.offset)
     keys, values = sl.update_and_fetch(k, v)
-    out = scaled_dot_product_attention(q, keys, values, cache=None, scale=attn.scale, mask=sl.mask)
+    out = sdpa(q, keys, values, cache=None, scale=attn.scale, mask=sl.mask)
     return attn.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -638,6 +642,12 @@ class Engine:
         if getattr(tokenizer, "eos_token_id", None) is not None:
             self.eos_ids.add(tokenizer.eos_token_id)
         self.n_layers = len(model.layers)
+        # Prefill needs only the KV cache, not logits: the backbone alone skips the LM head (a fifth
+        # of a small model's FLOPs and a chunk x vocab logits array). Only for the families whose
+        # Model.model is the decoder stack (the row-batched ones).
+        inner = getattr(model, "model", None)
+        self._prefill_model = inner if type(model).__module__ in ROW_BATCHED_MODULES and callable(inner) \
+            and getattr(inner, "layers", None) is not None else model
         model.eval()
         self.mode = "serial"
         self._slots: SlotBatch | None = None
@@ -696,7 +706,7 @@ class Engine:
                     c = make_prompt_cache(self.model)
                     if not all(type(x) is KVCache for x in c):
                         raise TypeError("not a plain KV cache")
-                    self.model(mx.array([p[:-1]]), cache=c)
+                    self._prefill_model(mx.array([p[:-1]]), cache=c)
                     out.append(c)
                 return out
 
@@ -966,10 +976,11 @@ class Engine:
                 self._drop_cancelled()
                 self._admit()
                 try:
-                    if self._prefilling:
-                        self._prefill_step()
-                    if self._rows:
-                        self._decode_step()
+                    with cpu_fast_ops(self.model):  # CPU: softmax and SwiGLU on the fast exp
+                        if self._prefilling:
+                            self._prefill_step()
+                        if self._rows:
+                            self._decode_step()
                 except Exception as e:  # a failed step fails the requests in it, not the server
                     log.error("generation step failed:\n%s", traceback.format_exc())
                     for r in self._prefilling + self._rows:
@@ -1046,7 +1057,7 @@ class Engine:
         chunk = todo[r._prefilled:r._prefilled + self.prefill_chunk]
         if chunk:
             self._plan.begin([r.adapters], self._mounted)
-            self.model(mx.array([chunk]), cache=r._cache)
+            self._prefill_model(mx.array([chunk]), cache=r._cache)
             mx.eval([c.state for c in r._cache])
             r._prefilled += len(chunk)
         if r._prefilled >= len(todo):
