@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     COMMANDS.update(register_detect(sub))
     from tui.cli_eval import register as register_eval  # eval MODEL --adapter A --data DATASET: the table
     COMMANDS.update(register_eval(sub))
+    from tui.cli_demo import register as register_demo  # demo [--quick]: the whole pipeline, each stage a job
+    COMMANDS.update(register_demo(sub))
 
     p = sub.add_parser("serve", help="OpenAI-compatible server: one model, several adapters, each request picks its own",
                        description="Serve MODEL over an OpenAI-compatible API with the --adapter folders mounted. "
