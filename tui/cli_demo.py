@@ -9,8 +9,6 @@ engine.demo.settings.DemoSettings. Prints the eval's table at the end."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 
 def _epilog() -> str:
@@ -49,15 +47,9 @@ def cmd_demo(ws, args, argv) -> int:
 
     from engine.demo.run import run_demo
     from engine.demo.settings import DemoSettings
-    from engine.eval.table import format_table
     from tui.cli import _run_long
+    from tui.cli_eval import print_report
 
     settings = DemoSettings(**{f.name: getattr(args, f.name) for f in fields(DemoSettings)}).check()
     path = _run_long(ws, "demo", argv, args.json, lambda run: run_demo(settings, ws, run))
-    report = json.loads(Path(path).read_text(encoding="utf-8"))
-    if args.json:
-        print(json.dumps({"type": "report", "path": str(path), **report}, default=str))
-        return 0
-    print(format_table(report))
-    print(f"\nreport: {path}\nsamples: {Path(path).parent / 'samples.jsonl'}")
-    return 0
+    return print_report(path, args.json)

@@ -51,15 +51,21 @@ def cmd_eval(ws, args, argv) -> int:
 
     from engine.eval.run import run_eval
     from engine.eval.settings import EvalSettings
-    from engine.eval.table import format_table
     from tui.cli import _run_long
 
     values = {f.name: getattr(args, f.name) for f in fields(EvalSettings) if getattr(args, f.name, None) is not None}
     values["adapters"] = tuple(args.adapters or ())
     settings = EvalSettings(**values).check()
     path = _run_long(ws, "eval", argv, args.json, lambda run: run_eval(settings, ws, run))
+    return print_report(path, args.json)
+
+
+def print_report(path, as_json: bool) -> int:
+    """An eval's report: the table and where its files are (--json: the report as one line)."""
+    from engine.eval.table import format_table
+
     report = json.loads(Path(path).read_text(encoding="utf-8"))
-    if args.json:
+    if as_json:
         print(json.dumps({"type": "report", "path": str(path), **report}, default=str))
         return 0
     print(format_table(report))
