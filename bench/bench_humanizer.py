@@ -635,9 +635,12 @@ def run(args) -> int:
     home = workspace_home(args.workspace)
     held = heldout_path(home, args.data)
     pairs = read_heldout_pairs(held)
+    if pairs["bad"]:
+        raise BenchError(f"{held}: {pairs['bad']} rows are not JSON objects with a non-empty 'draft' and 'human'; "
+                         "the eval refuses such a file", "rebuild the dataset or fix those rows "
+                         "(humanizer eval names the first one)")
     n = check_size(len(pairs["draft"]), args.samples, args.allow_small)
-    print(f"data      {held}: {len(pairs['draft'])} usable held-out rows" +
-          (f" ({pairs['bad']} unusable, left out by the eval too)" if pairs["bad"] else "") + f"; {n} rewritten per choice")
+    print(f"data      {held}: {len(pairs['draft'])} held-out rows; {n} rewritten per choice")
     stages: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-humanizer-") as tmp:
         work = Path(tmp)

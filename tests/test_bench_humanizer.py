@@ -322,6 +322,9 @@ def test_the_bench_refuses_a_small_dataset_before_running_anything(tmp_path, mon
     assert code == 2
     err = capsys.readouterr().err
     assert "only 10 usable held-out drafts" in err and "--allow-small" in err
+    _dataset(home, "bad", [{"draft": _draft(h), "human": h} for h in HUMANS * 12] + [{"draft": "x"}])
+    assert BH.main(["--workspace", str(home), "--data", "bad", "--sft", "s", "--dpo", "d"]) == 2
+    assert "1 rows are not JSON objects with a non-empty 'draft' and 'human'" in capsys.readouterr().err
 
 
 # --- picking the detectors at hand -----------------------------------------------------------------------------
