@@ -232,3 +232,30 @@ def open_run(runs_dir: Path, kind: str, argv: list[str]) -> Run:
     so runs started from a shell show up in the TUI too."""
     d = current_run_dir()
     return Run(d, kind, argv) if d else Run.create(runs_dir, kind, argv)
+
+
+class ChunkProgress:
+    """Progress of generations written a chunk at a time (a dataset build's drafts, an eval's
+    rewrites): after each chunk, a progress event with rows/s and the ETA, and at most every
+    `sample_every` seconds a "sample" event the screens show as the newest pair."""
+
+    def __init__(self, run: Run, total: int, already: int, label: str, sample_every: float = 8.0):
+        self.run, self.total, self.already, self.label = run, total, already, label
+        self.sample_every = sample_every
+        self.started, self.done, self._last_sample = time.time(), 0, 0.0
+
+    @property
+    def rate(self) -> float:
+        """Rows per second so far."""
+        elapsed = time.time() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def advance(self, rows: int, sample: Callable[[], dict] | None = None) -> None:
+        self.done += rows
+        rate = self.rate
+        left = self.total - self.already - self.done
+        self.run.progress(self.already + self.done, self.total, f"{self.label}: {rate:.2f} rows/s",
+                          eta=left / rate if rate > 0 else None, rows_per_s=round(rate, 3))
+        if sample is not None and time.time() - self._last_sample >= self.sample_every:
+            self._last_sample = time.time()
+            self.run.emit("sample", **sample())

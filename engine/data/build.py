@@ -24,7 +24,7 @@ from engine.data import filters, locks as L
 from engine.data.settings import DRAFT_PROMPT, LOCKS_SENTENCE, REWRITE_INSTRUCTION, BuildSettings
 from engine.data.sources import Source, open_source, passages
 from engine.errors import HumanizerError
-from engine.events import NullRun, Run
+from engine.events import ChunkProgress, NullRun, Run
 from engine.workspace import atomic_dir
 
 SAMPLE_EVERY = 8.0  # seconds between two sample pairs in the events
@@ -183,7 +183,7 @@ def generate(jobs: list[tuple[str, str, str, str]], settings: BuildSettings, ws,
     if todo:
         writer = open_writer(settings, ws, adapters, run)
         run.log(f"writing {len(todo)} {what} with {json.dumps(writer.describe)}")
-        started, last_sample, done = time.time(), 0.0, 0
+        progress = ChunkProgress(run, total, total - len(todo), what, SAMPLE_EVERY)
         try:
             # A chunk of several batches keeps every row busy (a batch of exactly `rows` would wait
             # for its longest generation with the others idle); each chunk is cached when done.
@@ -201,20 +201,12 @@ def generate(jobs: list[tuple[str, str, str, str]], settings: BuildSettings, ws,
                                          f"{len(cache.done)} {what} written so far are kept")
                 cache.add([{"key": k, "text": w.text, "finish": w.finish, "tokens": w.tokens}
                            for (k, _, _, _), w in zip(chunk, written)])
-                done += len(chunk)
-                elapsed = time.time() - started
-                rate = done / elapsed if elapsed > 0 else 0.0
-                eta = (len(todo) - done) / rate if rate > 0 else None
-                run.progress(total - len(todo) + done, total, f"{what}: {rate:.2f} rows/s", eta=eta,
-                             rows_per_s=round(rate, 3))
-                if time.time() - last_sample >= SAMPLE_EVERY:
-                    last_sample = time.time()
-                    key, _, human, draft = chunk[-1]
-                    run.emit("sample", key=key, human=human, draft=draft or written[-1].text,
-                             rewrite=written[-1].text if draft else None)
+                key, _, human, draft = chunk[-1]
+                progress.advance(len(chunk), lambda: {"key": key, "human": human, "draft": draft or written[-1].text,
+                                                      "rewrite": written[-1].text if draft else None})
         finally:
             writer.close()
-        run.metric(total, **{f"{what}_per_s": round(done / max(1e-9, time.time() - started), 3)})
+        run.metric(total, **{f"{what}_per_s": round(progress.rate, 3)})
     return {k: cache.done[k]["text"] for k, _, _, _ in jobs}
 
 

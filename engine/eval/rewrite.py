@@ -17,13 +17,12 @@ our engine (engine/generate.py), each generation with its own adapter selection 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.data.build import seed_of
 from engine.errors import HumanizerError
-from engine.events import NullRun, Run
+from engine.events import ChunkProgress, NullRun, Run
 
 CACHE = "rewrites.jsonl"
 CHUNK_BATCHES = 4
@@ -106,7 +105,7 @@ def rewrite_all(engine, jobs: list[Job], cache: RewriteCache, run: Run = NullRun
     total = len(jobs)
     run.progress(total - len(todo), total, f"rewrites: {total - len(todo)} of {total} from the cache"
                  if len(todo) < total else "rewriting")
-    started, last_sample, done = time.time(), 0.0, 0
+    progress = ChunkProgress(run, total, total - len(todo), "rewrites", SAMPLE_EVERY)
     step = max(1, rows) * CHUNK_BATCHES
     for i in range(0, len(todo), step):
         chunk = todo[i:i + step]
@@ -132,16 +131,9 @@ def rewrite_all(engine, jobs: list[Job], cache: RewriteCache, run: Run = NullRun
                     gen.cancel()
             raise
         cache.add(records)
-        done += len(chunk)
-        elapsed = time.time() - started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (len(todo) - done) / rate if rate > 0 else None
-        run.progress(total - len(todo) + done, total, f"rewrites: {rate:.2f} rows/s", eta=eta,
-                     rows_per_s=round(rate, 3))
-        if time.time() - last_sample >= SAMPLE_EVERY:
-            last_sample = time.time()
-            job, rec = chunk[-1], records[-1]
-            run.emit("sample", key=job.key, choice=job.choice, draft=job.draft, human=job.human, rewrite=rec["text"])
+        job, rec = chunk[-1], records[-1]
+        progress.advance(len(chunk), lambda: {"key": job.key, "choice": job.choice, "draft": job.draft,
+                                              "human": job.human, "rewrite": rec["text"]})
     if todo:
-        run.metric(total, rewrites_per_s=round(done / max(1e-9, time.time() - started), 3))
+        run.metric(total, rewrites_per_s=round(progress.rate, 3))
     return {j.id: cache.done[j.id] for j in jobs}
