@@ -616,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue the newest eval with the same settings")
     ap.add_argument("--allow-small", action="store_true", help=f"run on fewer than {MIN_DRAFTS} drafts")
     ap.add_argument("--json", metavar="PATH", help="also write every number (and the report) to PATH")
+    ap.add_argument("--report", metavar="REPORT_JSON", help="present an eval already run (its run folder's "
+                    "report.json, e.g. from `humanizer demo`) instead of running one; --data/--sft/--dpo are then "
+                    "only checked against it")
     args = ap.parse_args(argv)
     try:
         return run(args)
@@ -642,16 +645,30 @@ def run(args) -> int:
     n = check_size(len(pairs["draft"]), args.samples, args.allow_small)
     print(f"data      {held}: {len(pairs['draft'])} held-out rows; {n} rewritten per choice")
     stages: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench-humanizer-") as tmp:
-        work = Path(tmp)
-        dets = ensure_detectors(home, args, work, stages)
-        res = run_cli(home, eval_argv(args, dets), work / "eval.log")
-        rep = res.last("report")
-        if res.rc != 0 or not rep:
-            raise BenchError(f"`humanizer eval` failed: {res.failure()}")
-        stages.append({"stage": "eval", "status": "ran", "wall_s": res.wall_s, "what": rep["path"]})
-    report_path = Path(rep["path"])
+    if args.report:
+        report_path = Path(args.report).expanduser()
+        if not report_path.is_file():
+            raise BenchError(f"{report_path} does not exist", "pass an eval run folder's report.json")
+        dets = None
+        stages.append({"stage": "eval", "status": "reused", "wall_s": 0.0, "what": str(report_path)})
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-humanizer-") as tmp:
+            work = Path(tmp)
+            dets = ensure_detectors(home, args, work, stages)
+            res = run_cli(home, eval_argv(args, dets), work / "eval.log")
+            rep = res.last("report")
+            if res.rc != 0 or not rep:
+                raise BenchError(f"`humanizer eval` failed: {res.failure()}")
+            stages.append({"stage": "eval", "status": "ran", "wall_s": res.wall_s, "what": rep["path"]})
+        report_path = Path(rep["path"])
     report = json.loads(report_path.read_text(encoding="utf-8"))
+    if args.report:
+        named = {a.get("name") for a in report.get("adapters") or []}
+        data_name = (report.get("dataset") or {}).get("name")
+        wanted = {Path(args.sft).name, Path(args.dpo).name}
+        if not wanted <= named or data_name not in (args.data, Path(args.data).name):
+            raise BenchError(f"{report_path} is an eval of {data_name} with {', '.join(sorted(named))}, not of "
+                             f"{args.data} with {args.sft} and {args.dpo}", "pass the matching --data/--sft/--dpo")
     samples = read_samples(report_path.parent / "samples.jsonl")
     got = report["counts"]["samples"]
     if got < MIN_DRAFTS and not args.allow_small:
