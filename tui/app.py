@@ -21,6 +21,7 @@ from screens.adapters import AdaptersScreen
 from screens.chat import ChatScreen
 from screens.convert import ConvertScreen
 from screens.data import DataScreen
+from screens.eval import EvalScreen
 from screens.jobs import JobsScreen
 from screens.models import EMBEDDED, ModelsScreen
 from screens.server import ServerScreen
@@ -30,7 +31,8 @@ from tui.config import ConfigError, keymap_line, load_config, set_value
 from tui.keymap import APP_BINDINGS, MODES, check_keymap
 
 SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScreen, "adapters": AdaptersScreen,
-                   "server": ServerScreen, "chat": ChatScreen, "convert": ConvertScreen, "data": DataScreen}
+                   "server": ServerScreen, "chat": ChatScreen, "convert": ConvertScreen, "data": DataScreen,
+                   "eval": EvalScreen}
 POLL_HZ = 2
 THEMES = ("textual-dark", "textual-light")
 
@@ -169,6 +171,8 @@ class HumanizerApp(App):
                lambda: self._in_mode("convert", "new_run"))
         yield ("Build a dataset…", "human text in, SFT / DPO / held-out rows out, as a job (Data mode, key 8)",
                lambda: self._in_mode("data", "new_run"))
+        yield ("Evaluate…", "rewrite held-out drafts with every choice and score them, as a job (Eval mode, key 9)",
+               lambda: self._in_mode("eval", "new_run"))
         yield ("Toggle dark/light theme", "remembered in config.toml", self.action_toggle_theme)
         if hasattr(screen, "palette_commands"):
             yield from screen.palette_commands()

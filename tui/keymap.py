@@ -2,7 +2,7 @@
 rebind in config.toml's [keymap] table (`binding_id = "key"`, several keys comma-separated).
 
 Every binding has an id and a tooltip. Number keys switch modes (1 Models, 2 Jobs,
-3 Train, 4 Adapters, 5 Server, 6 Chat, 7 Convert, 8 Data); later modes take the next numbers."""
+3 Train, 4 Adapters, 5 Server, 6 Chat, 7 Convert, 8 Data, 9 Eval); later modes take the next numbers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ MODES: list[tuple[str, str, str]] = [
     ("chat", "Chat", "6"),
     ("convert", "Convert", "7"),
     ("data", "Data", "8"),
+    ("eval", "Eval", "9"),
 ]
 
 APP_BINDINGS: list[Binding] = [
@@ -38,6 +39,8 @@ def _binding_owners():
     from screens.convert import ConvertScreen, ConvertTable
     from screens.data import DataScreen
     from screens.data_widgets import BuildTable, DatasetTable, RowTable
+    from screens.eval import EvalScreen
+    from screens.eval_widgets import EvalRunTable
     from screens.forms import FormDialog, PickDialog
     from screens.jobs import JobsScreen, JobTable
     from screens.models import ModelsScreen, ModelTable
@@ -47,7 +50,7 @@ def _binding_owners():
 
     return [ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,
             AdaptersScreen, AdapterTable, ServerScreen, ChatScreen, FormDialog, PickDialog, ConvertScreen,
-            ConvertTable, DataScreen, DatasetTable, RowTable, BuildTable]
+            ConvertTable, DataScreen, DatasetTable, RowTable, BuildTable, EvalScreen, EvalRunTable]
 
 
 def known_bindings() -> dict[str, Binding]:
