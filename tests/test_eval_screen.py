@@ -3,7 +3,7 @@ table with its headline detector and why, the detectors that helped make the tra
 bar chart of mean P(AI) per row (the detector switched with d), P(AI) distributions, the sample
 browser (draft | rewrite of the chosen choice, cycled with o | human; slop highlighted), two
 runs compared (m marks one), the form made from EvalSettings (errors name the flag; a real eval
-started as a job), the detector palette commands; snapshots.
+started as a job), the detector palette commands, the first-start demo offer; snapshots.
 
 The eval run folders are written by the engine's own `run_eval` (engine/eval/run.py), so
 report.json and samples.jsonl have exactly its layout. Three things are stand-ins, so the tests
@@ -573,6 +573,47 @@ async def test_detector_jobs_from_the_palette(eval_ws, monkeypatch):
         assert [(k, a[a.index("detect"):]) for k, a in calls] == [
             ("detect calibrate", ["detect", "calibrate", "--dataset", DATASET, "--scorer", model]),
             ("detect train", ["detect", "train", "--dataset", DATASET, "--name", f"{DATASET}-clf-2"])]
+
+
+# the first-start demo offer -----------------------------------------------------------------------
+async def test_demo_offered_once_on_an_empty_workspace(ws, monkeypatch):
+    from engine.jobs import humanizer_argv
+    from screens.widgets import ConfirmDialog
+    from tui.app import HumanizerApp
+    from tui.config import load_config
+
+    calls: list = []
+    monkeypatch.setattr("screens.widgets.start_job", fake_start_job(calls))
+    app = HumanizerApp(ws, offer_demo=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), 5, "the offer")
+        assert "humanizer demo" in str(app.screen.question)
+        await pilot.press("n")
+        assert not calls and app.current_mode == "models"
+    assert load_config(ws.config_path)[0].data["demo_offered"] is False
+    app = HumanizerApp(ws, offer_demo=True)  # declined: not asked again
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, ConfirmDialog) and not calls
+
+    ws.config_path.unlink()
+    app = HumanizerApp(ws, offer_demo=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), 5, "the offer")
+        await pilot.press("y")
+        await until(pilot, lambda: app.current_mode == "jobs", 5, "the Jobs screen")
+        assert calls == [("demo", humanizer_argv("demo"))]
+    assert load_config(ws.config_path)[0].data["demo_offered"] is True
+
+
+async def test_no_demo_offer_with_adapters_or_by_default(eval_ws, ws):
+    from screens.widgets import ConfirmDialog
+    from tui.app import HumanizerApp
+
+    for app in (HumanizerApp(eval_ws, offer_demo=True), HumanizerApp(ws)):
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.3)
+            assert not isinstance(app.screen, ConfirmDialog)
 
 
 # snapshots ----------------------------------------------------------------------------------------

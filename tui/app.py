@@ -27,6 +27,7 @@ from screens.models import EMBEDDED, ModelsScreen
 from screens.server import ServerScreen
 from screens.serving import ServerMonitor
 from screens.train import TrainScreen
+from screens.widgets import ConfirmDialog, start_humanizer_job
 from tui.config import ConfigError, keymap_line, load_config, set_value
 from tui.keymap import APP_BINDINGS, MODES, check_keymap
 
@@ -34,6 +35,12 @@ SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScr
                    "server": ServerScreen, "chat": ChatScreen, "convert": ConvertScreen, "data": DataScreen,
                    "eval": EvalScreen}
 POLL_HZ = 2
+DEMO_KEY = "demo_offered"  # config.toml: the first-start demo offer was answered (yes or no)
+DEMO_QUESTION = ("[b]Run the demo?[/b]\n\nThis workspace has no adapters yet. `humanizer demo` runs the whole loop "
+                 "on the embedded SmolLM2-135M, one stage a job: a dataset from a human-written corpus, an SFT "
+                 "adapter, a DPO adapter stacked on it, the detectors and the eval table (up to about half an hour "
+                 "on a 2-core CPU). Jobs (2) shows its progress; closing the app does not stop it.\n\n"
+                 "Asked once: the answer is kept in config.toml.")
 THEMES = ("textual-dark", "textual-light")
 
 Command = tuple[str, str, Callable]
@@ -70,14 +77,18 @@ class HumanizerApp(App):
     server_state: reactive[str] = reactive("off")
 
     def __init__(self, ws: Workspace, model: str | None = None, clock: Callable[[], float] = time.time,
-                 mode: str = "models") -> None:
+                 mode: str = "models", offer_demo: bool = False) -> None:
+        """`offer_demo`: on a workspace with no adapters, offer `humanizer demo` once (the real
+        app does; tests leave it off unless they test it)."""
         super().__init__()
         self.ws, self.clock, self.start_mode = ws, clock, mode
+        self.offer_demo = offer_demo
         self._model_given = model is not None
         self.set_reactive(HumanizerApp.model, model)
         for name, screen in SCREENS_BY_MODE.items():
             self.add_mode(name, screen)
         config, self.config_problems = load_config(ws.config_path)
+        self.demo_answered = DEMO_KEY in config.data
         keymap, problems = check_keymap(config.keymap, lambda b: keymap_line(ws.config_path, b))
         self.config_problems += problems
         self.keymap_overrides = keymap
@@ -95,6 +106,38 @@ class HumanizerApp(App):
         ServerMonitor.of(self)  # follows the running serve job: server_state in the status bar
         for problem in self.config_problems:
             self.notify(problem, title="config.toml", severity="error", timeout=12)
+        if self.should_offer_demo():
+            self.push_screen(ConfirmDialog(DEMO_QUESTION, yes="Run the demo", no="Not now"), self._demo_answered)
+
+    # the first-start demo offer ---------------------------------------------------------------
+    def should_offer_demo(self) -> bool:
+        """Offer the demo when asked to, never answered before, with no adapters and no demo job."""
+        from engine.adapters import list_adapters
+
+        if not self.offer_demo or self.demo_answered or any(j.kind.startswith("demo") for j in self.jobs):
+            return False
+        try:
+            return not list_adapters(self.ws)
+        except OSError:
+            return False
+
+    def _demo_answered(self, yes: bool | None) -> None:
+        self.demo_answered = True
+        try:
+            set_value(self.ws.config_path, DEMO_KEY, bool(yes))
+        except (ConfigError, OSError) as e:
+            self.notify(f"answer not saved: {e}", severity="warning")
+        if not yes:
+            self.notify("No demo. The command palette (ctrl+p) and `humanizer demo` still run it.", timeout=5)
+            return
+        self.start_demo()
+
+    def start_demo(self) -> None:
+        """`humanizer demo` as a job, then the Jobs screen to watch it."""
+        job = start_humanizer_job(self.screen, "demo", "demo")
+        if job is not None:
+            self.poll_jobs()
+            self.switch_mode("jobs")
 
     # shared state -------------------------------------------------------------
     def poll_jobs(self) -> None:
@@ -173,10 +216,12 @@ class HumanizerApp(App):
                lambda: self._in_mode("data", "new_run"))
         yield ("Evaluate…", "rewrite held-out drafts with every choice and score them, as a job (Eval mode, key 9)",
                lambda: self._in_mode("eval", "new_run"))
+        yield ("Run the demo", "humanizer demo: data, SFT, DPO, detectors and the eval on the embedded model, "
+               "as a job", self.start_demo)
         yield ("Toggle dark/light theme", "remembered in config.toml", self.action_toggle_theme)
         if hasattr(screen, "palette_commands"):
             yield from screen.palette_commands()
 
 
 def run_app(ws: Workspace, model: str | None = None) -> None:
-    HumanizerApp(ws, model=model).run()
+    HumanizerApp(ws, model=model, offer_demo=True).run()
