@@ -157,8 +157,7 @@ def test_quick_demo_end_to_end(ws, monkeypatch, capsys):
     report_line = [json.loads(line) for line in out.out.splitlines() if line.startswith("{")][-1]
     assert report_line["type"] == "report"
     report = json.loads(open(report_line["path"]).read())
-    rows = [r["choice"] for r in report["table"]["rows"]] if isinstance(report["table"], dict) else \
-        [r["choice"] for r in report["table"]]
+    rows = [r["row"] for r in report["table"]["rows"]]
     assert rows[0] == "source" and rows[-1] == "human"
     assert "base" in rows and n["sft"] in rows and f"{n['sft']}+{n['dpo']}" in rows
     samples = [json.loads(line) for line in open(report_line["path"].replace("report.json", "samples.jsonl"))]
