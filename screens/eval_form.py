@@ -10,8 +10,6 @@ profile for a model) and `humanizer detect train` (the classifier) on a dataset.
 
 from __future__ import annotations
 
-from dataclasses import MISSING
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -30,23 +28,6 @@ PLACEHOLDERS = {"detector": "every one at hand", "scorer": "MODEL", "sampler": "
                 "profile": "detectors/ in the workspace", "classifier": "newest trained on the dataset",
                 "max_tokens": "0: from the draft", "batch_size": "0: each detector's default",
                 "score_max_tokens": "0: the detector's context"}
-
-
-def eval_argv(settings: EvalSettings) -> list[str]:
-    """`humanizer eval` arguments reproducing `settings` (flags left at their default left out)."""
-    out = ["eval", str(settings.model)]
-    for a in settings.adapters:
-        out += ["--adapter", str(a)]
-    for f in EvalSettings.flag_fields():
-        value = getattr(settings, f.name)
-        if f.default is not MISSING and value == f.default:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            out += [flag] if value else []
-        else:
-            out += [flag, str(value)]
-    return out
 
 
 def split_list(text: str) -> tuple[str, ...]:
@@ -215,7 +196,7 @@ class EvalForm:
                 self._fit_form()
         if self._show_errors(errors):
             return
-        self._start_job("eval", eval_argv(settings))
+        self._start_job("eval", settings.argv())
 
     # the detector jobs -------------------------------------------------------------------------------
     def detector_commands(self, dataset: str | None, model: str | None) -> list[tuple]:

@@ -314,7 +314,6 @@ def report_of(ws: Workspace, run_id: str) -> dict:
 def test_argv_table_compare_and_renderers(template):
     from engine.eval.settings import EvalSettings
     from screens.eval_charts import highlight_slop, render_bars, render_distributions
-    from screens.eval_form import eval_argv
     from screens.eval_widgets import compare_rows, parse_eval_argv, settings_diff, table_rows
     from tui.cli import build_parser
 
@@ -325,7 +324,7 @@ def test_argv_table_compare_and_renderers(template):
     # the form's argv is what the CLI parses back into the same settings
     settings = EvalSettings(model="tiny", adapters=("sft", "dpo"), data=DATASET, choices="base,sft+dpo", samples=4,
                             top_p=0.9, resume=True, detector="classifier")
-    argv = eval_argv(settings)
+    argv = settings.argv()
     assert argv == ["eval", "tiny", "--adapter", "sft", "--adapter", "dpo", "--data", DATASET, "--choices",
                     "base,sft+dpo", "--samples", "4", "--top-p", "0.9", "--resume", "--detector", "classifier"]
     ns = build_parser().parse_args(argv)

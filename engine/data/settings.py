@@ -153,18 +153,9 @@ class BuildSettings:
 
     def argv(self) -> list[str]:
         """The `humanizer data build` arguments that reproduce these settings (non-defaults only)."""
-        out = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.default is not MISSING and value == f.default:
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                if value:
-                    out.append(flag)
-                continue
-            out += [flag, str(value)]
-        return out
+        from engine.flags import flags_of
+
+        return flags_of(self, fields(self))
 
 
 def setting_fields(group: str | None = None, form_only: bool = False) -> list:

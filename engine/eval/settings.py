@@ -223,6 +223,13 @@ class EvalSettings:
     def detector_names(self) -> list[str]:
         return [d.strip() for d in str(self.detector).split(",") if d.strip()]
 
+    def argv(self) -> list[str]:
+        """`humanizer eval` arguments reproducing these settings (flags at their default left out)."""
+        from engine.flags import flags_of
+
+        return ["eval", str(self.model), *(x for a in self.adapters for x in ("--adapter", str(a))),
+                *flags_of(self, self.flag_fields())]
+
     def choice_list(self) -> list[str]:
         """The choices as given ('' = the default: base, then each adapter stacked on those before)."""
         given = [c.strip() for c in str(self.choices).split(",") if c.strip()]
