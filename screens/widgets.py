@@ -444,15 +444,16 @@ class ConfirmDialog(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="confirm_no", tooltip="Decline"),
     ]
 
-    def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No", destructive: bool = True) -> None:
         super().__init__()
         self.question, self.yes, self.no = question, yes, no
+        self.variant = "error" if destructive else "primary"  # red only for what cannot be undone
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(self.question)
             with Horizontal():
-                yield Button(f"{self.yes} (y)", variant="error", id="yes")
+                yield Button(f"{self.yes} (y)", variant=self.variant, id="yes")
                 yield Button(f"{self.no} (n)", variant="primary", id="no")
 
     def on_mount(self) -> None:

@@ -107,7 +107,8 @@ class HumanizerApp(App):
         for problem in self.config_problems:
             self.notify(problem, title="config.toml", severity="error", timeout=12)
         if self.should_offer_demo():
-            self.push_screen(ConfirmDialog(DEMO_QUESTION, yes="Run the demo", no="Not now"), self._demo_answered)
+            self.push_screen(ConfirmDialog(DEMO_QUESTION, yes="Run the demo", no="Not now", destructive=False),
+                             self._demo_answered)
 
     # the first-start demo offer ---------------------------------------------------------------
     def should_offer_demo(self) -> bool:
