@@ -25,7 +25,7 @@ from screens.data_widgets import (
     BuildTable, DataHistory, DatasetTable, RowTable, is_data_job, methods_text, one_line, parts_text, samples_view,
     sides_table, source_label,
 )
-from screens.runs import RunsScreen, append_outcome, append_timing, bar
+from screens.runs import RunsScreen, append_outcome, append_timing, bar, form_css
 from screens.widgets import ModeHeader, StatusBar, cursor_key, display_path, fmt_time, status_text, sync_table
 
 PAGE = 100  # rows read at a time in the browser
@@ -47,24 +47,13 @@ class DataScreen(DataForm, RunsScreen):
     DataScreen #build-title, DataScreen #build-samples { height: auto; }
     DataScreen #ds-detail, DataScreen #br-row, DataScreen #build-samples { margin-top: 1; }
     DataScreen #br-errors { color: $error; }
-    DataScreen .field { height: auto; }
-    DataScreen .form-row { height: 1; margin-top: 1; }
-    DataScreen .form-row Label { width: 12; color: $text-muted; }
-    DataScreen .form-row Select, DataScreen .form-row Input { width: 1fr; }
-    DataScreen .hint { height: auto; color: $text-muted; padding-left: 12; }
-    DataScreen .field-help { display: none; }
-    DataScreen Checkbox { margin: 1 0 0 12; }
-    DataScreen Checkbox:focus { border: none !important; text-style: reverse; }
-    DataScreen #f-start { margin: 1 0 0 12; }
-    DataScreen #f-errors { height: auto; color: $error; }
     DataScreen.-narrow #data-body { layout: vertical; overflow-y: auto; scrollbar-size-vertical: 1; }
     DataScreen.-narrow #data-main { height: auto; }
     DataScreen.-narrow #data-form {
         width: 1fr; height: auto; border-left: none; border-top: hkey $primary-background; margin-top: 1;
     }
-    DataScreen.-narrow .hint { padding-left: 0; }
     DataScreen.-short .form-row, DataScreen.-short Checkbox, DataScreen.-short #f-start { margin-top: 0; }
-    """
+    """ + form_css("DataScreen")
 
     BINDINGS = [
         Binding("ctrl+s", "start", "Build", id="data_start", tooltip="Start building with the form's settings"),

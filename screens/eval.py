@@ -35,7 +35,7 @@ from screens.eval_widgets import (
     CompareTable, EvalHistory, EvalRunTable, MetricTable, SampleTable, best_choice, detector_names, is_eval_job,
     shown_detector,
 )
-from screens.runs import RunsScreen, RunsTable
+from screens.runs import RunsScreen, RunsTable, form_css
 from screens.widgets import ModeHeader, StatusBar, cursor_key, fmt_time, start_humanizer_job, status_text
 
 
@@ -56,22 +56,11 @@ class EvalScreen(EvalViews, EvalForm, RunsScreen):
     EvalScreen #ev-title, EvalScreen #cmp-title { margin-top: 1; }
     EvalScreen #ev-detectors, EvalScreen #ev-bars, EvalScreen #sm-sides { margin-top: 1; }
     EvalScreen #ev-row, EvalScreen #cmp-notes { color: $text-muted; }
-    EvalScreen .field { height: auto; }
-    EvalScreen .form-row { height: 1; margin-top: 1; }
-    EvalScreen .form-row Label { width: 12; color: $text-muted; }
-    EvalScreen .form-row Select, EvalScreen .form-row Input { width: 1fr; }
-    EvalScreen .hint { height: auto; color: $text-muted; padding-left: 12; }
-    EvalScreen .field-help { display: none; }
-    EvalScreen Checkbox { margin: 1 0 0 12; }
-    EvalScreen Checkbox:focus { border: none !important; text-style: reverse; }
-    EvalScreen #f-start { margin: 1 0 0 12; }
-    EvalScreen #f-errors { height: auto; color: $error; }
     EvalScreen.-narrow #eval-body { layout: vertical; overflow-y: auto; scrollbar-size-vertical: 1; }
     EvalScreen.-narrow #eval-form {
         width: 1fr; height: auto; border-left: none; border-top: hkey $primary-background; margin-top: 1;
     }
-    EvalScreen.-narrow .hint { padding-left: 0; }
-    """
+    """ + form_css("EvalScreen")
 
     BINDINGS = [
         Binding("ctrl+s", "start", "Evaluate", id="eval_start", tooltip="Start `humanizer eval` with the form's settings"),

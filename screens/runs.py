@@ -123,6 +123,24 @@ def form_head(title: str) -> ComposeResult:
         yield Select([], prompt="no models: pull one in Models (1)", compact=True, id="f-model")
 
 
+def form_css(screen: str, label: int = 12) -> str:
+    """The new-run form's rules for `screen` (its labels `label` cells wide), shared by the
+    screens whose form is made from a settings dataclass."""
+    return f"""
+    {screen} .field {{ height: auto; }}
+    {screen} .form-row {{ height: 1; margin-top: 1; }}
+    {screen} .form-row Label {{ width: {label}; color: $text-muted; }}
+    {screen} .form-row Select, {screen} .form-row Input {{ width: 1fr; }}
+    {screen} .hint {{ height: auto; color: $text-muted; padding-left: {label}; }}
+    {screen} .field-help {{ display: none; }}
+    {screen} Checkbox {{ margin: 1 0 0 {label}; }}
+    {screen} Checkbox:focus {{ border: none !important; text-style: reverse; }}
+    {screen} #f-start {{ margin: 1 0 0 {label}; }}
+    {screen} #f-errors {{ height: auto; color: $error; }}
+    {screen}.-narrow .hint {{ padding-left: 0; }}
+    """
+
+
 class RunsTable(LiveTable):
     """The table of a RunsScreen's jobs, newest first (subclasses add the bindings)."""
 
