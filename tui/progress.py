@@ -43,13 +43,20 @@ def _short(text: str, width: int = 150) -> str:
 
 
 class EventPrinter:
-    """Callable that shows each event as it arrives; use as a context manager."""
+    """Callable that shows each event as it arrives; use as a context manager.
+
+    On a terminal progress is a live bar. Piped to a log there is no bar, so a progress event
+    becomes a line only when a phase starts or ends, or as a heartbeat every HEARTBEAT_S:
+    a build of 200 rows leaves a readable log, yet a long stage still shows it is alive."""
+
+    HEARTBEAT_S = 30.0
 
     def __init__(self, as_json: bool = False):
         self.as_json = as_json
         self.console = Console(stderr=True)
         self.progress: Progress | None = None
         self.task = None
+        self._last_line: tuple[float, object, object] | None = None  # (t, step, total) of the last progress line
 
     def __enter__(self) -> "EventPrinter":
         if not self.as_json and self.console.is_terminal:
@@ -70,14 +77,25 @@ class EventPrinter:
             sys.stdout.flush()
             return
         if ev.get("type") == "progress" and self.progress:
-            desc = (ev.get("message") or "working")[:40]
+            desc = (ev.get("message") or "working")[:max(40, self.console.width - 60)]  # room for the bar
             if self.task is None:
                 self.task = self.progress.add_task(desc, total=ev.get("total"))
-            self.progress.update(self.task, completed=ev.get("step") or 0, total=ev.get("total"), description=desc)
+            done = (ev.get("step") or 0) + (ev.get("stage_fraction") or 0)  # the demo: stages plus the current one's share
+            self.progress.update(self.task, completed=done, total=ev.get("total"), description=desc)
             return
-        if ev.get("type") == "progress" and ev.get("total") and ev.get("step") not in (0, ev.get("total")):
-            return  # without a live bar, print only the first and last step of a phase
+        if ev.get("type") == "progress" and not self._worth_a_line(ev):
+            return
         self.console.print(format_event(ev), markup=False, highlight=False)
+
+    def _worth_a_line(self, ev: dict) -> bool:
+        t, step, total = float(ev.get("t") or 0.0), ev.get("step"), ev.get("total")
+        last = self._last_line
+        starts = last is None or total != last[2] or (step == 0 and last[1] != 0)
+        ends = bool(total) and step == total and (last is None or last[1] != step)
+        if starts or ends or t - last[0] >= self.HEARTBEAT_S:
+            self._last_line = (t, step, total)
+            return True
+        return False
 
 
 def print_table(headers: list[str], rows: list[list[str]], empty: str = "") -> None:
