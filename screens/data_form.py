@@ -74,6 +74,25 @@ def field_help(f) -> str:
     return f"{flag}: {meta['help']}{default}"
 
 
+def settings_rows(fields, labels: dict[str, str], widget, infos: dict[str, str], all_after: str) -> ComposeResult:
+    """A form's rows made from settings fields (the Data and Eval forms): a label and
+    `widget(f)`, or a checkbox for a flag; the field's help (shown while it has focus); an
+    empty info line where `infos` names its id; "show all settings" after `all_after`."""
+    for f in fields:
+        with Vertical(id=f"row-{f.name}", classes="field"):
+            if f.type in (bool, "bool"):
+                yield Checkbox(f.name.replace("_", " "), bool(f.default), compact=True, id=field_id(f.name))
+            else:
+                with Horizontal(classes="form-row"):
+                    yield Label(labels.get(f.name, f.name.replace("_", " ")))
+                    yield widget(f)
+            yield Static(field_help(f), id=f"help-{f.name}", classes="hint field-help")
+            if f.name in infos:
+                yield Static("", id=infos[f.name], classes="hint")
+        if f.name == all_after:
+            yield Checkbox("show all settings", compact=True, id="f-all")
+
+
 def check_all(values: dict) -> list[tuple[str, str]]:
     """Every problem BuildSettings finds, as (flag, message with its hint)."""
     return [(flag, message + (f" ({hint})" if hint else ""))
@@ -110,18 +129,8 @@ class DataForm:
     def compose_form(self) -> ComposeResult:
         yield Static("New dataset", classes="heading")
         yield Static("", id="f-errors")
-        for f in FIELDS:
-            with Vertical(id=f"row-{f.name}", classes="field"):
-                with Horizontal(classes="form-row"):
-                    yield Label(LABELS.get(f.name, f.name.replace("_", " ")))
-                    yield self._field_widget(f)
-                yield Static(field_help(f), id=f"help-{f.name}", classes="hint field-help")
-                if f.name == "template":
-                    yield Static("", id="f-template-info", classes="hint")
-                elif f.name == "source":
-                    yield Static("", id="f-source-info", classes="hint")
-            if f.name == "per_document":
-                yield Checkbox("show all settings", compact=True, id="f-all")
+        yield from settings_rows(FIELDS, LABELS, self._field_widget,
+                                 {"template": "f-template-info", "source": "f-source-info"}, "per_document")
         yield Button("Build  ctrl+s", id="f-start", compact=True, variant="primary")
 
     def _field_widget(self, f):

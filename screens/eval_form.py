@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from engine.eval.settings import NAME_RE, EvalSettings
-from screens.data_form import field_help, field_id, placeholder_of
+from screens.data_form import field_id, placeholder_of, settings_rows
 from screens.runs import form_head
 from screens.widgets import start_humanizer_job
 
@@ -56,19 +56,7 @@ class EvalForm:
                 yield Label("adapters")
                 yield Input(placeholder="none: base only", compact=True, id="f-adapters")
             yield Static("", id="f-adapters-info", classes="hint")
-        for f in FIELDS:
-            with Vertical(id=f"row-{f.name}", classes="field"):
-                if f.type in (bool, "bool"):
-                    yield Checkbox(f.name.replace("_", " "), bool(f.default), compact=True, id=field_id(f.name))
-                else:
-                    with Horizontal(classes="form-row"):
-                        yield Label(LABELS.get(f.name, f.name.replace("_", " ")))
-                        yield self._field_widget(f)
-                yield Static(field_help(f), id=f"help-{f.name}", classes="hint field-help")
-                if f.name == "data":
-                    yield Static("", id="f-data-info", classes="hint")
-            if f.name == "detector":
-                yield Checkbox("show all settings", compact=True, id="f-all")
+        yield from settings_rows(FIELDS, LABELS, self._field_widget, {"data": "f-data-info"}, "detector")
         yield Button("Evaluate  ctrl+s", id="f-start", compact=True, variant="primary")
 
     def _field_widget(self, f):
