@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 from bench_humanizer import (MIN_DRAFTS, BenchError, heldout_path, model_label, print_facts,  # noqa: E402
-                             read_heldout_pairs, run_cli, workspace_home)
+                             read_heldout_pairs, run_cli, run_explained, workspace_home)
 from common import machine_info, save_json, table  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
@@ -385,13 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         return child(args.spec, args.out)
     if not args.data:
         ap.error("--data is required")
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return 2
+    return run_explained(run, args)
 
 
 def run(args) -> int:

@@ -71,6 +71,17 @@ class BenchError(Exception):
         self.message, self.hint = message, hint
 
 
+def run_explained(run, args) -> int:
+    """`run(args)`, with a BenchError printed as error and hint lines and exit code 2."""
+    try:
+        return run(args)
+    except BenchError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return 2
+
+
 def print_facts(info: dict, blas: str) -> None:
     """The machine, as common.print_machine prints it, with this bench's own BLAS line."""
     v = info["versions"]
@@ -620,13 +631,7 @@ def main(argv: list[str] | None = None) -> int:
                     "report.json, e.g. from `humanizer demo`) instead of running one; --data/--sft/--dpo are then "
                     "only checked against it")
     args = ap.parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        return 2
+    return run_explained(run, args)
 
 
 def run(args) -> int:
