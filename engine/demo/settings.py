@@ -2,9 +2,9 @@
 app's form read it).
 
 The sizes are set by what this project's 2-core CPU reference machine does in the time
-allowed (measured: drafting ~0.35 rows/s for 40-70-word passages with SmolLM2-135M, SFT ~90
-tokens/s, DPO's reference log-probs a few seconds a pair): `quick` finishes in a few minutes
-and only proves every stage works; `default` stays under about 30 minutes on that machine
+allowed (measured quiet: drafting 0.52 rows/s for 35-70-word passages with SmolLM2-135M, SFT
+5 min, DPO 3 min): `quick` finishes in a few minutes and only proves every stage works;
+`default` took 22m37s on that machine when quiet (under 30 minutes, as asked)
 and gives a table worth reading, though on a few dozen held-out drafts. Its figures are
 limited by the size: say so when quoting them (bench/bench_humanizer.py runs the same table
 on 100+ drafts)."""
