@@ -41,6 +41,8 @@ from aiohttp import web
 
 from engine.errors import HumanizerError
 from engine.generate import BASE, Engine, EngineError, SamplingParams, combination_id
+from engine.server_http import (DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, ApiError,
+                                GuardedSite, Limits, check_port, default_max_connections)
 
 log = logging.getLogger("humanizer.server")
 
@@ -55,21 +57,8 @@ DISCONNECT_POLL_S = 0.25
 
 ENGINE = web.AppKey("engine", Engine)
 STATE = web.AppKey("state", dict)
+LIMITS = web.AppKey("limits", Limits)
 LOGGED = web.RequestKey("humanizer_logged", bool) if hasattr(web, "RequestKey") else "humanizer_logged"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type_: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.type = type_ or ("server_error" if status >= 500 else "invalid_request_error")
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class ClientGone(Exception):
@@ -78,7 +67,10 @@ class ClientGone(Exception):
 
 def error_response(err: ApiError) -> web.Response:
     headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-    return web.json_response(err.body(), status=err.status, headers=headers)
+    resp = web.json_response(err.body(), status=err.status, headers=headers)
+    if err.status == 408:  # the rest of a late body is not waited for
+        resp.force_close()
+    return resp
 
 
 def engine_error(e: HumanizerError) -> ApiError:
@@ -96,16 +88,22 @@ async def read_json(request: web.Request) -> dict:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body of {request.content_length} bytes is over the limit of {limit} bytes",
                        code="request_too_large")
+    timeout = request.app[LIMITS].body_timeout
     try:
-        raw = await request.read()
+        raw = await asyncio.wait_for(request.read(), timeout)
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, f"request body is over the limit of {limit} bytes", code="request_too_large") from None
+    except asyncio.TimeoutError:  # a stalled client must not hold its connection forever
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s (the server's --body-timeout); "
+                       "send the whole request at once", code="request_timeout") from None
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"could not parse the JSON body: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply to parse", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the JSON body must be an object", code="invalid_json")
     return body
@@ -567,7 +565,9 @@ async def health(request: web.Request) -> web.Response:
 def _auth_ok(request: web.Request, key: str) -> bool:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
+    # aiohttp keeps header bytes that are not UTF-8 as surrogates: compare them as the bytes sent
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                                              key.encode())
 
 
 def _middleware(api_key: str | None):
@@ -609,12 +609,21 @@ def _middleware(api_key: str | None):
 
 def create_app(engine: Engine, *, api_key: str | None = None, adapters_root: Path | None = None,
                max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, default_max_tokens: int = DEFAULT_MAX_TOKENS,
-               max_body: int = DEFAULT_MAX_BODY, emit: Callable[..., Any] | None = None) -> web.Application:
+               max_body: int = DEFAULT_MAX_BODY, emit: Callable[..., Any] | None = None,
+               header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+               keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+               max_connections: int | None = None) -> web.Application:
     """The aiohttp application. `emit(type, **fields)` receives "request" and "log" events
-    (e.g. Run.emit). `adapters_root`: the only folder POST /v1/adapters may mount from."""
+    (e.g. Run.emit). `adapters_root`: the only folder POST /v1/adapters may mount from.
+    The timeouts (seconds) and `max_connections` (None: half of `ulimit -n`, at most 512)
+    bound what a stalled or flooding client can hold; start_site applies them."""
     if max_tokens_limit < 1:
         raise HumanizerError("--max-tokens-limit must be at least 1")
+    limits = Limits(header_timeout=header_timeout, body_timeout=body_timeout, keepalive_timeout=keepalive_timeout,
+                    max_connections=max_connections,
+                    notify=(lambda m: emit("log", message=m)) if emit else (lambda m: log.warning("%s", m)))
     app = web.Application(middlewares=[_middleware(api_key)], client_max_size=max_body)
+    app[LIMITS] = limits
     app[ENGINE] = engine.start()
     app[STATE] = {
         "max_body": max_body,
@@ -662,12 +671,15 @@ async def start_site(app: web.Application, host: str, port: int, shutdown_timeou
     """Start serving `app`; returns (runner, site, url) with the real port (port 0 = any free one)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    limits = app[LIMITS]
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(limits.on_loop_error(loop.get_exception_handler()))
+    site = GuardedSite(runner, host, port, limits)
     try:
         await site.start()
-    except OSError as e:
+    except (OSError, OverflowError) as e:  # OverflowError: a port over 65535
         await runner.cleanup()
-        raise HumanizerError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+        raise HumanizerError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}",
                              "pick another --port, or stop what is using it") from None
     sock = site._server.sockets[0] if site._server and site._server.sockets else None  # noqa: SLF001
     real_port = sock.getsockname()[1] if sock else port
@@ -709,17 +721,23 @@ def resolve_adapter_dirs(specs, ws) -> list[Path]:
 
 def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           api_key: str | None = None, max_concurrent: int = 8, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-          dequantize: bool | None = None, grace: float = 5.0, ready: Callable[[str], None] | None = None) -> str:
+          dequantize: bool | None = None, grace: float = 5.0, ready: Callable[[str], None] | None = None,
+          header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
+          keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT, max_connections: int | None = None) -> str:
     """`humanizer serve`: load the model and adapters, serve until SIGTERM / SIGINT, then shut
     down gracefully. Events go to `run`: a log with the URL at start, one "request" event per
     request. Returns the URL it served on."""
     from engine.models import resolve_model
 
     check_bind(host, api_key)
+    check_port(host, port)  # a bad or busy port is told now, not after the model has loaded
     if max_concurrent < 1:
         raise HumanizerError("--max-concurrent must be at least 1")
     if max_tokens_limit < 1:
         raise HumanizerError("--max-tokens-limit must be at least 1")
+    conn = {"header_timeout": header_timeout, "body_timeout": body_timeout, "keepalive_timeout": keepalive_timeout,
+            "max_connections": max_connections}
+    Limits(**conn, notify=run.log)  # checks the values before the model loads
     dirs = resolve_adapter_dirs(adapters, ws)
     model_dir = resolve_model(model, ws, run)
     run.log(f"loading {model_dir}" + (f" with {len(dirs)} adapter(s)" if dirs else ""))
@@ -731,15 +749,19 @@ def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: i
     run.log(f"model {engine.name}: weights {weights}, decoding '{engine.mode}', up to {max_concurrent} rows")
     try:
         return asyncio.run(_serve_async(engine, ws=ws, run=run, host=host, port=port, api_key=api_key,
-                                        max_tokens_limit=max_tokens_limit, grace=grace, ready=ready))
+                                        max_tokens_limit=max_tokens_limit, grace=grace, ready=ready, conn=conn))
     finally:
         engine.close()
 
 
-async def _serve_async(engine: Engine, *, ws, run, host, port, api_key, max_tokens_limit, grace, ready) -> str:
+async def _serve_async(engine: Engine, *, ws, run, host, port, api_key, max_tokens_limit, grace, ready,
+                       conn) -> str:
     app = create_app(engine, api_key=api_key, adapters_root=ws.adapters_dir if ws is not None else None,
-                     max_tokens_limit=max_tokens_limit, emit=run.emit)
+                     max_tokens_limit=max_tokens_limit, emit=run.emit, **conn)
     runner, site, url = await start_site(app, host, port)
+    lim = app[LIMITS]
+    run.log(f"connections: at most {lim.max_connections} open; a request's headers within {lim.header_timeout:g} s, "
+            f"its body within {lim.body_timeout:g} s; idle keep-alive closed after {lim.keepalive_timeout:g} s")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -766,5 +788,5 @@ async def _serve_async(engine: Engine, *, ws, run, host, port, api_key, max_toke
     return url
 
 
-__all__ = ["ApiError", "DEFAULT_HOST", "DEFAULT_PORT", "check_bind", "create_app", "is_loopback",
-           "safe_adapter_path", "serve", "shutdown", "start_site"]
+__all__ = ["ApiError", "DEFAULT_HOST", "DEFAULT_PORT", "check_bind", "check_port", "create_app",
+           "default_max_connections", "is_loopback", "safe_adapter_path", "serve", "shutdown", "start_site"]

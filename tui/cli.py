@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantized", action="store_true",
                    help="keep quantized weights on the CPU backend (default: dequantize to float32, "
                    "which decodes faster there; Metal always keeps them)")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="open connections at most; more are answered 503 (default: half of `ulimit -n`, at most 512)")
+    p.add_argument("--header-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a request's headers may take to arrive (default 30; then 408 and close)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a request's body may take after its headers (default 30; then 408 and close)")
+    p.add_argument("--keepalive-timeout", type=float, default=75.0, metavar="S",
+                   help="seconds an idle keep-alive connection stays open (default 75)")
     _add_json(p)
 
     p = sub.add_parser("doctor", help="platform, MLX device, BLAS in use, workspace, models")
@@ -288,15 +296,19 @@ def cmd_lora(ws, args, argv) -> int:
 
 def cmd_serve(ws, args, argv) -> int:
     from engine.events import Cancelled
-    from engine.server import check_bind, serve
+    from engine.server import check_bind, check_port, serve
 
     check_bind(args.host, args.api_key)  # before loading anything
+    check_port(args.host, args.port)
     try:
         url = _run_long(ws, "serve", argv, args.json,
                         lambda run: serve(args.model, args.adapter, ws=ws, run=run, host=args.host, port=args.port,
                                           api_key=args.api_key, max_concurrent=args.max_concurrent,
                                           max_tokens_limit=args.max_tokens_limit,
-                                          dequantize=False if args.quantized else None))
+                                          dequantize=False if args.quantized else None,
+                                          header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                                          keepalive_timeout=args.keepalive_timeout,
+                                          max_connections=args.max_connections))
     except Cancelled:  # stopped while loading
         return 130
     if not args.json:
