@@ -18,7 +18,9 @@ max_tokens (or max_completion_tokens), stop, seed. Streams end with "data: [DONE
 Errors are OpenAI error objects {"error": {"message", "type", "param", "code"}} with a
 4xx status (5xx only for a failure of ours); the server keeps serving after every one.
 With an API key, every endpoint but /health needs "Authorization: Bearer <key>". A
-non-loopback bind address without a key is refused at start.
+non-loopback bind address without a key is refused at start. The connection layer (header,
+body and keep-alive timeouts, a cap on open connections, malformed HTTP answered as OpenAI
+errors, the port check) is engine/server_http.py.
 
 Each finished request is reported to `emit("request", id, adapter, prompt_tokens,
 completion_tokens, latency_s, tokens_per_second, status, ...)` (the serve command
@@ -42,7 +44,7 @@ from aiohttp import web
 from engine.errors import HumanizerError
 from engine.generate import BASE, Engine, EngineError, SamplingParams, combination_id
 from engine.server_http import (DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, ApiError,
-                                GuardedSite, Limits, check_port, default_max_connections)
+                                GuardedSite, Limits, check_port, default_max_connections, one_line)
 
 log = logging.getLogger("humanizer.server")
 
@@ -96,6 +98,10 @@ async def read_json(request: web.Request) -> dict:
     except asyncio.TimeoutError:  # a stalled client must not hold its connection forever
         raise ApiError(408, f"the request body did not arrive within {timeout:g} s (the server's --body-timeout); "
                        "send the whole request at once", code="request_timeout") from None
+    except web.RequestPayloadError as e:  # a broken chunked or compressed body
+        raise ApiError(400, f"could not read the request body: {one_line(e)}", code="invalid_body") from None
+    except ConnectionError:
+        raise ClientGone() from None
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
@@ -615,7 +621,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, adapters_root: Pat
                max_connections: int | None = None) -> web.Application:
     """The aiohttp application. `emit(type, **fields)` receives "request" and "log" events
     (e.g. Run.emit). `adapters_root`: the only folder POST /v1/adapters may mount from.
-    The timeouts (seconds) and `max_connections` (None: half of `ulimit -n`, at most 512)
+    The timeouts (seconds) and `max_connections` (None: half the open-file limit, at most 512)
     bound what a stalled or flooding client can hold; start_site applies them."""
     if max_tokens_limit < 1:
         raise HumanizerError("--max-tokens-limit must be at least 1")

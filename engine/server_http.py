@@ -68,6 +68,12 @@ def raw_response(err: ApiError) -> bytes:
     return head.encode() + body
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """aiohttp's multi-line parser messages (the bad line, a caret under it) on one line."""
+    text = " ".join(part.strip() for part in str(text).splitlines() if part.strip() not in ("", "^"))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def file_limit() -> int | None:
     """The soft limit on open files (ulimit -n); None when unlimited or unknown."""
     try:
@@ -80,7 +86,8 @@ def file_limit() -> int | None:
 
 def default_max_connections(soft_limit: int | None = None) -> int:
     """Half the open-file limit, at most 512: the other half stays for the model, the
-    run's files and the connections being refused."""
+    run's files and the connections being refused. (Importing mlx_lm sets the limit to
+    2048, so a server gets 512.)"""
     soft = file_limit() if soft_limit is None else soft_limit
     if soft is None:
         return MAX_CONNECTIONS_CEILING
@@ -123,7 +130,7 @@ class Limits:
                                      f"leave it out for the default, {default:g} s")
         if max_connections is not None and max_connections < 1:
             raise HumanizerError(f"--max-connections must be at least 1 (got {max_connections})",
-                                 "leave it out for the default: half of `ulimit -n`, at most 512")
+                                 "leave it out for the default: half the open-file limit, at most 512")
         self.header_timeout = float(header_timeout)
         self.body_timeout = float(body_timeout)
         self.keepalive_timeout = float(keepalive_timeout)
@@ -156,7 +163,7 @@ class Limits:
                 self.out_of_files(
                     f"cannot accept connections: {exc.strerror or 'too many open files'} (open files limit "
                     f"{limit or 'unknown'}, {self.open} connections open); they wait until some close. "
-                    f"Lower --max-connections (now {self.max_connections}) or raise `ulimit -n`")
+                    f"Lower --max-connections (now {self.max_connections}) to about half that limit")
                 return
             if previous is not None:
                 previous(loop, context)
@@ -209,6 +216,15 @@ class GuardedConnection(web.RequestHandler):
         self._head_started = False
         return out
 
+    def log_exception(self, *args, **kw) -> None:
+        """A client's broken body or connection, met while aiohttp drains an unread body, is
+        one log line; anything else keeps its traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, (web.RequestPayloadError, HttpProcessingError, ConnectionError)):
+            log.info("dropped a connection: %s", one_line(str(exc)))
+            return
+        super().log_exception(*args, **kw)
+
     def _process_keepalive(self) -> None:
         if self._head_started and self._head_timer is not None:  # a request has begun: its header deadline rules
             self._keepalive_handle = None
@@ -245,10 +261,8 @@ class GuardedConnection(web.RequestHandler):
             err = ApiError(status, f"internal error: {HTTPStatus(status).phrase}",
                            code="timeout" if status == 504 else "internal_error")
         else:
-            detail = (getattr(exc, "message", None) or message or HTTPStatus(status).phrase).strip()
-            if len(detail) > 300:
-                detail = detail[:300] + "..."
-            log.info("malformed request from %s: %s", request.remote, detail.splitlines()[0] if detail else "")
+            detail = one_line(getattr(exc, "message", None) or message or HTTPStatus(status).phrase)
+            log.info("malformed request from %s: %s", request.remote, detail)
             err = ApiError(status, f"malformed HTTP request: {detail}", code="bad_request")
         resp = web.Response(status=err.status, body=json.dumps(err.body()), content_type="application/json")
         resp.force_close()
@@ -299,6 +313,7 @@ class GuardedSite(web.TCPSite):
         loop = asyncio.get_running_loop()
         factory = self.limits.protocol_factory(self._runner.server, loop)
         self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 
 def check_port(host: str, port) -> None:

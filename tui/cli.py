@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep quantized weights on the CPU backend (default: dequantize to float32, "
                    "which decodes faster there; Metal always keeps them)")
     p.add_argument("--max-connections", type=int, metavar="N",
-                   help="open connections at most; more are answered 503 (default: half of `ulimit -n`, at most 512)")
+                   help="open connections at most; more are answered 503 (default: half the open-file limit, "
+                   "at most 512)")
     p.add_argument("--header-timeout", type=float, default=30.0, metavar="S",
                    help="seconds a request's headers may take to arrive (default 30; then 408 and close)")
     p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
