@@ -35,7 +35,7 @@ def engine(setup):  # noqa: F811
 @pytest.fixture
 def quick(engine):
     """A server whose header, body and idle timeouts are short, so stalls end in a test's time."""
-    srv = ServerThread(engine, header_timeout=0.5, body_timeout=0.5, keepalive_timeout=0.3)
+    srv = ServerThread(engine, header_timeout=2, body_timeout=2, keepalive_timeout=1)
     yield srv
     srv.stop()
 
