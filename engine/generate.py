@@ -6,6 +6,12 @@ prompt is prefilled on its own (in chunks of `prefill_chunk` tokens, interleaved
 the decode steps of the running rows), then it joins the running batch; a finished or
 cancelled request leaves the batch at once and frees its row.
 
+Prefill is fair: each engine step runs ONE prefill chunk, and the prefilling requests take
+turns (round robin), so a short prompt that arrives while a long one is prefilling gets its
+first token after a few steps instead of after the whole long prefill, and the running rows
+still decode one token per step however many prompts are prefilling. ("fcfs", the oldest
+prompt's chunks to its end first, stays selectable for bench/bench_serve.py's before/after.)
+
 Every row has its own adapter selection ("base", "a", "a+b", ...), so one forward computes
 
     y[row] = base(x[row]) + sum_{i in adapters(row)} scale_i * (x[row] @ A_i) @ B_i
@@ -76,6 +82,7 @@ from engine.errors import HumanizerError
 log = logging.getLogger("humanizer.generate")
 
 BASE = "base"
+PREFILL_POLICIES = ("fair", "fcfs")
 MAX_LISTED_COMBINATIONS = 256
 ROW_BATCHED_MODULES = ("mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3")
 
@@ -624,9 +631,14 @@ class Engine:
     (or `with Engine.load(...) as engine:`)."""
 
     def __init__(self, model, tokenizer, *, max_rows: int = 8, prefill_chunk: int = 128,
-                 batched: bool | None = None, max_queue: int = 1024, name: str | None = None):
+                 batched: bool | None = None, max_queue: int = 1024, name: str | None = None,
+                 prefill_policy: str = "fair"):
         if max_rows < 1:
             raise HumanizerError("max concurrent rows must be at least 1")
+        if prefill_policy not in PREFILL_POLICIES:
+            raise HumanizerError(f"unknown prefill policy '{prefill_policy}'",
+                                 f"use one of: {', '.join(PREFILL_POLICIES)}")
+        self.prefill_policy = prefill_policy
         self.model = model
         self.tokenizer = tokenizer
         self.max_rows = int(max_rows)
@@ -1051,8 +1063,10 @@ class Engine:
             self._prefilling.append(r)
 
     def _prefill_step(self) -> None:
-        """One chunk of the oldest prefilling request's prompt (all but its last token)."""
-        r = self._prefilling[0]
+        """One chunk of one prefilling request's prompt (all but its last token): the first
+        in line, which then goes to the back of the line ("fair": round robin) or stays first
+        until its prompt is done ("fcfs"). Newly admitted requests join at the back."""
+        r = self._prefilling[0]  # stays listed while its forward runs: a failed step fails it too
         todo = r.prompt[:-1]
         chunk = todo[r._prefilled:r._prefilled + self.prefill_chunk]
         if chunk:
@@ -1064,6 +1078,8 @@ class Engine:
             self._prefilling.pop(0)
             r._next_input = r.prompt[-1]
             self._join(r)
+        elif self.prefill_policy == "fair":
+            self._prefilling.append(self._prefilling.pop(0))
 
     def _decode_step(self) -> None:
         rows = list(self._rows)

@@ -13,7 +13,9 @@ A request picks its adapters with the body field "adapter" ("sft", "sft+dpo", "b
 or with "model" set to one of the /v1/models ids (for clients that cannot add fields);
 "adapter" wins when both are given. Sampling: temperature (default 1.0), top_p,
 max_tokens (or max_completion_tokens), stop, seed. Streams end with "data: [DONE]";
-"stream_options": {"include_usage": true} adds a last chunk with the usage.
+"stream_options": {"include_usage": true} adds a last chunk with the usage. A prompt of more
+than `max_prompt_tokens` tokens (serve --max-prompt-tokens, default 4096) is refused with a
+400 (code "max_prompt_tokens_exceeded", param "messages" or "prompt").
 
 Errors are OpenAI error objects {"error": {"message", "type", "param", "code"}} with a
 4xx status (5xx only for a failure of ours); the server keeps serving after every one.
@@ -48,6 +50,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_TOKENS = 512  # when a request gives none
 DEFAULT_MAX_TOKENS_LIMIT = 4096
+DEFAULT_MAX_PROMPT_TOKENS = 4096  # prefill is ~100 tok/s on a CPU: past this a request holds a row for minutes
 DEFAULT_MAX_BODY = 1 << 20  # bytes
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4
@@ -336,6 +339,11 @@ async def run_completion(request: web.Request, body: dict, chat: bool) -> web.St
                            f"{engine.context_length}", param="messages" if chat else "prompt",
                            code="context_length_exceeded")
         params.max_tokens = min(params.max_tokens, room)
+    limit = state["max_prompt_tokens"]
+    if len(prompt) > limit:
+        raise ApiError(400, f"the prompt has {len(prompt)} tokens, over this server's limit of {limit} "
+                       "(--max-prompt-tokens); shorten the prompt or split the text into several requests",
+                       param="messages" if chat else "prompt", code="max_prompt_tokens_exceeded")
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     model_id = combination_id(names)
     loop = asyncio.get_running_loop()
@@ -609,16 +617,20 @@ def _middleware(api_key: str | None):
 
 def create_app(engine: Engine, *, api_key: str | None = None, adapters_root: Path | None = None,
                max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, default_max_tokens: int = DEFAULT_MAX_TOKENS,
-               max_body: int = DEFAULT_MAX_BODY, emit: Callable[..., Any] | None = None) -> web.Application:
+               max_body: int = DEFAULT_MAX_BODY, emit: Callable[..., Any] | None = None,
+               max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> web.Application:
     """The aiohttp application. `emit(type, **fields)` receives "request" and "log" events
     (e.g. Run.emit). `adapters_root`: the only folder POST /v1/adapters may mount from."""
     if max_tokens_limit < 1:
         raise HumanizerError("--max-tokens-limit must be at least 1")
+    if max_prompt_tokens < 1:
+        raise HumanizerError("--max-prompt-tokens must be at least 1")
     app = web.Application(middlewares=[_middleware(api_key)], client_max_size=max_body)
     app[ENGINE] = engine.start()
     app[STATE] = {
         "max_body": max_body,
         "max_tokens_limit": int(max_tokens_limit),
+        "max_prompt_tokens": int(max_prompt_tokens),
         "default_max_tokens": int(default_max_tokens),
         "adapters_root": Path(adapters_root) if adapters_root else None,
         "emit": emit or (lambda *a, **k: None),
@@ -709,7 +721,8 @@ def resolve_adapter_dirs(specs, ws) -> list[Path]:
 
 def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           api_key: str | None = None, max_concurrent: int = 8, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
-          dequantize: bool | None = None, grace: float = 5.0, ready: Callable[[str], None] | None = None) -> str:
+          dequantize: bool | None = None, grace: float = 5.0, ready: Callable[[str], None] | None = None,
+          max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> str:
     """`humanizer serve`: load the model and adapters, serve until SIGTERM / SIGINT, then shut
     down gracefully. Events go to `run`: a log with the URL at start, one "request" event per
     request. Returns the URL it served on."""
@@ -720,6 +733,9 @@ def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: i
         raise HumanizerError("--max-concurrent must be at least 1")
     if max_tokens_limit < 1:
         raise HumanizerError("--max-tokens-limit must be at least 1")
+    if max_prompt_tokens < 1:
+        raise HumanizerError("--max-prompt-tokens must be at least 1",
+                             f"the default is {DEFAULT_MAX_PROMPT_TOKENS}; a prompt over it gets a 400")
     dirs = resolve_adapter_dirs(adapters, ws)
     model_dir = resolve_model(model, ws, run)
     run.log(f"loading {model_dir}" + (f" with {len(dirs)} adapter(s)" if dirs else ""))
@@ -731,14 +747,16 @@ def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: i
     run.log(f"model {engine.name}: weights {weights}, decoding '{engine.mode}', up to {max_concurrent} rows")
     try:
         return asyncio.run(_serve_async(engine, ws=ws, run=run, host=host, port=port, api_key=api_key,
-                                        max_tokens_limit=max_tokens_limit, grace=grace, ready=ready))
+                                        max_tokens_limit=max_tokens_limit, grace=grace, ready=ready,
+                                        max_prompt_tokens=max_prompt_tokens))
     finally:
         engine.close()
 
 
-async def _serve_async(engine: Engine, *, ws, run, host, port, api_key, max_tokens_limit, grace, ready) -> str:
+async def _serve_async(engine: Engine, *, ws, run, host, port, api_key, max_tokens_limit, grace, ready,
+                       max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS) -> str:
     app = create_app(engine, api_key=api_key, adapters_root=ws.adapters_dir if ws is not None else None,
-                     max_tokens_limit=max_tokens_limit, emit=run.emit)
+                     max_tokens_limit=max_tokens_limit, emit=run.emit, max_prompt_tokens=max_prompt_tokens)
     runner, site, url = await start_site(app, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
