@@ -37,6 +37,7 @@ class PrefillTrace:
 
     def __init__(self, eng: Engine):
         self.calls: list[str] = []
+        self.sizes: list[int] = []  # tokens of each chunk
         self.first = threading.Event()
         self.release = threading.Event()
         forward = eng._prefill_model
@@ -46,6 +47,7 @@ class PrefillTrace:
             # runs on the worker thread, between the engine's own steps: its lists are stable here
             owner = next(r for r in eng._prefilling if r._cache is cache)
             self.calls.append(owner.id)
+            self.sizes.append(x.shape[1])
             if not self.first.is_set():
                 self.first.set()
                 assert self.release.wait(60)
@@ -111,7 +113,7 @@ def test_interleaved_chunks_give_each_request_its_solo_output(tiny):
     """Chunks of four prompts (three lengths, three adapter choices) interleaved in the
     KV caches: every greedy output equals the same request served alone."""
     base, sft, dpo = tiny
-    with Engine.load(base, adapters=[sft, dpo], max_rows=4, prefill_chunk=CHUNK) as eng:
+    with Engine.load(base, adapters=[sft, dpo], max_rows=4, prefill_chunk=CHUNK, decode_prefill_chunk=3) as eng:
         jobs = [("long", LONG, f"{SFT}+{DPO}"), ("medium", MEDIUM, SFT), ("short", eng.encode(PROMPTS[2]), "base"),
                 ("short2", eng.encode(PROMPTS[3]), SFT)]
         alone = {rid: eng.submit(p, a, greedy_params(16)).result(60).token_ids for rid, p, a in jobs}
@@ -125,6 +127,30 @@ def test_interleaved_chunks_give_each_request_its_solo_output(tiny):
         assert got == alone
         order = [c for c in trace.calls if c in ("long", "medium")]
         assert order[:4] == ["long", "medium", "long", "medium"], trace.calls  # really interleaved
+        assert {3, CHUNK} <= set(trace.sizes)  # chunked otherwise than alone (8 only) too
+
+
+def test_smaller_chunks_while_rows_decode(tiny):
+    """While a row is decoding, a prompt is prefilled in decode_prefill_chunk-token chunks
+    (the row's steps stay short); with no row decoding, in prefill_chunk-token chunks."""
+    base, _, _ = tiny
+    with Engine.load(base, max_rows=4, prefill_chunk=CHUNK, decode_prefill_chunk=3) as eng:
+        assert eng.decode_prefill_chunk == 3
+        trace = PrefillTrace(eng)
+        marks: list[int] = []
+        runner = eng.submit(SHORT, None, greedy_params(10), request_id="runner",
+                            on_chunk=lambda c: marks.append(len(trace.calls)))
+        trace.hold_first()
+        long = eng.submit(LONG, None, greedy_params(1), request_id="long")
+        trace.release.set()
+        assert runner.wait(60) and long.wait(60)
+        sizes = [n for c, n in zip(trace.calls, trace.sizes) if c == "long"]
+        beside = marks[-1] - 1  # the long prompt's chunks run while the runner decoded
+        assert sizes[:beside] == [3] * beside and beside >= 8
+        assert set(sizes[beside:-1]) == {CHUNK} and sum(sizes) == len(LONG) - 1
+    unstarted = Engine.load(base, prefill_chunk=16, decode_prefill_chunk=64)
+    assert unstarted.decode_prefill_chunk == 16  # never above prefill_chunk
+    unstarted.close()
 
 
 def test_fcfs_policy_is_the_old_order(tiny):
