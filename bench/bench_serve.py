@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_serve.py [--json out.json] [--presets small,large]
         [--rounds 2] [--reps 2] [--new-tokens 128]
         [--clients 8] [--requests 3] [--max-tokens 64] [--mixed-rounds 1]
-        [--skip-single] [--skip-mixed]
+        [--skip-single] [--skip-mixed] [--skip-prefill]
+        [--long-tokens 3000] [--short-tokens 16] [--prefill-reps 2] [--prefill-rounds 1]
 
 Same weights on both sides: the embedded `smollm2-135m` (4-bit GGUF import). Our engine
 and server load it as they do by default on CPU (dequantized to float32 in memory,
@@ -43,6 +44,16 @@ Adapters, per --presets (made once, cached in ~/.cache/humanizer-bench/serve/):
    aggregate completion tokens/s (all completion tokens / wall time from the first
    request to the last response), request latency p50/p95, failures. Both servers bind
    127.0.0.1 and are stopped at the end.
+
+3. A short request beside a long prefill, before / after fair prefill: our engine only,
+   once with prefill_policy="fcfs" (before: the oldest prompt's chunks to its end first)
+   and once with "fair" (after: prefilling prompts take turns, a chunk each), each in its
+   own subprocess, the order flipped every --prefill-rounds round. Per rep: the short chat
+   request (--short-tokens new tokens, greedy) alone; then a --long-tokens plain prompt
+   (1 new token) is submitted and, as soon as its first prefill chunk is done, the same
+   short request. Measured: the short request's latency (submit to last token) and time
+   to first token, the long prompt's time to first token (what fairness costs it); the
+   ratios fcfs / fair. Adapters are not involved (base), so this part needs no training.
 """
 
 from __future__ import annotations
@@ -128,6 +139,48 @@ def child_ours(spec: dict) -> dict:
         eng.close()
     return {"side": "ours", "mode": mode, "load_s": load_s, "prompt_tokens": len(prompt), "runs": runs,
             "first_tokens": tokens, "blas": child_blas(), "mlx": mx.__version__}
+
+
+def child_prefill(spec: dict) -> dict:
+    """One prefill policy: a short request alone, then beside a long prompt's prefill."""
+    import mlx.core as mx
+
+    from engine.generate import Engine, SamplingParams
+
+    t0 = time.perf_counter()
+    eng = Engine.load(spec["model_src"], max_rows=8, prefill_policy=spec["policy"])
+    eng.start()
+    load_s = time.perf_counter() - t0
+    short = eng.encode_chat([{"role": "user", "content": MIXED_PROMPTS[2]}])
+    text = " ".join(MIXED_PROMPTS)
+    long = eng.encode(text)
+    while len(long) < spec["long_tokens"]:
+        long += eng.encode(" " + text)
+    long = long[:spec["long_tokens"]]
+    greedy = lambda n: SamplingParams(temperature=0.0, max_tokens=n)  # noqa: E731
+    runs = []
+    try:
+        eng.generate(short, None, timeout=300, temperature=0.0, max_tokens=4)  # warm-up
+        eng.generate(long[:eng.prefill_chunk + 1], None, timeout=300, temperature=0.0, max_tokens=1)
+        for _ in range(spec["reps"]):
+            alone = eng.submit(short, None, greedy(spec["short_tokens"])).result(600)
+            g_long = eng.submit(long, None, greedy(1))
+            deadline = time.monotonic() + 600
+            while g_long.prefilled_tokens < min(eng.prefill_chunk, len(long) - 1) and not g_long.done:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the long prompt's first chunk took over 600 s")
+                time.sleep(0.002)
+            beside = eng.submit(short, None, greedy(spec["short_tokens"])).result(600)
+            g_long.result(1200)
+            ta, tb, tl = alone.timing(), beside.timing(), g_long.timing()
+            runs.append({"short_alone_s": ta["latency_s"], "short_beside_s": tb["latency_s"],
+                         "short_ttft_s": tb["ttft_s"], "long_ttft_s": tl["ttft_s"],
+                         "short_done_before_long_token": beside.finished_at < (g_long.first_token_at or 0),
+                         "same_tokens": beside.token_ids == alone.token_ids, "short_tokens": len(beside.token_ids)})
+    finally:
+        eng.close()
+    return {"side": spec["policy"], "load_s": load_s, "long_tokens": len(long), "short_prompt_tokens": len(short),
+            "prefill_chunk": eng.prefill_chunk, "runs": runs, "blas": child_blas(), "mlx": mx.__version__}
 
 
 def child_peer(spec: dict) -> dict:
@@ -422,9 +475,40 @@ def run_single(prep: dict, preset: str, args, work: Path, log=print) -> dict:
     return {"rounds": rounds, "summary": summary, "greedy_agreement": list(groups.values())}
 
 
+def run_prefill(model_src: str, args, work: Path, log=print) -> dict:
+    rounds = {"fcfs": [], "fair": []}
+    for rnd in range(args.prefill_rounds):
+        for policy in ("fcfs", "fair") if rnd % 2 == 0 else ("fair", "fcfs"):
+            spec_path = work / f"prefill-{policy}.json"
+            spec_path.write_text(json.dumps({"model_src": model_src, "policy": policy, "reps": args.prefill_reps,
+                                             "long_tokens": args.long_tokens, "short_tokens": args.short_tokens}))
+            log(f"  prefill round {rnd + 1}: {policy} ...")
+            sample = common.cpu_sample()
+            res = common.run_child(SCRIPT, "prefill", spec_path, work / f"prefill-{policy}-{rnd}.json",
+                                   timeout=1800, log=log)
+            res["other_cpus"] = common.other_cpus_since(sample)
+            rounds[policy].append(res)
+    summary = {}
+    for policy, results in rounds.items():
+        runs = [r for res in results for r in res.get("runs") or []]
+        summary[policy] = {k: _median([r[k] for r in runs]) for k in
+                           ("short_alone_s", "short_beside_s", "short_ttft_s", "long_ttft_s")}
+        summary[policy]["runs"] = len(runs)
+        summary[policy]["short_first"] = sum(bool(r["short_done_before_long_token"]) for r in runs)
+        summary[policy]["same_tokens"] = all(r["same_tokens"] for r in runs)
+    return {"rounds": rounds, "summary": summary}
+
+
+def _model_src(model_spec: str) -> str:
+    from engine.models import resolve_model
+    from engine.workspace import Workspace
+
+    return str(Path(resolve_model(model_spec, Workspace.open())).resolve())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["ours", "peer", "prefill"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write all numbers to this file")
@@ -441,12 +525,17 @@ def main() -> None:
     ap.add_argument("--mixed-deadline", type=float, default=240.0, help="seconds per workload at most")
     ap.add_argument("--skip-single", action="store_true")
     ap.add_argument("--skip-mixed", action="store_true")
+    ap.add_argument("--skip-prefill", action="store_true", help="skip the short-beside-long-prefill part")
+    ap.add_argument("--long-tokens", type=int, default=3000, help="prefill part: the long prompt's tokens")
+    ap.add_argument("--short-tokens", type=int, default=16, help="prefill part: the short request's new tokens")
+    ap.add_argument("--prefill-reps", type=int, default=2, help="prefill part: reps per policy per child")
+    ap.add_argument("--prefill-rounds", type=int, default=1, help="prefill part: fcfs/fair child pairs")
     ap.add_argument("--work", default=str(common.default_cache_dir() / "serve"))
     args = ap.parse_args()
 
     if args.child:
         spec = json.loads(Path(args.spec).read_text())
-        write_result(args.out, (child_ours if args.child == "ours" else child_peer)(spec))
+        write_result(args.out, {"ours": child_ours, "peer": child_peer, "prefill": child_prefill}[args.child](spec))
         return
 
     work = Path(args.work)
@@ -461,10 +550,13 @@ def main() -> None:
           f"mixed: {args.clients} clients x {args.requests} requests, {args.max_tokens} max tokens, greedy, "
           f"{args.mixed_rounds} round(s); presets {presets}, mixed {mixed_presets}")
     print(f"load avg  {load0[0]:.2f} at start (other work shares this machine)")
-    prep = prepare(work, sorted(set(presets) | set(mixed_presets)), args.model)
-    print(f"weights   ours: {prep['model_src']} (dequantized to float32 in memory, the default on CPU)\n"
-          f"          mlx-lm: {prep['model_f32']} (the same float32 weights saved once)")
-    result = {"machine": info, "settings": vars(args), "prep": prep, "single": {}, "mixed": {}}
+    if args.skip_single and args.skip_mixed:  # the prefill part needs the model only: no adapters, no f32 copy
+        prep = {"model_src": _model_src(args.model)}
+    else:
+        prep = prepare(work, sorted(set(presets) | set(mixed_presets)), args.model)
+        print(f"weights   ours: {prep['model_src']} (dequantized to float32 in memory, the default on CPU)\n"
+              f"          mlx-lm: {prep['model_f32']} (the same float32 weights saved once)")
+    result = {"machine": info, "settings": vars(args), "prep": prep, "single": {}, "mixed": {}, "prefill": None}
 
     if not args.skip_single:
         for p in presets:
@@ -472,6 +564,8 @@ def main() -> None:
     if not args.skip_mixed:
         for p in mixed_presets:
             result["mixed"][p] = run_mixed(prep, p, args, work)
+    if not args.skip_prefill:
+        result["prefill"] = run_prefill(prep["model_src"], args, work)
     result["total_s"] = time.perf_counter() - t_all
     result["load_avg_end"] = os.getloadavg()
     report(result)
@@ -533,8 +627,37 @@ def report(result: dict) -> None:
                 print(f"  {side}: BLAS {r.get('blas')}, server start {r.get('server_start_s', 0):.1f} s, "
                       f"tokens by choice {r['tokens_by_choice']}")
         print()
+    if result.get("prefill"):
+        report_prefill(result["prefill"], result["settings"])
     print(f"total {result['total_s']:.0f} s; load avg at end {result['load_avg_end'][0]:.2f} "
           "(the machine was shared with other work)")
+
+
+def report_prefill(pre: dict, settings: dict) -> None:
+    s = pre["summary"]
+    fmt = lambda x: f"{x:.2f}" if x is not None else "-"  # noqa: E731
+    rows = [[f"{p} ({'before' if p == 'fcfs' else 'after'})", fmt(d["short_alone_s"]), fmt(d["short_beside_s"]),
+             fmt(d["short_ttft_s"]), fmt(d["long_ttft_s"]), f"{d['short_first']}/{d['runs']}",
+             "yes" if d["same_tokens"] else "NO"] for p, d in s.items()]
+    print(f"short request ({settings['short_tokens']} new tokens) beside a {settings['long_tokens']}-token "
+          "prefill, seconds (median)")
+    print(table(rows, ["prefill policy", "short alone", "short beside long", "short TTFT", "long TTFT",
+                       "short done first", "same tokens"]))
+    ratios = {}
+    for label, key, a, b in (("short latency beside long, fcfs / fair", "short_beside_s", "fcfs", "fair"),
+                             ("short TTFT beside long, fcfs / fair", "short_ttft_s", "fcfs", "fair"),
+                             ("long TTFT, fair / fcfs (what fairness costs the long prompt)", "long_ttft_s",
+                              "fair", "fcfs")):
+        x, y = s.get(a, {}).get(key), s.get(b, {}).get(key)
+        if x and y:
+            ratios[label] = x / y
+            print(f"  {label}: {x / y:.2f}x")
+    pre["ratios"] = ratios
+    for p, results in pre["rounds"].items():
+        for res in results:
+            if res.get("error"):
+                print(f"  {p}: child failed: {res['error']}")
+    print()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ A request picks its adapters with the body field "adapter" ("sft", "sft+dpo", "b
 or with "model" set to one of the /v1/models ids (for clients that cannot add fields);
 "adapter" wins when both are given. Sampling: temperature (default 1.0), top_p,
 max_tokens (or max_completion_tokens), stop, seed. Streams end with "data: [DONE]";
-"stream_options": {"include_usage": true} adds a last chunk with the usage.
+"stream_options": {"include_usage": true} adds a last chunk with the usage. A prompt of more
+than `max_prompt_tokens` tokens (serve --max-prompt-tokens, default 4096) is refused with a
+400 (code "max_prompt_tokens_exceeded", param "messages" or "prompt").
 
 Errors are OpenAI error objects {"error": {"message", "type", "param", "code"}} with a
 4xx status (5xx only for a failure of ours); the server keeps serving after every one.
@@ -52,6 +54,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_TOKENS = 512  # when a request gives none
 DEFAULT_MAX_TOKENS_LIMIT = 4096
+DEFAULT_MAX_PROMPT_TOKENS = 4096  # a 2-core CPU prefills ~40-300 tok/s: this many already take over a minute
 DEFAULT_MAX_BODY = 1 << 20  # bytes
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4
@@ -340,6 +343,11 @@ async def run_completion(request: web.Request, body: dict, chat: bool) -> web.St
                            f"{engine.context_length}", param="messages" if chat else "prompt",
                            code="context_length_exceeded")
         params.max_tokens = min(params.max_tokens, room)
+    limit = state["max_prompt_tokens"]
+    if len(prompt) > limit:
+        raise ApiError(400, f"the prompt has {len(prompt)} tokens, over this server's limit of {limit} "
+                       "(--max-prompt-tokens); shorten the prompt or split the text into several requests",
+                       param="messages" if chat else "prompt", code="max_prompt_tokens_exceeded")
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     model_id = combination_id(names)
     loop = asyncio.get_running_loop()
@@ -618,13 +626,16 @@ def create_app(engine: Engine, *, api_key: str | None = None, adapters_root: Pat
                max_body: int = DEFAULT_MAX_BODY, emit: Callable[..., Any] | None = None,
                header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
                keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
-               max_connections: int | None = None) -> web.Application:
+               max_connections: int | None = None,
+               max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> web.Application:
     """The aiohttp application. `emit(type, **fields)` receives "request" and "log" events
     (e.g. Run.emit). `adapters_root`: the only folder POST /v1/adapters may mount from.
     The timeouts (seconds) and `max_connections` (None: half the open-file limit, at most 512)
     bound what a stalled or flooding client can hold; start_site applies them."""
     if max_tokens_limit < 1:
         raise HumanizerError("--max-tokens-limit must be at least 1")
+    if max_prompt_tokens < 1:
+        raise HumanizerError("--max-prompt-tokens must be at least 1")
     limits = Limits(header_timeout=header_timeout, body_timeout=body_timeout, keepalive_timeout=keepalive_timeout,
                     max_connections=max_connections,
                     notify=(lambda m: emit("log", message=m)) if emit else (lambda m: log.warning("%s", m)))
@@ -634,6 +645,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, adapters_root: Pat
     app[STATE] = {
         "max_body": max_body,
         "max_tokens_limit": int(max_tokens_limit),
+        "max_prompt_tokens": int(max_prompt_tokens),
         "default_max_tokens": int(default_max_tokens),
         "adapters_root": Path(adapters_root) if adapters_root else None,
         "emit": emit or (lambda *a, **k: None),
@@ -729,7 +741,8 @@ def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: i
           api_key: str | None = None, max_concurrent: int = 8, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
           dequantize: bool | None = None, grace: float = 5.0, ready: Callable[[str], None] | None = None,
           header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-          keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT, max_connections: int | None = None) -> str:
+          keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT, max_connections: int | None = None,
+          max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> str:
     """`humanizer serve`: load the model and adapters, serve until SIGTERM / SIGINT, then shut
     down gracefully. Events go to `run`: a log with the URL at start, one "request" event per
     request. Returns the URL it served on."""
@@ -741,6 +754,9 @@ def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: i
         raise HumanizerError("--max-concurrent must be at least 1")
     if max_tokens_limit < 1:
         raise HumanizerError("--max-tokens-limit must be at least 1")
+    if max_prompt_tokens < 1:
+        raise HumanizerError("--max-prompt-tokens must be at least 1",
+                             f"the default is {DEFAULT_MAX_PROMPT_TOKENS}; a prompt over it gets a 400")
     conn = {"header_timeout": header_timeout, "body_timeout": body_timeout, "keepalive_timeout": keepalive_timeout,
             "max_connections": max_connections}
     Limits(**conn, notify=run.log)  # checks the values before the model loads
@@ -755,15 +771,17 @@ def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: i
     run.log(f"model {engine.name}: weights {weights}, decoding '{engine.mode}', up to {max_concurrent} rows")
     try:
         return asyncio.run(_serve_async(engine, ws=ws, run=run, host=host, port=port, api_key=api_key,
-                                        max_tokens_limit=max_tokens_limit, grace=grace, ready=ready, conn=conn))
+                                        max_tokens_limit=max_tokens_limit, grace=grace, ready=ready, conn=conn,
+                                        max_prompt_tokens=max_prompt_tokens))
     finally:
         engine.close()
 
 
 async def _serve_async(engine: Engine, *, ws, run, host, port, api_key, max_tokens_limit, grace, ready,
-                       conn) -> str:
+                       conn, max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS) -> str:
     app = create_app(engine, api_key=api_key, adapters_root=ws.adapters_dir if ws is not None else None,
-                     max_tokens_limit=max_tokens_limit, emit=run.emit, **conn)
+                     max_tokens_limit=max_tokens_limit, emit=run.emit,
+                     max_prompt_tokens=max_prompt_tokens, **conn)
     runner, site, url = await start_site(app, host, port)
     lim = app[LIMITS]
     run.log(f"connections: at most {lim.max_connections} open; a request's headers within {lim.header_timeout:g} s, "

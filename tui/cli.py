@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests decoded together at most (more wait in a queue; default 8)")
     p.add_argument("--max-tokens-limit", type=int, default=4096, metavar="N",
                    help="largest max_tokens a request may ask for (default 4096)")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096, metavar="N",
+                   help="longest prompt in tokens a request may send; longer ones get a 400 naming the limit "
+                   "(default 4096)")
     p.add_argument("--quantized", action="store_true",
                    help="keep quantized weights on the CPU backend (default: dequantize to float32, "
                    "which decodes faster there; Metal always keeps them)")
@@ -306,6 +309,7 @@ def cmd_serve(ws, args, argv) -> int:
                         lambda run: serve(args.model, args.adapter, ws=ws, run=run, host=args.host, port=args.port,
                                           api_key=args.api_key, max_concurrent=args.max_concurrent,
                                           max_tokens_limit=args.max_tokens_limit,
+                                          max_prompt_tokens=args.max_prompt_tokens,
                                           dequantize=False if args.quantized else None,
                                           header_timeout=args.header_timeout, body_timeout=args.body_timeout,
                                           keepalive_timeout=args.keepalive_timeout,
