@@ -645,6 +645,25 @@ def stack_order(adapters) -> list[AdapterInfo]:
     return order
 
 
+def mountable_together(adapters) -> list[AdapterInfo]:
+    """Of `adapters` (e.g. a workspace's that fit a model), the ones one server can mount, in
+    stack_order: one adapter per set of weights (the one a delta records as its parent, else the
+    first), and each delta only with its recorded parent among them."""
+    infos = [_info(a) for a in adapters]
+    keep: dict[str, AdapterInfo] = {}
+    for i in infos:
+        cur = keep.get(i.fingerprint)
+        if cur is None or (not any(is_recorded_parent(d, cur, cur.name) for d in infos)
+                           and any(is_recorded_parent(d, i, i.name) for d in infos)):
+            keep[i.fingerprint] = i
+    kept = list(keep.values())
+    while True:  # drop deltas whose parent is gone (chains: until nothing changes)
+        left = [i for i in kept if not i.is_delta or any(is_recorded_parent(i, o, o.name) for o in kept)]
+        if len(left) == len(kept):
+            return stack_order(left)
+        kept = left
+
+
 def layer_blocks(info: AdapterInfo) -> tuple[list[int], list[str]]:
     """(block indices, block-relative keys) of the layers an adapter changes."""
     blocks, keys = set(), []

@@ -243,3 +243,12 @@ def test_independent_adapters_may_be_summed_but_are_not_offered(setup, tmp_path)
         with pytest.raises(EngineError, match="twice") as e:
             eng.resolve("one+one")
         assert e.value.code == "adapter_repeated"
+
+
+def test_mountable_together_keeps_one_copy_and_the_recorded_parents(setup, tmp_path):
+    ws, _, sft, dpo = setup
+    early = copy_adapter(sft, tmp_path / "a-copy")  # listed before the parent, same weights
+    infos = [A.read_adapter(p) for p in (early, dpo, sft)]
+    assert [i.name for i in A.mountable_together(infos)] == [SFT, DPO]
+    # a delta whose recorded parent is absent (only a copy is there) is left out
+    assert [i.name for i in A.mountable_together([A.read_adapter(early), A.read_adapter(dpo)])] == ["a-copy"]
