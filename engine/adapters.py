@@ -17,6 +17,12 @@ is refused unless its parent is mounted with it. Its tensor names carry the pref
 and give wrong outputs), naming that prefix in its error; `humanizer lora combine
 SFT DPO` makes the single adapter stock mlx-lm can load.
 
+The config must describe the weights (rank, num_layers, keys: check_config, and against
+the model in check_fits), or the adapter is refused with the field named. A delta stacks
+only on the parent its config records: the same weights and the same identity (name or
+folder; is_recorded_parent), never on a copy under another name. A real stack is an
+adapter on its chain of parents, applying no weights twice (real_stacks, deepest_stack).
+
 Fingerprints: a base model's is a SHA-256 over its safetensors tensors' names, dtypes,
 shapes and a strided sample of their bytes (read from the file, cheap and stable); an
 adapter's is the SHA-256 of its adapters.safetensors.
@@ -458,7 +464,8 @@ def check_parent(adapter, mounted: Mapping[str, AdapterInfo]) -> None:
         f"({p.get('path')}, fingerprint {fp}); it holds only the change from that adapter, "
         "so alone it means nothing"
     )
-    same_name = [n for n, i in mounted.items() if (i.name == p.get("name") or n == p.get("name")) and i.fingerprint != fp]
+    same_name = [n for n, i in mounted.items()
+                 if (i.name == p.get("name") or n == p.get("name")) and i.fingerprint != fp]
     if same_name:
         msg += f"; the mounted '{same_name[0]}' is a different version (fingerprint {mounted[same_name[0]].fingerprint})"
     msg += _copies_note(a, mounted)

@@ -766,7 +766,8 @@ class Engine:
 
     def resolve(self, spec) -> tuple[str, ...]:
         """Adapter names (mount order) for a spec: None/""/"base" -> (), "a", "a+b", or a list.
-        Unknown names and a delta without its parent are refused."""
+        Refused: unknown names, a delta without the adapter it is stacked on, and a stack that
+        applies the same weights twice (a name twice, two copies, a combined adapter with a source)."""
         if spec is None:
             return ()
         if isinstance(spec, str):
