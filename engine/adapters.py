@@ -17,6 +17,12 @@ is refused unless its parent is mounted with it. Its tensor names carry the pref
 and give wrong outputs), naming that prefix in its error; `humanizer lora combine
 SFT DPO` makes the single adapter stock mlx-lm can load.
 
+The config must describe the weights (rank, num_layers, keys: check_config, and against
+the model in check_fits), or the adapter is refused with the field named. A delta stacks
+only on the parent its config records: the same weights and the same identity (name or
+folder; is_recorded_parent), never on a copy under another name. A real stack is an
+adapter on its chain of parents, applying no weights twice (real_stacks, deepest_stack).
+
 Fingerprints: a base model's is a SHA-256 over its safetensors tensors' names, dtypes,
 shapes and a strided sample of their bytes (read from the file, cheap and stable); an
 adapter's is the SHA-256 of its adapters.safetensors.
@@ -25,6 +31,7 @@ adapter's is the SHA-256 of its adapters.safetensors.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -43,6 +50,14 @@ FORMAT_VERSION = 1
 SAMPLES_PER_TENSOR = 8
 SAMPLE_BYTES = 64
 DELTA_PREFIX = "needs_its_parent_adapter_mounted_first."
+
+
+class AdapterConfigError(HumanizerError):
+    """adapter_config.json does not describe the weights in adapters.safetensors (or the model)."""
+
+
+class NeedsParent(HumanizerError):
+    """A delta whose recorded parent is not among the adapters it would stack on."""
 
 
 # --- fingerprints --------------------------------------------------------------------
@@ -147,6 +162,7 @@ class AdapterInfo:
     size_bytes: int = 0  # of adapters.safetensors
     fits: bool | None = None  # set by list_adapters / fit_status against a model; None: not checked
     fit_reason: str | None = None  # why it does not fit (or a note when it fits, e.g. "needs its parent")
+    stacked_on: str | None = None  # once mounted, a delta's: the name its recorded parent is mounted under
 
     @property
     def is_delta(self) -> bool:
@@ -267,9 +283,63 @@ def read_adapter(adapter_dir) -> AdapterInfo:
         raise HumanizerError(f"{cfg_path} is not a valid adapter config ({type(e).__name__}: {e})") from None
     header, _ = safetensors_header(w_path)  # readable
     info.layers = sorted({tensor_name(k).rsplit(".", 1)[0] for k in header})
+    check_config(info, header)
     info.size_bytes = w_path.stat().st_size
     info.fingerprint = file_fingerprint(w_path)
     return info
+
+
+def _config_error(info: AdapterInfo, problem: str, field: str) -> AdapterConfigError:
+    return AdapterConfigError(
+        f"{info.path / CONFIG_FILE}: {problem}",
+        f"adapter_config.json must describe the weights in {ADAPTER_FILE}: correct '{field}' there "
+        "(or use the adapter folder as it was saved)",
+    )
+
+
+def _key_matches(weight_key: str, key: str) -> bool:
+    """A config key names a layer by its block-relative path or a suffix of it ("q_proj")."""
+    return weight_key == key or weight_key.endswith("." + key)
+
+
+def check_config(info: AdapterInfo, header: Mapping) -> None:
+    """Refuse (AdapterConfigError naming the field and file) a config that does not describe the
+    weights: another rank, fewer blocks than the weights change, keys naming no tensor or not
+    naming one that is there. What needs the model (num_layers against its blocks) is in check_fits."""
+    if info.rank < 1:
+        raise _config_error(info, f"lora_parameters.rank is {info.rank}", "lora_parameters.rank")
+    if info.keys is not None and (not isinstance(info.keys, list) or not all(isinstance(k, str) for k in info.keys)):
+        raise _config_error(info, f"lora_parameters.keys is {info.keys!r}, not a list of layer names",
+                            "lora_parameters.keys")
+    blocks, weight_keys = set(), []
+    for stored, t in sorted(header.items()):
+        path, _, leaf = tensor_name(stored).rpartition(".")
+        shape = t.get("shape") or []
+        if leaf not in ("lora_a", "lora_b") or len(shape) != 2:
+            continue  # mounting names these (only 2-D lora_a / lora_b are supported)
+        rank = shape[1] if leaf == "lora_a" else shape[0]
+        if rank != info.rank:
+            raise _config_error(info, f"lora_parameters.rank is {info.rank}, but {ADAPTER_FILE} has rank {rank} "
+                                f"({tensor_name(stored)}: shape {tuple(shape)})", "lora_parameters.rank")
+        m = _BLOCK_RE.search(path)
+        if m:
+            blocks.add(int(m.group(1)))
+        key = m.group(2) if m else path
+        if key not in weight_keys:
+            weight_keys.append(key)
+    if info.num_layers > 0 and blocks and max(blocks) - min(blocks) + 1 > info.num_layers:
+        raise _config_error(info, f"num_layers is {info.num_layers}, but {ADAPTER_FILE} changes "
+                            f"{max(blocks) - min(blocks) + 1} blocks ({min(blocks)}-{max(blocks)})", "num_layers")
+    if info.keys is None:
+        return
+    for w in weight_keys:
+        if not any(_key_matches(w, k) for k in info.keys):
+            raise _config_error(info, f"lora_parameters.keys {info.keys} does not name '{w}', which {ADAPTER_FILE} "
+                                "changes", "lora_parameters.keys")
+    for k in info.keys:
+        if not any(_key_matches(w, k) for w in weight_keys):
+            raise _config_error(info, f"lora_parameters.keys has '{k}', which matches no tensor in {ADAPTER_FILE} "
+                                f"(it changes {', '.join(weight_keys)})", "lora_parameters.keys")
 
 
 def _info(adapter) -> AdapterInfo:
@@ -305,6 +375,7 @@ def check_fits(adapter, model_dir, *, strict: bool = True) -> list[str]:
             + "; ".join(problems[:3]) + more,
             "mount an adapter on the base model it was trained on",
         )
+    _check_num_layers(a, dims, model_dir)
     warnings = []
     want = (a.base or {}).get("fingerprint")
     if want:
@@ -320,36 +391,168 @@ def check_fits(adapter, model_dir, *, strict: bool = True) -> list[str]:
     return warnings
 
 
+def _check_num_layers(a: AdapterInfo, dims: Mapping, model_dir: Path) -> None:
+    """num_layers N means the last N blocks of the model (mlx-lm's reading); the weights must start at
+    the first of them, and N may not exceed the model's blocks (-1 or 0: all of them)."""
+    model_blocks = {int(m.group(1)) for p in dims if (m := _BLOCK_RE.search(p))}
+    blocks, _ = layer_blocks(a)
+    if not model_blocks or not blocks:
+        return
+    n = max(model_blocks) + 1
+    if a.num_layers > n:
+        raise _config_error(a, f"num_layers is {a.num_layers}, but model '{model_dir.name}' has {n} blocks "
+                            f"(the weights change blocks {blocks[0]}-{blocks[-1]})", "num_layers")
+    if a.num_layers > 0 and blocks[0] != n - a.num_layers:
+        raise _config_error(a, f"num_layers is {a.num_layers} (blocks {n - a.num_layers}-{n - 1} of model "
+                            f"'{model_dir.name}'), but {ADAPTER_FILE} changes blocks {blocks[0]}-{blocks[-1]}",
+                            "num_layers")
+
+
+def _same_path(recorded, path: Path) -> bool:
+    p = Path(str(recorded)).expanduser()
+    if not p.is_absolute():  # e.g. a bundle's "adapters/NAME": the name says it
+        return False
+    try:
+        return p.resolve() == Path(path).resolve()
+    except OSError:
+        return False
+
+
+def is_recorded_parent(delta: AdapterInfo, candidate: AdapterInfo, mount_name: str | None = None) -> bool:
+    """Whether `candidate` (mounted as `mount_name`) is the adapter the delta's config records as its
+    parent: the same weights (fingerprint) AND the same identity (the recorded name is its mount name
+    or folder name, or the recorded path is its folder). A copy under another name is not it."""
+    p = delta.parent or {}
+    if not p or not candidate.fingerprint or candidate.fingerprint != p.get("fingerprint"):
+        return False
+    if p.get("name") and p.get("name") in (candidate.name, mount_name):
+        return True
+    return bool(p.get("path")) and _same_path(p["path"], candidate.path)
+
+
+def find_parent(delta: AdapterInfo, mounted: Mapping[str, AdapterInfo | None]) -> str | None:
+    """The name in `mounted` (name -> info) of the delta's recorded parent, the one mounted under
+    the recorded name first; None for an adapter that is no delta, or when its parent is absent."""
+    if not delta.parent:
+        return None
+    hits = [n for n, i in mounted.items() if i is not None and i is not delta and is_recorded_parent(delta, i, n)]
+    want = delta.parent.get("name")
+    return want if want in hits else (hits[0] if hits else None)
+
+
+def _copies_note(delta: AdapterInfo, others: Mapping[str, AdapterInfo | None], rename: bool = True) -> str:
+    """Why an adapter with the parent's weights but another identity is not taken for it."""
+    p = delta.parent or {}
+    copies = [n for n, i in others.items() if i is not None and i.fingerprint == p.get("fingerprint")]
+    if not copies:
+        return ""
+    note = (f"; '{copies[0]}' has the same weights but is another adapter ({others[copies[0]].path}), and a delta "
+            "stacks only on the parent its config records")
+    return note + (f": mount that copy under the name '{p.get('name')}' to use it as the parent" if rename else "")
+
+
 def check_parent(adapter, mounted: Mapping[str, AdapterInfo]) -> None:
-    """A delta (DPO trained on top of an SFT adapter) needs its parent among `mounted`."""
+    """A delta (DPO trained on top of an SFT adapter) needs its recorded parent among `mounted`."""
     a = _info(adapter)
-    if not a.parent:
+    if not a.parent or find_parent(a, mounted):
         return
     p = a.parent
     fp = p.get("fingerprint")
-    if any(i.fingerprint == fp for i in mounted.values()):
-        return
     what = f"a {a.method.upper()} " if a.method else "a "
     msg = (
         f"adapter '{a.name}' is {what}delta trained on top of adapter '{p.get('name')}' "
         f"({p.get('path')}, fingerprint {fp}); it holds only the change from that adapter, "
         "so alone it means nothing"
     )
-    same_name = [n for n, i in mounted.items() if i.name == p.get("name") or n == p.get("name")]
+    same_name = [n for n, i in mounted.items()
+                 if (i.name == p.get("name") or n == p.get("name")) and i.fingerprint != fp]
     if same_name:
         msg += f"; the mounted '{same_name[0]}' is a different version (fingerprint {mounted[same_name[0]].fingerprint})"
-    raise HumanizerError(msg, f"mount '{p.get('name')}' (from {p.get('path')}) first, then '{a.name}'")
+    msg += _copies_note(a, mounted)
+    raise NeedsParent(msg, f"mount '{p.get('name')}' (from {p.get('path')}) first, then '{a.name}'")
 
 
 def check_parent_active(names, mounted: Mapping[str, AdapterInfo | None]) -> None:
-    """Every active delta must have its parent active too."""
+    """Every active delta must have the adapter it is stacked on active too."""
     active = {n: mounted[n] for n in names if mounted.get(n) is not None}
     for n, info in active.items():
-        if info.parent and not any(i.fingerprint == info.parent.get("fingerprint") for i in active.values()):
+        if not info.parent:
+            continue
+        parent = info.stacked_on or find_parent(info, mounted)
+        if parent not in active:
             raise HumanizerError(
-                f"adapter '{n}' is a delta on '{info.parent.get('name')}' and cannot be used without it",
-                f"use '{info.parent.get('name')}+{n}'",
+                f"adapter '{n}' is a delta on '{parent or info.parent.get('name')}' and cannot be used without it",
+                f"use '{parent or info.parent.get('name')}+{n}'",
             )
+
+
+# --- stacks: a delta on its own parent, no weights twice ------------------------------
+
+
+def weight_fingerprints(info: AdapterInfo) -> set[str]:
+    """The fingerprints of all the weights an adapter holds: its own, and for a combined adapter
+    those of the adapters it was combined from."""
+    fps = {info.fingerprint} if info.fingerprint else set()
+    for src in (info.config.get("humanizer") or {}).get("combined_from") or []:
+        if isinstance(src, dict) and src.get("fingerprint"):
+            fps.add(src["fingerprint"])
+    return fps
+
+
+def repeated_weights(a: str, ia: AdapterInfo, b: str, ib: AdapterInfo) -> str | None:
+    """Why stacking adapters `a` and `b` would apply the same weights twice, or None."""
+    if ia.fingerprint and ia.fingerprint == ib.fingerprint:
+        return f"'{a}' and '{b}' have the same weights (fingerprint {ia.fingerprint})"
+    if ib.fingerprint in weight_fingerprints(ia):
+        return f"'{a}' already holds the weights of '{b}' (it was combined from them)"
+    if ia.fingerprint in weight_fingerprints(ib):
+        return f"'{b}' already holds the weights of '{a}' (it was combined from them)"
+    if weight_fingerprints(ia) & weight_fingerprints(ib):
+        return f"'{a}' and '{b}' were combined from the same adapter"
+    return None
+
+
+def stack_of(name: str, mounted: Mapping[str, AdapterInfo | None]) -> tuple[str, ...]:
+    """The real stack that ends in `name`: its chain of parents (each delta on the adapter it is
+    stacked on), root first. Stops where a parent is missing (then the chain is incomplete)."""
+    chain = [name]
+    cur = mounted.get(name)
+    while cur is not None and cur.parent:
+        parent = cur.stacked_on or find_parent(cur, mounted)
+        if parent is None or parent in chain:
+            break
+        chain.insert(0, parent)
+        cur = mounted.get(parent)
+    return tuple(chain)
+
+
+def real_stacks(mounted: Mapping[str, AdapterInfo | None]) -> list[tuple[str, ...]]:
+    """The stacks worth offering, smallest first, then in mount order: base (), and for each mounted
+    adapter the chain that ends in it, when complete (no delta without its parent) and applying
+    no weights twice. Unrelated adapters summed are not "real" stacks (a request may still ask)."""
+    out: list[tuple[str, ...]] = [()]
+    for name in mounted:
+        chain = stack_of(name, mounted)
+        root = mounted.get(chain[0])
+        if root is None or root.parent:
+            continue
+        if any(repeated_weights(a, mounted[a], b, mounted[b]) for a, b in itertools.combinations(chain, 2)):
+            continue
+        if chain not in out:
+            out.append(chain)
+    return sorted(out, key=len)
+
+
+def deepest_stack(stacks) -> str:
+    """The deepest stack among `stacks` (model ids such as "sft+dpo", or tuples of names), the
+    first listed on a tie; "base" when there is none. With /v1/models ids (which are the real
+    stacks) this is what a chat should default to."""
+    best: tuple[str, ...] = ()
+    for s in stacks:
+        parts = tuple(p for p in (s.split("+") if isinstance(s, str) else s) if p and p != "base")
+        if len(parts) > len(best):
+            best = parts
+    return "+".join(best) or "base"
 
 
 # --- finding and describing adapters -------------------------------------------------
@@ -399,10 +602,9 @@ def list_adapters(ws, model_dir=None, errors: list | None = None) -> list[Adapte
                 in_progress = (d / "checkpoints").is_dir() or (d / ".train.lock").exists()
                 errors.append((d, "training not finished (no final adapter yet)" if in_progress else e.message))
     if model_dir is not None:
-        fingerprints = {i.fingerprint for i in found}
         for info in found:
             info.fits, info.fit_reason = fit_status(info, model_dir)
-            if info.fits and info.is_delta and info.parent.get("fingerprint") not in fingerprints:
+            if info.fits and info.is_delta and not any(is_recorded_parent(info, o, o.name) for o in found):
                 info.fit_reason += f"; its parent '{info.parent.get('name')}' is not in the workspace"
     return found
 
@@ -430,26 +632,43 @@ def stack_order(adapters) -> list[AdapterInfo]:
             raise HumanizerError(f"adapter '{i.name}' ({i.path}) is given twice (same weights as {seen[i.fingerprint].path})")
         seen[i.fingerprint] = i
     order: list[AdapterInfo] = []
-    placed: set[str] = set()
     pending = list(infos)
     while pending:
         progress = False
         for i in list(pending):
-            pf = (i.parent or {}).get("fingerprint")
-            if not i.is_delta or pf in placed:
+            if not i.is_delta or any(is_recorded_parent(i, o, o.name) for o in order):
                 order.append(i)
-                placed.add(i.fingerprint)
                 pending.remove(i)
                 progress = True
         if not progress:
             i = pending[0]
             p = i.parent or {}
-            raise HumanizerError(
+            raise NeedsParent(
                 f"adapter '{i.name}' ({i.path}) is a delta trained on top of adapter '{p.get('name')}' "
-                f"(fingerprint {p.get('fingerprint')}), which is not among the adapters given; alone it means nothing",
-                f"add its parent too (--adapter {p.get('path') or p.get('name')}), before it",
+                f"(fingerprint {p.get('fingerprint')}), which is not among the adapters given; alone it means nothing"
+                + _copies_note(i, {o.name: o for o in infos if o is not i}, rename=False),
+                f"add its parent '{p.get('name')}' too (--adapter {p.get('path') or p.get('name')}), before it",
             )
     return order
+
+
+def mountable_together(adapters) -> list[AdapterInfo]:
+    """Of `adapters` (e.g. a workspace's that fit a model), the ones one server can mount, in
+    stack_order: one adapter per set of weights (the one a delta records as its parent, else the
+    first), and each delta only with its recorded parent among them."""
+    infos = [_info(a) for a in adapters]
+    keep: dict[str, AdapterInfo] = {}
+    for i in infos:
+        cur = keep.get(i.fingerprint)
+        if cur is None or (not any(is_recorded_parent(d, cur, cur.name) for d in infos)
+                           and any(is_recorded_parent(d, i, i.name) for d in infos)):
+            keep[i.fingerprint] = i
+    kept = list(keep.values())
+    while True:  # drop deltas whose parent is gone (chains: until nothing changes)
+        left = [i for i in kept if not i.is_delta or any(is_recorded_parent(i, o, o.name) for o in kept)]
+        if len(left) == len(kept):
+            return stack_order(left)
+        kept = left
 
 
 def layer_blocks(info: AdapterInfo) -> tuple[list[int], list[str]]:

@@ -81,6 +81,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import mlx.core as mx
 import numpy as np
 
+from engine import adapters as A
 from engine import lora
 from engine.fastops import cpu_fast_ops
 from engine.errors import HumanizerError
@@ -789,7 +790,8 @@ class Engine:
 
     def resolve(self, spec) -> tuple[str, ...]:
         """Adapter names (mount order) for a spec: None/""/"base" -> (), "a", "a+b", or a list.
-        Unknown names and a delta without its parent are refused."""
+        Refused: unknown names, a delta without the adapter it is stacked on, and a stack that
+        applies the same weights twice (a name twice, two copies, a combined adapter with a source)."""
         if spec is None:
             return ()
         if isinstance(spec, str):
@@ -808,43 +810,40 @@ class Engine:
                 f"mounted: {', '.join(mounted) or 'none'}; use 'base' for the model alone",
                 param="adapter",
             )
+        twice = next((p for p in parts if parts.count(p) > 1), None)
+        if twice:
+            raise EngineError(f"adapter '{twice}' is given twice: the stack would apply its weights twice",
+                              "name each adapter once", status=400, code="adapter_repeated", param="adapter")
         chosen = set(parts)
         names = tuple(n for n in mounted if n in chosen)
-        fingerprints = {mounted[n].fingerprint for n in names if mounted[n] is not None}
+        for a, b in itertools.combinations(names, 2):
+            why = A.repeated_weights(a, mounted[a], b, mounted[b]) if mounted[a] and mounted[b] else None
+            if why:
+                raise EngineError(f"{why}: the stack '{combination_id(names)}' would apply them twice",
+                                  f"stacks here: {', '.join(self.model_ids())}", status=400, code="adapter_repeated",
+                                  param="adapter")
         for n in names:
             info = mounted[n]
-            if info is None or not info.parent or info.parent.get("fingerprint") in fingerprints:
+            if info is None or not info.parent or info.stacked_on in chosen:
                 continue
-            parent = next((m for m, i in mounted.items()
-                           if i is not None and i.fingerprint == info.parent.get("fingerprint")),
-                          info.parent.get("name"))
+            parent = info.stacked_on or info.parent.get("name")
             raise EngineError(f"adapter '{n}' is a delta on '{parent}' and cannot be used without it",
-                              f"use '{combination_id(m for m in mounted if m in chosen | {parent})}'",
+                              f"use '{combination_id(A.stack_of(n, mounted))}'",
                               status=400, code="adapter_needs_parent", param="adapter")
         return names
 
     def combinations(self, limit: int = MAX_LISTED_COMBINATIONS) -> list[tuple[str, ...]]:
-        """Every valid adapter selection (a delta only together with its parent), smallest first,
-        base included: (), ("a",), ("a", "b"), ..."""
-        mounted = self._mounted
-        names = list(mounted)
-        fp = {n: i.fingerprint for n, i in mounted.items() if i is not None}
-        parents = {}
-        for n, info in mounted.items():
-            if info is not None and info.parent:
-                parents[n] = [m for m in names if fp.get(m) == info.parent.get("fingerprint")]
-        out = [()]
-        for size in range(1, len(names) + 1):
-            for combo in itertools.combinations(names, size):
-                s = set(combo)
-                if all(any(p in s for p in parents[n]) for n in combo if n in parents):
-                    out.append(combo)
-                    if len(out) >= limit:
-                        return out
-        return out
+        """The real stacks (engine.adapters.real_stacks), smallest first, base included: (), ("sft",),
+        ("sft", "dpo"), ...: each mounted adapter on its chain of parents, never the same weights twice.
+        A request may still ask for unrelated adapters summed ("a+b"); they are not listed."""
+        return A.real_stacks(self._mounted)[:limit]
 
     def model_ids(self) -> list[str]:
         return [combination_id(c) for c in self.combinations()]
+
+    def deepest_stack(self) -> str:
+        """The id of the deepest real stack ("sft+dpo"; "base" with nothing mounted): a chat's default."""
+        return A.deepest_stack(self.combinations())
 
     def in_use(self, name: str) -> int:
         """How many queued or running requests use the adapter `name`."""
@@ -877,9 +876,10 @@ class Engine:
         return fut.result(timeout)
 
     def _do_mount(self, path, name):
-        from engine import adapters as A
-
-        info = A.read_adapter(path)
+        try:
+            info = A.read_adapter(path)
+        except A.AdapterConfigError as e:
+            raise EngineError(e.message, e.hint, code="adapter_config_mismatch", param="path") from None
         name = name or info.name
         if name == BASE:
             raise EngineError("'base' is reserved for the model without adapters", "mount it under another name",
@@ -894,10 +894,12 @@ class Engine:
             info = lora.mount_adapter(self.model, path, name, model_dir=self.model_dir, active=False)
         except EngineError:
             raise
+        except A.NeedsParent as e:
+            raise EngineError(e.message, e.hint, status=409, code="adapter_needs_parent") from None
+        except A.AdapterConfigError as e:
+            raise EngineError(e.message, e.hint, code="adapter_config_mismatch", param="path") from None
         except HumanizerError as e:
-            code = "adapter_needs_parent" if "delta" in e.message else "adapter_incompatible"
-            raise EngineError(e.message, e.hint, status=409 if code == "adapter_needs_parent" else 400,
-                              code=code) from None
+            raise EngineError(e.message, e.hint, code="adapter_incompatible") from None
         self._plan.invalidate()
         _install_plan(self.model, self._plan)
         self._mounted = lora.mounted(self.model)

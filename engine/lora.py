@@ -307,7 +307,8 @@ def mount_adapter(
     """Mount a saved adapter frozen, under `name` (default: its folder name).
 
     With `model_dir` (or a model from `load_model`), the adapter must fit that base
-    (fingerprint and shapes). A DPO delta is refused unless its parent is mounted."""
+    (fingerprint and shapes). A DPO delta is refused unless its recorded parent is mounted
+    (A.find_parent: same weights and identity); it is bound to that one (info.stacked_on)."""
     from engine import adapters as A
 
     info = A.read_adapter(adapter_dir)
@@ -322,7 +323,9 @@ def mount_adapter(
     model_dir = model_dir or base_identity(model).get("path")
     if model_dir:
         A.check_fits(info, model_dir)
-    A.check_parent(info, {n: i for n, i in reg.items() if i is not None})
+    others = {n: i for n, i in reg.items() if i is not None}
+    A.check_parent(info, others)
+    info.stacked_on = A.find_parent(info, others)  # bound once: a copy of the parent mounted later is not it
     weights = A.load_weights(adapter_dir)
     by_path: dict[str, dict] = {}
     for k, v in weights.items():
@@ -372,7 +375,7 @@ def unmount_adapter(model: nn.Module, name: str) -> None:
     if name not in reg:
         raise HumanizerError(f"no adapter named '{name}' is mounted")
     for other, info in reg.items():
-        if info is not None and info.parent and info.parent.get("fingerprint") == reg[name].fingerprint:
+        if info is not None and info.stacked_on == name:  # only what really stacks on it (not on a copy)
             raise HumanizerError(f"'{other}' is stacked on '{name}'", f"unmount '{other}' first")
     for _, layer in lora_layers(model):
         layer.unmount(name)

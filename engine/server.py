@@ -3,10 +3,12 @@
 Endpoints:
     POST   /v1/chat/completions   messages -> reply; "stream": true for SSE chunks
     POST   /v1/completions        prompt -> text; "stream": true for SSE chunks
-    GET    /v1/models             "base" and every valid adapter combination ("sft", "sft+dpo")
+    GET    /v1/models             "base" and the real stacks: each adapter on its chain of parents ("sft",
+                                  "sft+dpo"), never the same weights twice
     GET    /health                liveness and load (no API key needed)
-    GET    /v1/adapters           the mounted adapters
+    GET    /v1/adapters           the mounted adapters, the model ids and "default" (the deepest stack)
     POST   /v1/adapters           {"path": "<folder under the workspace's adapters/>", "name": optional}
+                                  (refused: links out of adapters/, a config that does not match its weights)
     DELETE /v1/adapters/{name}    unmount (refused while a request uses it)
 
 A request picks its adapters with the body field "adapter" ("sft", "sft+dpo", "base"),
@@ -43,6 +45,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from engine import adapters as A
 from engine.errors import HumanizerError
 from engine.generate import BASE, Engine, EngineError, SamplingParams, combination_id
 from engine.server_http import (DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, ApiError,
@@ -464,6 +467,7 @@ def adapter_json(engine: Engine, name: str, info) -> dict:
         "keys": getattr(info, "keys", None),
         "base": (getattr(info, "base", None) or {}).get("name"),
         "fingerprint": getattr(info, "fingerprint", None),
+        "stacked_on": getattr(info, "stacked_on", None),  # the mounted adapter a delta is bound to
         "in_use": engine.in_use(name),
     }
 
@@ -491,6 +495,11 @@ def safe_adapter_path(root: Path | None, spec) -> Path:
                        "(only folders inside it can be mounted over HTTP)", param="path", code="path_not_allowed")
     if not real.is_dir():
         raise ApiError(404, f"no adapter folder '{spec}' in {root}", param="path", code="adapter_not_found")
+    for f in (A.ADAPTER_FILE, A.CONFIG_FILE):  # a file linked out of the folder tree is the same escape
+        if (real / f).is_symlink() and not (real / f).resolve().is_relative_to(real_root):
+            raise ApiError(403, f"adapter path '{spec}' is not allowed: its {f} is a link to a file outside the "
+                           f"workspace's adapters folder {root} (copy the file in instead)", param="path",
+                           code="path_not_allowed")
     return real
 
 
@@ -501,6 +510,7 @@ async def list_adapters(request: web.Request) -> web.Response:
         "object": "list",
         "data": [adapter_json(engine, n, i) for n, i in engine.mounted().items()],
         "models": engine.model_ids(),
+        "default": engine.deepest_stack(),  # the deepest real stack, e.g. for a chat's default choice
         "adapters_dir": str(root) if root else None,
     })
 
