@@ -501,6 +501,17 @@ def budget_of(layers: list[QLayer], total_params: int) -> Budget:
     return Budget(total_params, fixed, floats)
 
 
+def shown_floor(lo: float) -> float:
+    """The least target to show for a model that reaches `lo` bits per weight: rounded up to
+    3 decimals (4.5027 -> 4.503), so the number shown is one the convert accepts."""
+    return math.ceil(lo * 1000 - 1e-6) / 1000
+
+
+def shown_ceiling(hi: float) -> float:
+    """The most target to show: rounded down to 3 decimals, so it is accepted too."""
+    return math.floor(hi * 1000 + 1e-6) / 1000
+
+
 def bpw_range(layers: list[QLayer], budget: Budget, bits: list[int]) -> tuple[float, float]:
     q = [layer for layer in layers if layer.quantized]
     lo = budget.bpw(sum(layer.cost_bits(bits[0]) for layer in q))
@@ -1279,8 +1290,8 @@ def _convert_locked(model_spec, model_dir, config, output, work, target, bits, g
     if target < lo - 1e-9:
         raise HumanizerError(
             f"target {target:g} bits per weight is below what this model can reach: with every layer at "
-            f"{bits[0]} bits it takes {lo:.3f} (norms and layers kept in float16 count too)",
-            f"raise --target-bpw to at least {math.ceil(lo * 1000) / 1000:g}",
+            f"{bits[0]} bits it takes at least {shown_floor(lo):.3f} (norms and layers kept in float16 count too)",
+            f"raise --target-bpw to at least {shown_floor(lo):.3f}",
         )
     for layer in layers:
         if layer.note:
@@ -1606,7 +1617,9 @@ def _measure_all(order, measured, params, fisher, bits, n_tokens, out_dtype, sta
 def model_plan(model_spec, group_size: int = DEFAULT_GROUP_SIZE, candidate_bits=DEFAULT_CANDIDATE_BITS,
                ws=None) -> dict:
     """What a convert of this model would measure, and what a target means in MB (for a form):
-    {"params", "layers": [...], "min_bpw", "max_bpw", "bytes_per_bpw"}. Loads no weights."""
+    {"params", "layers": [...], "min_bpw", "max_bpw", "bytes_per_bpw", "target_min", "target_max"}, the
+    last two the range a --target-bpw may take here, rounded inward to 3 decimals (shown_floor:
+    a form that shows them shows numbers it accepts). Loads no weights."""
     from mlx_lm.utils import load_model as mlx_load_model
 
     from engine.models import resolve_model
@@ -1620,4 +1633,5 @@ def model_plan(model_spec, group_size: int = DEFAULT_GROUP_SIZE, candidate_bits=
     budget = budget_of(layers, total)
     lo, hi = bpw_range(layers, budget, bits)
     return {"path": str(model_dir), "params": total, "layers": [layer.describe() for layer in layers],
-            "min_bpw": lo, "max_bpw": hi, "bytes_per_bpw": total / 8}
+            "min_bpw": lo, "max_bpw": hi, "bytes_per_bpw": total / 8, "target_min": shown_floor(lo),
+            "target_max": shown_ceiling(min(hi, layer_bpw(bits[-1], int(group_size))))}

@@ -648,3 +648,20 @@ def test_files_beside_the_weights_do_not_change_the_model_fingerprint(tiny_model
     before = A.model_fingerprint(copy)
     mx.save_safetensors(str(copy / C.ROUNDING_FILE), {"x": mx.zeros((2,))})
     assert A.model_fingerprint(copy) == before
+
+
+def test_the_shown_floor_is_one_the_convert_accepts(tiny_model, tmp_path):
+    """The form's hint and the refusal show the least target rounded up to 3 decimals (4.5 was
+    refused while the hint said 4.50): that number is accepted, 0.001 less is not."""
+    plan = C.model_plan(tiny_model, 64, "4,8")
+    floor = plan["target_min"]
+    assert floor >= plan["min_bpw"] - 1e-9 and floor - 0.001 < plan["min_bpw"]
+    assert plan["target_max"] == 8.5  # the largest candidate's cost: check_settings' ceiling
+    assert C.shown_floor(4.50271) == 4.503 and C.shown_floor(4.503) == 4.503 and C.shown_ceiling(8.5199) == 8.519
+    with pytest.raises(HumanizerError) as refused:
+        _convert(tiny_model, tmp_path / "low", candidate_bits="4,8", target_bpw=round(floor - 0.001, 3))
+    assert f"at least {floor:.3f}" in refused.value.message and f"at least {floor:.3f}" in refused.value.hint
+    events = []
+    with pytest.raises(Cancelled):  # past the check: stopped in the calibration pass
+        _convert(tiny_model, tmp_path / "ok", events, stop=lambda ev: ev.get("phase") == "statistics",
+                 candidate_bits="4,8", target_bpw=float(f"{floor:.3f}"))

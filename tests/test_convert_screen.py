@@ -100,7 +100,7 @@ async def test_convert_from_the_form_and_restart(ws):
             assert isinstance(screen, ConvertScreen) and app.current_mode == "convert"
             await until(pilot, lambda: screen._value("f-model") is not None, 10, "the models in the form")
             await until(pilot, lambda: "bpw ≈" in text_of(screen, "#f-plan"), 10, "what the target means in MB")
-            assert "4.54–8.52 bpw here" in text_of(screen, "#f-plan")
+            assert "–8.500 bpw here" in text_of(screen, "#f-plan")
             assert screen.query_one("#f-output").value == "tiny-5.0bpw"
             # a bad target: below the smallest candidate (4-bit at group 64 costs 4.5)
             screen.query_one("#f-target").value = "3"
@@ -145,6 +145,27 @@ async def test_convert_from_the_form_and_restart(ws):
     finally:
         if job_id and find_job(ws, job_id).running:
             os.killpg(find_job(ws, job_id).pid, signal.SIGKILL)
+
+
+async def test_the_hint_shows_a_floor_the_form_accepts(ws):
+    """The least target in the hint is rounded up to 3 decimals: typed in, it passes the form's
+    check; 0.001 less is refused with the same number."""
+    import re
+
+    make_tiny_llama(ws.models_dir / "tiny")
+    app = HumanizerApp(ws, mode="convert")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: "bpw ≈" in text_of(screen, "#f-plan"), 10, "the plan hint")
+        floor = re.search(r"(\d\.\d{3})–(\d\.\d{3}) bpw here", text_of(screen, "#f-plan")).group(1)
+        screen.query_one("#f-target").value = f"{float(floor) - 0.001:.3f}"
+        await pilot.pause()
+        _, errors = screen.validate_form()
+        assert [m for f, m in errors if f == "f-target" and f"at least {floor} bits" in m], errors
+        screen.query_one("#f-target").value = floor
+        await pilot.pause()
+        _, errors = screen.validate_form()
+        assert not [m for f, m in errors if f == "f-target"], errors
 
 
 # snapshots ----------------------------------------------------------------------------------------
