@@ -665,3 +665,20 @@ def test_the_shown_floor_is_one_the_convert_accepts(tiny_model, tmp_path):
     with pytest.raises(Cancelled):  # past the check: stopped in the calibration pass
         _convert(tiny_model, tmp_path / "ok", events, stop=lambda ev: ev.get("phase") == "statistics",
                  candidate_bits="4,8", target_bpw=float(f"{floor:.3f}"))
+
+
+def test_layers_are_estimated_while_the_calibration_pass_runs(tiny_model, tmp_path):
+    """The pass is most of a convert's time: after its first sample every quantized layer gets
+    an estimate (sensitivity and provisional bits within the budget) before any is measured."""
+    events = []
+    _convert(tiny_model, tmp_path / "out", events, candidate_bits="4,8", target_bpw=5.0)
+    kinds = [(e["type"], e.get("phase")) for e in events]
+    first_measured = kinds.index(("layer", "measured"))
+    estimates = [e for e in events[:first_measured] if e.get("phase") == "estimate"]
+    last_sample = max(i for i, k in enumerate(kinds) if k == ("progress", "statistics"))
+    assert estimates and events.index(estimates[0]) < last_sample  # during the pass, not after it
+    first = [e for e in estimates if e["samples"] == estimates[0]["samples"]]
+    assert len(first) == len(_layers(events, "allocated"))
+    assert all(e["chosen_bits"] in (4, 8) and e["sensitivity"]["4"] > e["sensitivity"]["8"] >= 0 for e in first)
+    assert first[0]["of"] == FAST["samples"] and 1 <= first[0]["samples"] < first[0]["of"]
+    assert not [e for e in events[first_measured:] if e.get("phase") == "estimate"]
