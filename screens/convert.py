@@ -4,8 +4,9 @@ job, with the per-layer bit map filling in live.
 The form picks a workspace model, the target bits per weight (with what that means in
 MB for this model: engine.convert.model_plan, in a worker thread), the candidate bits,
 the group size and the output name. While a convert runs: a grid of blocks (rows) by
-module (columns) whose cells show each layer's chosen bits (a digit on a colour; ? once
-measured, before the allocation), the budget gauge (bpw now against the target), the
+module (columns) whose cells show each layer's chosen bits (a digit on a colour; ~4 for the
+provisional bits estimated while the calibration pass runs; ? once measured, before the
+allocation), the budget gauge (bpw now against the target), the
 phase with its ETA, and each layer's sensitivity as a bar. At the end: size on disk,
 achieved bpw, and the held-out perplexity of the result against the source.
 
@@ -177,6 +178,9 @@ class ConvertScreen(ConvertForm, RunsScreen):
             line.append(f" {phase}" + (f" {step}/{n}" if n else ""), style="bold")
             if total:
                 line.append(f" · {h.measured()}/{total} layers")
+            source = h.estimated_from()
+            if source and h.measured() < (total or 0):
+                line.append(f" · ~ estimated from {source[0]}/{source[1]} samples", style="dim")
         else:
             line.append(f"{h.measured()}/{total or h.measured()} layers", style="bold")
         append_timing(line, h, self.app.clock())

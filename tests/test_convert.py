@@ -246,7 +246,7 @@ def test_resume_after_some_layers_measures_only_the_rest(converted, tiny_model, 
     out = tmp_path / "out"
     first = []
     with pytest.raises(Cancelled):
-        _convert(tiny_model, out, first, stop=lambda e: e["type"] == "layer" and e["index"] == 4)
+        _convert(tiny_model, out, first, stop=lambda e: e.get("phase") == "measured" and e["index"] == 4)
     work = C.work_dir_for(out.resolve())
     state = json.loads((work / C.STATE_FILE).read_text())
     assert len(state["layers"]) == 5 and not out.exists()

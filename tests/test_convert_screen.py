@@ -88,6 +88,37 @@ def test_grid_gauge_and_argv():
     assert g.startswith("4.5 ") and g.endswith(" 8.5") and "┃" in g and g.count("━") == 2
 
 
+async def test_the_grid_fills_in_while_the_calibration_pass_runs(ws):
+    """A running convert: the estimates made during the calibration pass show as provisional
+    bits (~4, ~8) and sensitivities at once; measured layers then replace them live."""
+    argv = ["humanizer", "convert", str(ws.models_dir / "tiny"), "--target-bpw", "5", "--candidate-bits", "4,8",
+            "--output", str(ws.models_dir / "live")]
+    run = Run.create(ws.runs_dir, "convert", argv).start()
+    layers = _layer_events()[:15]
+    for ev in layers:
+        bits = 8 if ev["module"] in ("v", "down", "embedding") else 4
+        run.emit("layer", **{**ev, "phase": "estimate", "chosen_bits": bits, "samples": 3, "of": 30})
+    run.progress(3, 30, "calibration pass: sample 3/30", eta=60.0, phase="statistics")
+    try:
+        app = HumanizerApp(ws, mode="convert")
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            await until(pilot, lambda: "~8" in text_of(screen, "#cv-grid"), 10, "the provisional bits")
+            grid = text_of(screen, "#cv-grid").split("\n")
+            assert grid[1].split() == ["model", "~8", "~8"] and grid[2].split()[1:] == ["~4", "~4", "~8", "~4",
+                                                                                          "~4", "~4", "~8"]
+            sens = text_of(screen, "#cv-sens")
+            assert "estimated from 3/30 calibration samples" in sens and "~ 4" in sens and "~ 8" in sens
+            for ev in layers[:2]:
+                run.emit("layer", **ev)  # measured, not allocated yet
+            run.progress(2, 15, "measured", phase="measure")
+            await until(pilot, lambda: "measuring layers" in text_of(screen, "#cv-title"), 10, "the measure phase")
+            assert "2/15 layers" in text_of(screen, "#cv-title")
+            assert text_of(screen, "#cv-grid").split("\n")[2].split()[1] == "~4"  # provisional until allocated
+    finally:
+        run.finish("cancelled")
+
+
 # a real tiny convert from the form --------------------------------------------------------------
 async def test_convert_from_the_form_and_restart(ws):
     make_tiny_llama(ws.models_dir / "tiny")
