@@ -37,3 +37,67 @@ async def test_models_refresh_when_a_convert_finishes(ws):
         run.finish("done")
         await until(pilot, lambda: "base-5bpw" in [m.name for m in screen.models], 5, "the converted model")
         assert screen.query_one("#models-table").row_count == 2
+
+
+# Chat: typing never quits or switches; quitting asks first ------------------------------------------
+async def test_typing_in_the_chat_transcript_is_text_not_commands(ws):
+    """With the transcript focused (esc from the input), a sentence with q and digits goes to
+    the input: the app still runs, in Chat."""
+    app = HumanizerApp(ws, mode="chat")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert screen.query_one("#chat-input").has_focus
+        await pilot.press("escape")
+        assert screen.query_one("#transcript").has_focus
+        await pilot.press(*"q3 quits 1 time", "space", "9")
+        await pilot.pause()
+        assert app.return_code is None and app.current_mode == "chat" and app.screen is screen
+        assert screen.query_one("#chat-input").text == "q3 quits 1 time 9"
+        assert screen.query_one("#chat-input").has_focus
+        await pilot.press("escape", "5")  # a digit alone, too
+        assert app.current_mode == "chat" and screen.query_one("#chat-input").text.endswith("95")
+        assert not [b for b in app.screen.active_bindings.values() if b.binding.action in ("quit", "mode('models')")
+                    and b.binding.key in ("q", "1")]  # not offered in the footer either
+
+
+async def test_quit_with_unsent_chat_text_asks_first(ws):
+    from tui.app import QuitDialog
+
+    app = HumanizerApp(ws, mode="chat")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await pilot.press(*"half a thought")
+        await pilot.press("ctrl+q")
+        await until(pilot, lambda: isinstance(app.screen, QuitDialog), 5, "the quit confirm")
+        assert "not sent" in str(app.screen.query_one("Static").render())
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen is screen, 5, "back in Chat")
+        assert app.return_code is None and screen.query_one("#chat-input").text == "half a thought"
+        await pilot.press("ctrl+q")
+        await until(pilot, lambda: isinstance(app.screen, QuitDialog), 5, "the quit confirm")
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is screen, 5, "back in Chat")
+        await pilot.press("ctrl+q")
+        await until(pilot, lambda: isinstance(app.screen, QuitDialog), 5, "the quit confirm")
+        await pilot.press("enter")
+        await until(pilot, lambda: app.return_code == 0, 5, "the app to quit")
+
+
+async def test_quit_asks_while_a_server_runs_and_not_otherwise(ws):
+    from tui.app import QuitDialog
+
+    app = HumanizerApp(ws)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await until(pilot, lambda: app.return_code == 0, 5, "a plain quit")
+    run = Run.create(ws.runs_dir, "serve", ["humanizer", "serve", "--model", "tiny"]).start()
+    try:
+        app = HumanizerApp(ws)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, QuitDialog), 5, "the quit confirm")
+            assert run.id in str(app.screen.query_one("Static").render())
+            await pilot.press("y")
+            await until(pilot, lambda: app.return_code == 0, 5, "the app to quit")
+    finally:
+        run.finish("done")
