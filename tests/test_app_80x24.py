@@ -101,3 +101,74 @@ async def test_quit_asks_while_a_server_runs_and_not_otherwise(ws):
             await until(pilot, lambda: app.return_code == 0, 5, "the app to quit")
     finally:
         run.finish("done")
+
+
+# Train and Convert: the charts are always in reach ---------------------------------------------------
+def _on_screen(app, widget) -> bool:
+    """Shown and wholly inside the terminal (not scrolled away, not hidden behind another pane)."""
+    region = widget.region
+    return widget.display and widget.visible and region.area > 0 and app.screen.region.contains_region(region)
+
+
+async def test_train_at_80x24_switches_between_charts_and_form(ws):
+    from tests.test_train_screen import T0, _run_dir, _sft_events
+
+    (ws.models_dir / "tiny").mkdir()
+    (ws.models_dir / "tiny" / "config.json").write_text('{"model_type": "llama"}')
+    _run_dir(ws, "20250102-090000-lora-train-sft-3f9a", "lora train sft",
+             ["humanizer", "lora", "train", str(ws.models_dir / "tiny"), "--method", "sft", "--iters", "200",
+              "--output", str(ws.adapters_dir / "sft")], _sft_events(T0), "done", T0, T0 + 400)
+    app = HumanizerApp(ws, mode="train")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.shown in screen.histories and screen.query_one("#charts").display, 10,
+                    "the run's charts")
+        await pilot.pause(0.2)
+        loss, table = screen.query_one("#chart-loss"), screen.query_one("#runs-table")
+        assert table.has_focus and _on_screen(app, loss) and _on_screen(app, table)
+        await pilot.press("n")  # the form: alone on the screen
+        await pilot.pause(0.2)
+        assert screen.query_one("#f-model").has_focus and not _on_screen(app, loss)
+        await pilot.press("ctrl+g")  # the key that brings the charts back
+        await pilot.pause(0.2)
+        assert table.has_focus and _on_screen(app, loss) and _on_screen(app, screen.query_one("#chart-tps"))
+        await pilot.press("ctrl+g", "tab", "tab")  # moving through the form keeps the form shown
+        await pilot.pause(0.2)
+        assert screen.pane == "form" and not _on_screen(app, loss)
+        await pilot.press("escape")  # back to the runs, charts included
+        await pilot.pause(0.2)
+        assert table.has_focus and _on_screen(app, loss)
+        footer_keys = {b.binding.key for b in screen.active_bindings.values() if b.enabled}
+        assert "ctrl+g" in footer_keys
+    async with HumanizerApp(ws, mode="train").run_test(size=(120, 40)) as pilot:  # wide: both, no key
+        screen = pilot.app.screen
+        await pilot.pause(0.3)
+        assert "ctrl+g" not in {b.binding.key for b in screen.active_bindings.values() if b.enabled}
+        assert _on_screen(pilot.app, screen.query_one("#f-model")) and _on_screen(pilot.app, screen.query_one("#charts"))
+
+
+async def test_convert_at_80x24_switches_between_grid_and_form(ws):
+    from tests.test_convert_screen import finished_convert
+    from tests.tiny import make_tiny_llama
+
+    make_tiny_llama(ws.models_dir / "tiny")
+    finished_convert(ws)
+    app = HumanizerApp(ws, mode="convert")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.shown in screen.histories and "L1" in str(
+            screen.query_one("#cv-grid").render()), 10, "the grid")
+        grid = screen.query_one("#cv-grid")
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        assert screen.query_one("#f-model").has_focus and not _on_screen(app, grid)
+        await pilot.press("ctrl+g")
+        await pilot.pause(0.2)
+        main = screen.query_one("#cv-main")
+        assert main.has_focus and main.scroll_y == 0 and _on_screen(app, grid)
+        await pilot.press("pagedown")  # the run pane scrolls with the keys (the sensitivity list below)
+        await pilot.pause(0.2)
+        assert main.scroll_y > 0
+        await pilot.press("ctrl+g")
+        await pilot.pause(0.2)
+        assert screen.pane == "form" and _on_screen(app, screen.query_one("#f-start"))

@@ -238,3 +238,15 @@ def _settled():
 def test_convert_screen_snapshot(snap_compare, studio, size):
     app = HumanizerApp(studio, clock=lambda: T0 + 3600, mode="convert")
     assert snap_compare(app, terminal_size=size, run_before=_settled())
+
+
+def test_convert_screen_narrow_grid_back_from_the_form(snap_compare, studio):
+    """80x24: n shows the form (alone), ctrl+g brings the grid back, scrolled to its top."""
+    async def run_before(pilot) -> None:
+        await _settled()(pilot)
+        await pilot.press("n", "ctrl+g")
+        await pilot.pause(0.5)
+        await pilot.wait_for_scheduled_animations()
+
+    app = HumanizerApp(studio, clock=lambda: T0 + 3600, mode="convert")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
