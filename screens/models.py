@@ -102,7 +102,8 @@ class ModelsScreen(Screen):
         """A job that finished may have written a model (a convert, a pull, an import, a fuse,
         from here, another screen or the CLI): re-read models/ then, not only on r."""
         done = {j.id for j in jobs if j.status == "done"}
-        if done - self._done_jobs:
+        followed = {w.job.id for w in self.query(JobProgress) if w.job is not None}  # refresh when they end
+        if done - self._done_jobs - followed:
             self.action_refresh()
         self._done_jobs = done
 
