@@ -35,8 +35,7 @@ class NarrowPanes:
         self.set_class(pane != "form", "-pane-run")
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
-        if not self.has_class("-narrow"):
-            return
+        # wide too (the pane classes do nothing there): a terminal that narrows shows the focus
         form = self.query_one(f"#{self.form_id}")
         self.show_pane("form" if form in event.widget.ancestors_with_self else "run")
 

@@ -172,3 +172,20 @@ async def test_convert_at_80x24_switches_between_grid_and_form(ws):
         await pilot.press("ctrl+g")
         await pilot.pause(0.2)
         assert screen.pane == "form" and _on_screen(app, screen.query_one("#f-start"))
+
+
+async def test_narrowing_the_terminal_shows_the_pane_with_the_focus(ws):
+    """Typing in the form at 120 columns, then the terminal narrows to 80: the form stays on screen."""
+    from tests.test_convert_screen import finished_convert
+    from tests.tiny import make_tiny_llama
+
+    make_tiny_llama(ws.models_dir / "tiny")
+    finished_convert(ws)
+    app = HumanizerApp(ws, mode="convert")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.shown in screen.histories, 10, "the convert")
+        await pilot.press("n")
+        await pilot.resize_terminal(*SIZE)
+        await until(pilot, lambda: screen._narrow and screen.pane == "form", 5, "the form pane")
+        assert screen.query_one("#f-model").has_focus and _on_screen(app, screen.query_one("#f-model"))
