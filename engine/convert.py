@@ -31,7 +31,9 @@
    is then a quantize/dequantize per candidate width. Everything runs on float32
    weights (the CPU backend's fast BLAS path); quantized kernels are never used while
    measuring. One calibration window in 16 (at most 2) is held back from this pass
-   for step 3.
+   for step 3. The pass is most of a convert's time, so while it runs every layer's
+   sensitivity is estimated now and then from the sums so far, with the bits an
+   allocation of those estimates gives (`layer` events, phase "estimate": provisional).
 
    **Rounding** (`rounding="clip"`, the default): still the standard MLX affine format
    (stock `mlx_lm.load` reads it), but at <= 4 bits each group of weights is not simply
@@ -123,6 +125,7 @@ CLIP_MAX_BITS = 4
 # quadratic; which kappa is right is left to the real KL on held-back tokens, in both directions.
 KAPPAS = (0.75, 1.0, 1.5, 2.0)
 KAPPA_FROM_BITS = 4
+ESTIMATE_EVERY, ESTIMATE_SHARE = 30.0, 0.05  # layer estimates during the calibration pass: how often, what cost
 MAX_CHECK_SAMPLES = 2  # calibration windows held back to compare the candidate allocations' real KL
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.txt")
@@ -501,6 +504,17 @@ def budget_of(layers: list[QLayer], total_params: int) -> Budget:
     return Budget(total_params, fixed, floats)
 
 
+def shown_floor(lo: float) -> float:
+    """The least target to show for a model that reaches `lo` bits per weight: rounded up to
+    3 decimals (4.5027 -> 4.503), so the number shown is one the convert accepts."""
+    return math.ceil(lo * 1000 - 1e-6) / 1000
+
+
+def shown_ceiling(hi: float) -> float:
+    """The most target to show: rounded down to 3 decimals, so it is accepted too."""
+    return math.floor(hi * 1000 + 1e-6) / 1000
+
+
 def bpw_range(layers: list[QLayer], budget: Budget, bits: list[int]) -> tuple[float, float]:
     q = [layer for layer in layers if layer.quantized]
     lo = budget.bpw(sum(layer.cost_bits(bits[0]) for layer in q))
@@ -696,11 +710,12 @@ def _fisher_keys(layers: list[QLayer]) -> list[str]:
     return keys
 
 
-def _calibration_pass(model, layers, samples, seed, fisher, start, run, checkpoint, checkpoint_every, t0):
+def _calibration_pass(model, layers, samples, seed, fisher, start, run, checkpoint, checkpoint_every, t0,
+                      on_sample=None):
     """Accumulate the Fisher diagonal (squared gradients, labels sampled from the model) over
     samples[start:], adding to `fisher` (_fisher_keys -> sums over samples[:start]); returns
     the sums over all samples. `checkpoint(done, sums)` is called now and then and when the
-    pass stops early."""
+    pass stops early; `on_sample(done, sums)` after every sample."""
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten, tree_unflatten
@@ -754,6 +769,8 @@ def _calibration_pass(model, layers, samples, seed, fisher, start, run, checkpoi
                          eta=round(per * (len(samples) - done), 1), phase="statistics",
                          tokens_per_second=round(len(samples[i]) / per, 1) if per else None,
                          elapsed=round(time.perf_counter() - t0, 1))
+            if on_sample is not None:
+                on_sample(*acc)
             if checkpoint_every is not None and time.perf_counter() - last_save > checkpoint_every \
                     and done < len(samples):
                 checkpoint(*acc)
@@ -768,6 +785,37 @@ def _calibration_pass(model, layers, samples, seed, fisher, start, run, checkpoi
             model.update_modules(tree_unflatten([(tied.path, original)]))
         model.unfreeze()
     return acc[1]
+
+
+class _Estimates:
+    """Layer estimates while the calibration pass runs (it is most of a convert's time, and no
+    layer is measured before it ends): every layer's sensitivity from the Fisher sums so far
+    (plain min/max rounding, the quick kind) and the bits an allocation of those would give,
+    emitted as `layer` events with phase "estimate". After the first sample, then as often
+    as keeps their cost to ESTIMATE_SHARE of the pass (at least ESTIMATE_EVERY s apart); never
+    after the last sample, which the real measuring follows."""
+
+    def __init__(self, layers, params, bits, calib, budget, target, dtype, run):
+        self.layers, self.params, self.bits, self.calib = layers, params, bits, calib
+        self.budget, self.target, self.dtype, self.run = budget, target, dtype, run
+        self.next_at = 0.0
+
+    def __call__(self, done: int, sums: dict) -> None:
+        if done >= len(self.calib) or time.perf_counter() < self.next_at:
+            return
+        t = time.perf_counter()
+        tokens = sum(len(s) for s in self.calib[:done])
+        q = [layer for layer in self.layers if layer.quantized]
+        sens = {layer.path: measure_layer(layer, self.params[f"{layer.path}.weight"], sums, self.bits, tokens,
+                                          self.dtype)["sensitivity"] for layer in q}
+        chosen = plan_allocation(self.layers, sens, self.bits, self.budget, self.target)
+        for idx, layer in enumerate(self.layers):
+            if layer.quantized:
+                self.run.emit("layer", **layer.describe(), phase="estimate", index=idx, total=len(self.layers),
+                              samples=done, of=len(self.calib), sensitivity=_keyed(sens[layer.path]),
+                              chosen_bits=chosen[layer.path])
+        cost = time.perf_counter() - t
+        self.next_at = time.perf_counter() + max(ESTIMATE_EVERY, cost / ESTIMATE_SHARE)
 
 
 # --------------------------------------------------------------------------- measuring one layer
@@ -1279,8 +1327,8 @@ def _convert_locked(model_spec, model_dir, config, output, work, target, bits, g
     if target < lo - 1e-9:
         raise HumanizerError(
             f"target {target:g} bits per weight is below what this model can reach: with every layer at "
-            f"{bits[0]} bits it takes {lo:.3f} (norms and layers kept in float16 count too)",
-            f"raise --target-bpw to at least {math.ceil(lo * 1000) / 1000:g}",
+            f"{bits[0]} bits it takes at least {shown_floor(lo):.3f} (norms and layers kept in float16 count too)",
+            f"raise --target-bpw to at least {shown_floor(lo):.3f}",
         )
     for layer in layers:
         if layer.note:
@@ -1358,9 +1406,10 @@ def _convert_locked(model_spec, model_dir, config, output, work, target, bits, g
             def checkpoint(k, sums):
                 _save_fisher(work, sums, k)
 
+            estimate = _Estimates(layers, params, bits, calib, budget, target, out_dtype, run)
             with _mlx_cache(model):
                 fisher = _calibration_pass(model, layers, calib, seed, fisher, done, run, checkpoint,
-                                           checkpoint_every, t_measure)
+                                           checkpoint_every, t_measure, on_sample=estimate)
             stats_seconds = time.perf_counter() - t
         if tied is not None and tied.quantized and float(fisher[f"{tied.path}#head"].sum().item()) == 0.0:
             run.log(f"warning: the model never used {tied.path} as its output head; measured as an embedding only")
@@ -1606,7 +1655,9 @@ def _measure_all(order, measured, params, fisher, bits, n_tokens, out_dtype, sta
 def model_plan(model_spec, group_size: int = DEFAULT_GROUP_SIZE, candidate_bits=DEFAULT_CANDIDATE_BITS,
                ws=None) -> dict:
     """What a convert of this model would measure, and what a target means in MB (for a form):
-    {"params", "layers": [...], "min_bpw", "max_bpw", "bytes_per_bpw"}. Loads no weights."""
+    {"params", "layers": [...], "min_bpw", "max_bpw", "bytes_per_bpw", "target_min", "target_max"}, the
+    last two the range a --target-bpw may take here, rounded inward to 3 decimals (shown_floor:
+    a form that shows them shows numbers it accepts). Loads no weights."""
     from mlx_lm.utils import load_model as mlx_load_model
 
     from engine.models import resolve_model
@@ -1620,4 +1671,5 @@ def model_plan(model_spec, group_size: int = DEFAULT_GROUP_SIZE, candidate_bits=
     budget = budget_of(layers, total)
     lo, hi = bpw_range(layers, budget, bits)
     return {"path": str(model_dir), "params": total, "layers": [layer.describe() for layer in layers],
-            "min_bpw": lo, "max_bpw": hi, "bytes_per_bpw": total / 8}
+            "min_bpw": lo, "max_bpw": hi, "bytes_per_bpw": total / 8, "target_min": shown_floor(lo),
+            "target_max": shown_ceiling(min(hi, layer_bpw(bits[-1], int(group_size))))}

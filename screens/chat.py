@@ -16,13 +16,17 @@ two side by side (A/B), with streaming replies.
 - System prompt, temperature and max tokens: ctrl+g. Conversations are saved as JSON in
   the workspace's chats/ folder after every turn; ctrl+l reopens one, ctrl+n starts one.
 - The input is a multi-line TextArea: enter is a new line; ctrl+s sends (alt+enter too, in
-  terminals that report it: most send it as a plain enter)."""
+  terminals that report it: most send it as a plain enter). Esc moves between the input and
+  the transcript; keys typed in the transcript that no Chat binding takes (q, digits, words)
+  are text for the input, so typing never quits the app or switches modes: other modes are
+  in the command palette (ctrl+p), and ctrl+q quits (asking first while a message is unsent)."""
 
 from __future__ import annotations
 
 from functools import partial
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -41,6 +45,21 @@ from screens.widgets import ConfirmDialog, ModeHeader, StatusBar
 REDRAW_HZ = 4
 SHORT = 30  # below this many rows: a shorter input box
 SEND_KEYS = "ctrl+s"
+
+
+class Transcript(VerticalScroll):
+    """The conversation. A printable key that no Chat binding takes is text, not a command:
+    it goes to the input (which takes the focus), and the app's plain keys (q quits, digits
+    switch modes) are not offered while the transcript has the focus."""
+
+    def check_consume_key(self, key: str, character: str | None) -> bool:
+        return bool(character) and character.isprintable() and key not in self.screen.own_keys
+
+    def on_key(self, event: events.Key) -> None:
+        if self.check_consume_key(event.key, event.character):
+            event.stop()
+            event.prevent_default()
+            self.screen.type_into_input(event.character)
 
 
 class ChatScreen(ChatJudge, ChatConversations, Screen):
@@ -82,16 +101,42 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
         self._seen_version = -1
         self._short: bool | None = None
         self._loaded = False
+        self._own_keys: set[str] | None = None
 
     def compose(self) -> ComposeResult:
         yield ModeHeader("chat")
         yield StatusBar()
         yield Static("", id="chat-bar")
-        with VerticalScroll(id="transcript"):
+        with Transcript(id="transcript"):
             yield Static("", id="chat-info")
         yield TextArea(id="chat-input", compact=True, soft_wrap=True,
                        placeholder=f"Type a message: {SEND_KEYS} sends, enter is a new line, esc leaves the input")
         yield Footer(compact=True)
+
+    @property
+    def own_keys(self) -> set[str]:
+        """The keys of Chat's own bindings, as the keymap has them (the transcript lets them through)."""
+        if self._own_keys is None:
+            bindings = self._bindings.copy()
+            bindings.apply_keymap(getattr(self.app, "_keymap", {}))
+            self._own_keys = set(bindings.key_to_bindings)
+        return self._own_keys
+
+    def type_into_input(self, text: str) -> None:
+        box = self.query_one("#chat-input", TextArea)
+        box.focus()
+        box.insert(text)
+
+    def quit_concerns(self) -> list[str]:
+        """What quitting the app now would lose (the app asks first when there is any)."""
+        concerns = []
+        if self.query_one("#chat-input", TextArea).text.strip():
+            concerns.append("Chat: the message in the input is not sent; it is lost.")
+        if self.pending is not None:
+            concerns.append("Chat: a message waits for the server to come up; it is not sent.")
+        if self.streams:
+            concerns.append("Chat: a reply is streaming; it stops where it is.")
+        return concerns
 
     def on_mount(self) -> None:
         self.monitor = ServerMonitor.of(self.app)

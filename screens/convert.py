@@ -4,15 +4,18 @@ job, with the per-layer bit map filling in live.
 The form picks a workspace model, the target bits per weight (with what that means in
 MB for this model: engine.convert.model_plan, in a worker thread), the candidate bits,
 the group size and the output name. While a convert runs: a grid of blocks (rows) by
-module (columns) whose cells show each layer's chosen bits (a digit on a colour; ? once
-measured, before the allocation), the budget gauge (bpw now against the target), the
+module (columns) whose cells show each layer's chosen bits (a digit on a colour; ~4 for the
+provisional bits estimated while the calibration pass runs; ? once measured, before the
+allocation), the budget gauge (bpw now against the target), the
 phase with its ETA, and each layer's sensitivity as a bar. At the end: size on disk,
 achieved bpw, and the held-out perplexity of the result against the source.
 
 The job's events.jsonl is read whole (in a worker thread) when a convert first appears,
 then tailed 3 times a second, so a restarted app shows a running or past convert with
 its whole history. Layout: the run on the left and the form on the right at 110 columns
-and more; narrower, one scrolling column."""
+and more; narrower, one of the two at a time (screens/panes.py): ctrl+g switches between
+the grid (the run pane, scrolled to its top and focused, so arrows and page keys scroll
+it) and the form; n goes to the form, r / esc to the converts table."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import ScrollableContainer, Vertical
+from textual.containers import ScrollableContainer, Vertical, VerticalScroll
 from textual.widgets import Footer, Static
 
 from engine.convert import layer_bpw
@@ -30,6 +33,7 @@ from screens.convert_form import ConvertForm
 from screens.convert_widgets import (
     ConvertHistory, fmt_size, is_convert_job, legend, render_gauge, render_grid, render_sensitivity,
 )
+from screens.panes import NarrowPanes
 from screens.runs import RunsScreen, RunsTable, append_outcome, append_timing, bar
 from screens.widgets import ModeHeader, StatusBar, display_path, fmt_time, status_text
 
@@ -41,7 +45,7 @@ class ConvertTable(RunsTable):
     BINDINGS = [Binding("enter", "select_cursor", "Open", id="convert_open", tooltip="Show this convert")]
 
 
-class ConvertScreen(ConvertForm, RunsScreen):
+class ConvertScreen(NarrowPanes, ConvertForm, RunsScreen):
     DEFAULT_CSS = """
     ConvertScreen #cv-body { layout: horizontal; height: 1fr; }
     ConvertScreen #cv-main { width: 1fr; height: 1fr; padding: 0 1; overflow-y: auto; scrollbar-size-vertical: 1; }
@@ -63,11 +67,10 @@ class ConvertScreen(ConvertForm, RunsScreen):
     ConvertScreen Checkbox:focus { border: none !important; text-style: reverse; }
     ConvertScreen #f-start { margin: 1 0 0 9; }
     ConvertScreen #f-errors { height: auto; color: $error; }
-    ConvertScreen.-narrow #cv-body { layout: vertical; overflow-y: auto; scrollbar-size-vertical: 1; }
-    ConvertScreen.-narrow #cv-main { height: auto; overflow-y: hidden; }
-    ConvertScreen.-narrow #cv-form {
-        width: 1fr; height: auto; border-left: none; border-top: hkey $primary-background; margin-top: 1;
-    }
+    ConvertScreen #cv-main:focus { background-tint: $foreground 3%; }
+    ConvertScreen.-narrow #cv-body { layout: vertical; overflow: hidden hidden; }
+    ConvertScreen.-narrow #cv-form { width: 1fr; border-left: none; overflow-y: auto; }
+    ConvertScreen.-narrow.-pane-run #cv-form, ConvertScreen.-narrow.-pane-form #cv-main { display: none; }
     ConvertScreen.-narrow .hint { padding-left: 0; }
     """
 
@@ -75,6 +78,8 @@ class ConvertScreen(ConvertForm, RunsScreen):
         Binding("ctrl+s", "start", "Start", id="convert_start", tooltip="Start converting with the form's settings"),
         Binding("c", "cancel_run", "Cancel", id="convert_cancel", tooltip="Stop the shown convert, after a confirm"),
         Binding("n", "new_run", "New convert", id="convert_new", tooltip="Go to the form"),
+        Binding("ctrl+g", "toggle_pane", "Grid/form", id="convert_pane",
+                tooltip="Narrow terminal: switch between the layer grid and the new-convert form"),
         Binding("r", "focus_runs", "Converts", id="convert_runs", show=False, tooltip="Go to the converts table"),
         Binding("escape", "focus_runs", "Converts", id="convert_escape", show=False,
                 tooltip="Back to the converts table"),
@@ -84,6 +89,7 @@ class ConvertScreen(ConvertForm, RunsScreen):
     noun = "convert"
     group = "convert"
     body_id = "cv-body"
+    main_id, form_id = "cv-main", "cv-form"
     heading = ("Converts", "enter: open · c: cancel · n: new")
     palette_names = ("Start converting", "New convert", "Cancel convert")
     cancel_texts = ("Cancel converting [b]{name}[/b] ({id})?\n\nIts measurements are kept; tick resume in the "
@@ -100,7 +106,7 @@ class ConvertScreen(ConvertForm, RunsScreen):
         yield ModeHeader("convert")
         yield StatusBar()
         with ScrollableContainer(id="cv-body", can_focus=False):
-            with Vertical(id="cv-main"):
+            with VerticalScroll(id="cv-main"):
                 yield Static("", id="cv-title")
                 yield Static("", id="cv-gauge")
                 yield Static("", id="cv-result")
@@ -115,6 +121,12 @@ class ConvertScreen(ConvertForm, RunsScreen):
 
     def is_job(self, job: JobInfo) -> bool:
         return is_convert_job(job)
+
+    def focus_run_pane(self) -> None:
+        """The grid can be taller than the screen: its pane gets the focus, at the top."""
+        main = self.query_one("#cv-main")
+        main.focus()
+        main.scroll_home(animate=False)
 
     def runs_columns(self, narrow: bool) -> list[tuple[str, str]]:
         return [(key, key) for key in ("output", "status", "target", "bpw", "size", "started")]
@@ -177,6 +189,9 @@ class ConvertScreen(ConvertForm, RunsScreen):
             line.append(f" {phase}" + (f" {step}/{n}" if n else ""), style="bold")
             if total:
                 line.append(f" · {h.measured()}/{total} layers")
+            source = h.estimated_from()
+            if source and h.measured() < (total or 0):
+                line.append(f" · ~ estimated from {source[0]}/{source[1]} samples", style="dim")
         else:
             line.append(f"{h.measured()}/{total or h.measured()} layers", style="bold")
         append_timing(line, h, self.app.clock())

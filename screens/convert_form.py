@@ -25,12 +25,12 @@ PLAN_DELAY = 0.3  # seconds after the last change of model, bits or group size
 def plan_hint(plan: dict, target: float | None) -> Text:
     """What the target means for this model: its size, and the range the candidates allow."""
     per = plan["bytes_per_bpw"]
-    lo, hi = plan["min_bpw"], plan["max_bpw"]
+    lo, hi = plan["target_min"], plan["target_max"]  # rounded inward: the numbers shown are accepted
     line = Text()
     if target is not None:
         line.append(f"{target:g} bpw ≈ {fmt_size(target * per)}", style="bold")
         line.append(" · ")
-    line.append(f"{lo:.2f}–{hi:.2f} bpw here = {fmt_size(lo * per)}–{fmt_size(hi * per)}; "
+    line.append(f"{lo:.3f}–{hi:.3f} bpw here = {fmt_size(lo * per)}–{fmt_size(hi * per)}; "
                 f"float16 {fmt_size(16 * per)}; {plan['params']:,} params, {len(plan['layers'])} layers",
                 style="dim")
     return line
@@ -185,8 +185,8 @@ class ConvertForm:
         key = self._plan_key()
         plan = self.plans.get(key) if key else None
         if target is not None and isinstance(plan, dict) and target < plan["min_bpw"] - 1e-9:
-            errors.append(("f-target", f"target: this model reaches at least {plan['min_bpw']:.3f} bits per weight "
-                                       f"with every layer at {bits[0]} bits (norms stay in float16)"))
+            errors.append(("f-target", f"target: this model needs at least {plan['target_min']:.3f} bits per "
+                                       f"weight with every layer at {bits[0]} bits (norms stay in float16)"))
         name = self._text("f-output")
         out = None
         resume = self.query_one("#f-resume", Checkbox).value

@@ -3,8 +3,9 @@ events, and pure renderers (plain Rich text) for the layer grid, the sensitivity
 and the budget gauge, so they are tested without Textual.
 
 Every coloured thing also reads without colour (NO_COLOR, screenshots): a grid cell
-holds its chosen bits as a digit (F for a layer kept in float16, ? for measured and
-waiting for the allocation, · for not measured yet); the gauge marks the target with ┃."""
+holds its chosen bits as a digit (F for a layer kept in float16, ~4 for provisional bits
+estimated during the calibration pass, ? for measured and waiting for the allocation, ·
+for not measured yet); the gauge marks the target with ┃."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ BITS_STYLE = {  # background colour per chosen bit width (the digit is shown too
     5: "bold black on yellow3", 6: "bold black on green3", 8: "bold black on dodger_blue2",
     16: "bold white on medium_purple4",
 }
-PENDING, MEASURED = "·", "?"
+PENDING, MEASURED, PROVISIONAL = "·", "?", "~"
 BOOL_FLAGS = {"resume", "json"}
 
 
@@ -55,14 +56,15 @@ class ConvertHistory(JobHistory):
 
     def __init__(self, job: JobInfo) -> None:
         super().__init__(job)
-        self.layers: dict[str, dict] = {}  # path -> its latest layer event
+        self.layers: dict[str, dict] = {}  # path -> its latest layer event, measured or allocated
+        self.estimates: dict[str, dict] = {}  # path -> its latest estimate (during the calibration pass)
         self.metric: dict = {}
         self.total_layers: int | None = None
 
     def feed(self, ev: dict) -> None:
         kind = ev.get("type")
         if kind == "layer" and ev.get("path"):
-            self.layers[str(ev["path"])] = ev
+            (self.estimates if ev.get("phase") == "estimate" else self.layers)[str(ev["path"])] = ev
             if isinstance(ev.get("total"), int):
                 self.total_layers = ev["total"]
         elif kind == "metric":
@@ -89,6 +91,18 @@ class ConvertHistory(JobHistory):
     def ordered(self) -> list[dict]:
         return sorted(self.layers.values(), key=lambda e: e.get("index", 0))
 
+    def shown_layers(self) -> list[dict]:
+        """Each layer's measured or allocated event, else its estimate, in the convert's order."""
+        merged = {**self.estimates, **self.layers}
+        return sorted(merged.values(), key=lambda e: e.get("index", 0))
+
+    def estimated_from(self) -> tuple[int, int] | None:
+        """(calibration samples, of how many) behind the latest estimates, while any is shown."""
+        if not self.estimates or self.allocated():
+            return None
+        ev = max(self.estimates.values(), key=lambda e: e.get("samples") or 0)
+        return ev.get("samples") or 0, ev.get("of") or 0
+
     def measured(self) -> int:
         return len(self.layers)
 
@@ -108,8 +122,14 @@ class ConvertHistory(JobHistory):
 
 
 # renderers ---------------------------------------------------------------------------------
-def bits_cell(ev: dict | None) -> Text:
-    """One grid cell: the chosen bits as a digit on its colour, or ? / · before that."""
+def bits_cell(ev: dict | None, estimate: dict | None = None) -> Text:
+    """One grid cell: the chosen bits as a digit on its colour; before the allocation the
+    provisional bits of the latest estimate (~4, not bold), else ? (measured) or ·."""
+    if ev is None or (ev.get("phase") != "allocated" and ev.get("chosen_bits") != 16):
+        guess = (estimate or {}).get("chosen_bits")
+        if guess is not None:
+            style = BITS_STYLE.get(int(guess), "reverse").replace("bold ", "")
+            return Text(f"{PROVISIONAL}{guess}".center(CELL - 1), style=style) + Text(" ")
     if ev is None:
         return Text(PENDING.center(CELL - 1) + " ", style="dim")
     bits = ev.get("chosen_bits")
@@ -124,17 +144,19 @@ def bits_cell(ev: dict | None) -> Text:
 def render_grid(h: ConvertHistory, plan_layers: list[dict] | None = None) -> Text:
     """Blocks as rows (the embedding and the head on a first row), modules as columns."""
     by_cell: dict[tuple, dict] = {}
+    guesses: dict[tuple, dict] = {}
     blocks: set[int] = set()
     for ev in (plan_layers or []):
         if ev.get("block") is not None:
             blocks.add(int(ev["block"]))
-    for ev in h.ordered():
-        block = ev.get("block")
-        if block is not None:
-            blocks.add(int(block))
-        for module in ev.get("modules") or [ev.get("module")]:
-            by_cell[(block, module)] = ev
-    extra = sorted({m for (_, m) in by_cell if m not in GRID_COLUMNS})
+    for cells, events in ((guesses, h.estimates.values()), (by_cell, h.ordered())):
+        for ev in events:
+            block = ev.get("block")
+            if block is not None:
+                blocks.add(int(block))
+            for module in ev.get("modules") or [ev.get("module")]:
+                cells[(block, module)] = ev
+    extra = sorted({m for (_, m) in {**guesses, **by_cell} if m not in GRID_COLUMNS})
     columns = list(GRID_COLUMNS) + extra
     head = Text(" " * LABEL)
     for c in columns:
@@ -143,7 +165,7 @@ def render_grid(h: ConvertHistory, plan_layers: list[dict] | None = None) -> Tex
     top = Text("model".ljust(LABEL), style="dim")
     for c in columns:
         if c in ("embedding", "head"):
-            top.append_text(bits_cell(by_cell.get((None, c))))
+            top.append_text(bits_cell(by_cell.get((None, c)), guesses.get((None, c))))
         else:
             top.append(" " * CELL)
     lines.append(top)
@@ -153,7 +175,7 @@ def render_grid(h: ConvertHistory, plan_layers: list[dict] | None = None) -> Tex
             if c in ("embedding", "head"):
                 row.append(" " * CELL)
             else:
-                row.append_text(bits_cell(by_cell.get((b, c))))
+                row.append_text(bits_cell(by_cell.get((b, c)), guesses.get((b, c))))
         lines.append(row)
     return Text("\n").join(lines)
 
@@ -163,7 +185,8 @@ def legend(bits: list[int]) -> Text:
     for b in list(bits) + [16]:
         line.append(("F" if b == 16 else str(b)).center(3), style=BITS_STYLE.get(b, "reverse"))
         line.append(" float16  " if b == 16 else f" {b}-bit  ")
-    line.append(f"{MEASURED} measured, waiting for the allocation  {PENDING} not measured", style="dim")
+    line.append(f"{PROVISIONAL}4 provisional (estimated)  {MEASURED} measured, waiting for the allocation  "
+                f"{PENDING} not measured", style="dim")
     return line
 
 
@@ -193,7 +216,7 @@ def render_sensitivity(h: ConvertHistory, width: int = 60) -> Text:
     bits = h.candidate_bits
     low = str(bits[0]) if bits else None
     rows = []
-    for ev in h.ordered():
+    for ev in h.shown_layers():
         sens = ev.get("sensitivity") or {}
         v = _num(sens.get(low)) if low else None
         if v is None and sens:
@@ -205,7 +228,11 @@ def render_sensitivity(h: ConvertHistory, width: int = 60) -> Text:
     lo, hi = (math.log10(min(values)), math.log10(max(values))) if values else (0.0, 0.0)
     name_w = min(14, max(len(layer_label(ev)) for ev, _ in rows))
     bar_w = max(4, width - name_w - 20)
-    lines = [Text(f"Sensitivity at {low}-bit (KL/token, log scale)" if low else "Sensitivity", style="bold")]
+    title = Text(f"Sensitivity at {low}-bit (KL/token, log scale)" if low else "Sensitivity", style="bold")
+    source = h.estimated_from()
+    if source and len(h.layers) < len(rows):
+        title.append(f"  {PROVISIONAL} estimated from {source[0]}/{source[1]} calibration samples", style="dim")
+    lines = [title]
     for ev, v in rows:
         line = Text(layer_label(ev)[:name_w].ljust(name_w) + " ")
         if v is None or v <= 0:
@@ -219,7 +246,8 @@ def render_sensitivity(h: ConvertHistory, width: int = 60) -> Text:
         line.append("░" * (bar_w - full), style="dim")
         line.append(f" {fmt_sci(v) if ev.get('chosen_bits') != 16 or v else 'float16':>8}")
         b = ev.get("chosen_bits")
-        tag = " → F" if b == 16 else (f" → {b}" if ev.get("phase") == "allocated" and b is not None else "    ")
+        tag = " → F" if b == 16 else (f" → {b}" if ev.get("phase") == "allocated" and b is not None else
+                                      f" {PROVISIONAL} {b}" if ev.get("phase") == "estimate" and b is not None else "    ")
         line.append(tag, style="bold")
         lines.append(line)
     return Text("\n").join(lines)

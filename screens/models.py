@@ -82,6 +82,8 @@ class ModelsScreen(Screen):
         table.add_column("path", key="path")
         self.action_refresh()
         self.watch(self.app, "model", lambda *_: self._fill(), init=False)
+        self._done_jobs = {j.id for j in self.app.jobs if j.status == "done"}
+        self.watch(self.app, "jobs", self._jobs_changed, init=False)
         running = [j for j in self.app.jobs if j.kind in MODEL_JOB_KINDS and j.status in ("running", "starting")]
         for job in reversed(running):  # reattach: started before the app (re)started
             self._follow(job)
@@ -95,6 +97,15 @@ class ModelsScreen(Screen):
             self.notify(f"could not list models: {e}", severity="error")
         self.app.models_changed([m.name for m in self.models])
         self._fill()
+
+    def _jobs_changed(self, jobs: list[JobInfo]) -> None:
+        """A job that finished may have written a model (a convert, a pull, an import, a fuse,
+        from here, another screen or the CLI): re-read models/ then, not only on r."""
+        done = {j.id for j in jobs if j.status == "done"}
+        followed = {w.job.id for w in self.query(JobProgress) if w.job is not None}  # refresh when they end
+        if done - self._done_jobs - followed:
+            self.action_refresh()
+        self._done_jobs = done
 
     def _fill(self) -> None:
         selected = self.app.model

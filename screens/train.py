@@ -8,8 +8,9 @@ appended since the last read, 3 times a second, and the charts are redrawn from 
 accumulated (never once per event).
 
 Layout: at 110 columns and more, the run (title, numbers, charts, the runs table) on the
-left and the new-run form on the right; narrower, one column that scrolls (focus moves
-the view), with shorter charts."""
+left and the new-run form on the right; narrower, one of the two at a time, filling the
+screen (screens/panes.py): ctrl+g switches, n goes to the form, r / esc to the runs, and
+the charts share the run pane with a short runs table, so they are always in reach."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from textual.widgets import Footer, Static
 from engine.events import TERMINAL
 from engine.jobs import JobInfo
 from screens.charts import LineChart, Series, fmt_num
+from screens.panes import NarrowPanes
 from screens.runs import RunsScreen, append_outcome, append_timing, bar
 from screens.train_form import TrainForm, parse_extra
 from screens.train_widgets import CHARTS, KL_TITLE, RunHistory, RunTable, is_train_job, parse_train_argv
@@ -31,11 +33,10 @@ from screens.widgets import ModeHeader, StatusBar, cursor_key, fmt_time, status_
 
 __all__ = ["TrainScreen", "RunTable", "RunHistory", "parse_extra", "parse_train_argv"]
 
-SHORT = 30  # below this many rows: shorter charts
-CHART_ROWS, CHART_ROWS_SHORT = 10, 8  # a chart's height in the narrow layout
+SHORT = 30  # below this many rows: the compact form
 
 
-class TrainScreen(TrainForm, RunsScreen):
+class TrainScreen(NarrowPanes, TrainForm, RunsScreen):
     """The run shown (live or past), the runs table, and the new-run form."""
 
     DEFAULT_CSS = """
@@ -63,13 +64,12 @@ class TrainScreen(TrainForm, RunsScreen):
     TrainScreen #preview-summary { height: auto; margin-top: 1; }
     TrainScreen #preview-table { height: auto; max-height: 8; }
     TrainScreen #preview-issues { height: auto; color: $error; }
-    TrainScreen.-narrow #train-body { layout: vertical; overflow-y: auto; scrollbar-size-vertical: 1; }
-    TrainScreen.-narrow #train-main { height: auto; }
-    TrainScreen.-narrow #train-form {
-        width: 1fr; height: auto; border-left: none; border-top: hkey $primary-background; margin-top: 1;
-    }
-    TrainScreen.-narrow #charts { grid-rows: 10; }
-    TrainScreen.-narrow.-short #charts { grid-rows: 8; }
+    TrainScreen.-narrow #train-body { layout: vertical; overflow: hidden hidden; }
+    TrainScreen.-narrow #train-form { width: 1fr; border-left: none; overflow-y: auto; }
+    TrainScreen.-narrow.-pane-run #train-form, TrainScreen.-narrow.-pane-form #train-main { display: none; }
+    TrainScreen.-narrow #charts.-dpo { grid-size: 3; grid-gutter: 0 1; }
+    TrainScreen.-narrow #runs-table { max-height: 5; }
+    TrainScreen.-narrow #runs-heading { margin-top: 0; }
     TrainScreen.-narrow .hint, TrainScreen.-narrow #f-preset-info { padding-left: 0; }
     TrainScreen.-short .form-row, TrainScreen.-short Checkbox, TrainScreen.-short #f-start { margin-top: 0; }
     """
@@ -80,6 +80,8 @@ class TrainScreen(TrainForm, RunsScreen):
                 tooltip="Pick a workspace dataset or an example; sets the method its rows feed"),
         Binding("c", "cancel_run", "Cancel", id="train_cancel", tooltip="Stop the shown run, after a confirm"),
         Binding("n", "new_run", "New run", id="train_new", tooltip="Go to the form"),
+        Binding("ctrl+g", "toggle_pane", "Charts/form", id="train_pane",
+                tooltip="Narrow terminal: switch between the run's charts and the new-run form"),
         Binding("r", "focus_runs", "Runs", id="train_runs", show=False, tooltip="Go to the runs table"),
         Binding("escape", "focus_runs", "Runs", id="train_escape", show=False, tooltip="Back to the runs table"),
     ]
@@ -88,6 +90,7 @@ class TrainScreen(TrainForm, RunsScreen):
     noun = "run"
     group = "train"
     body_id = "train-body"
+    main_id, form_id = "train-main", "train-form"
     short_rows = SHORT
     widen_columns = True
     heading = ("Runs", "enter: open · v: compare with the shown run · c: cancel")
@@ -191,13 +194,8 @@ class TrainScreen(TrainForm, RunsScreen):
                              x_range=x_range)
 
     def _size_charts(self, method: str) -> None:
-        """Narrow, the chart grid is as tall as its rows (it scrolls with the rest); wide, it fills."""
-        charts = self.query_one("#charts")
-        if self._narrow:
-            rows = -(-sum(1 for c in CHARTS if method in c[3]) // 2)
-            charts.styles.height = rows * (CHART_ROWS_SHORT if self._short else CHART_ROWS)
-        else:
-            charts.styles.height = "1fr"
+        """DPO's six charts: three a row in a narrow pane (two rows of charts tall enough to read)."""
+        self.query_one("#charts").set_class(method == "dpo", "-dpo")
 
     def _title(self, h: RunHistory, o: RunHistory | None) -> Text:
         job = h.job

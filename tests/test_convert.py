@@ -246,7 +246,7 @@ def test_resume_after_some_layers_measures_only_the_rest(converted, tiny_model, 
     out = tmp_path / "out"
     first = []
     with pytest.raises(Cancelled):
-        _convert(tiny_model, out, first, stop=lambda e: e["type"] == "layer" and e["index"] == 4)
+        _convert(tiny_model, out, first, stop=lambda e: e.get("phase") == "measured" and e["index"] == 4)
     work = C.work_dir_for(out.resolve())
     state = json.loads((work / C.STATE_FILE).read_text())
     assert len(state["layers"]) == 5 and not out.exists()
@@ -648,3 +648,37 @@ def test_files_beside_the_weights_do_not_change_the_model_fingerprint(tiny_model
     before = A.model_fingerprint(copy)
     mx.save_safetensors(str(copy / C.ROUNDING_FILE), {"x": mx.zeros((2,))})
     assert A.model_fingerprint(copy) == before
+
+
+def test_the_shown_floor_is_one_the_convert_accepts(tiny_model, tmp_path):
+    """The form's hint and the refusal show the least target rounded up to 3 decimals (4.5 was
+    refused while the hint said 4.50): that number is accepted, 0.001 less is not."""
+    plan = C.model_plan(tiny_model, 64, "4,8")
+    floor = plan["target_min"]
+    assert floor >= plan["min_bpw"] - 1e-9 and floor - 0.001 < plan["min_bpw"]
+    assert plan["target_max"] == 8.5  # the largest candidate's cost: check_settings' ceiling
+    assert C.shown_floor(4.50271) == 4.503 and C.shown_floor(4.503) == 4.503 and C.shown_ceiling(8.5199) == 8.519
+    with pytest.raises(HumanizerError) as refused:
+        _convert(tiny_model, tmp_path / "low", candidate_bits="4,8", target_bpw=round(floor - 0.001, 3))
+    assert f"at least {floor:.3f}" in refused.value.message and f"at least {floor:.3f}" in refused.value.hint
+    events = []
+    with pytest.raises(Cancelled):  # past the check: stopped in the calibration pass
+        _convert(tiny_model, tmp_path / "ok", events, stop=lambda ev: ev.get("phase") == "statistics",
+                 candidate_bits="4,8", target_bpw=float(f"{floor:.3f}"))
+
+
+def test_layers_are_estimated_while_the_calibration_pass_runs(tiny_model, tmp_path):
+    """The pass is most of a convert's time: after its first sample every quantized layer gets
+    an estimate (sensitivity and provisional bits within the budget) before any is measured."""
+    events = []
+    _convert(tiny_model, tmp_path / "out", events, candidate_bits="4,8", target_bpw=5.0)
+    kinds = [(e["type"], e.get("phase")) for e in events]
+    first_measured = kinds.index(("layer", "measured"))
+    estimates = [e for e in events[:first_measured] if e.get("phase") == "estimate"]
+    last_sample = max(i for i, k in enumerate(kinds) if k == ("progress", "statistics"))
+    assert estimates and events.index(estimates[0]) < last_sample  # during the pass, not after it
+    first = [e for e in estimates if e["samples"] == estimates[0]["samples"]]
+    assert len(first) == len(_layers(events, "allocated"))
+    assert all(e["chosen_bits"] in (4, 8) and e["sensitivity"]["4"] > e["sensitivity"]["8"] >= 0 for e in first)
+    assert first[0]["of"] == FAST["samples"] and 1 <= first[0]["samples"] < first[0]["of"]
+    assert not [e for e in events[first_measured:] if e.get("phase") == "estimate"]

@@ -88,6 +88,37 @@ def test_grid_gauge_and_argv():
     assert g.startswith("4.5 ") and g.endswith(" 8.5") and "┃" in g and g.count("━") == 2
 
 
+async def test_the_grid_fills_in_while_the_calibration_pass_runs(ws):
+    """A running convert: the estimates made during the calibration pass show as provisional
+    bits (~4, ~8) and sensitivities at once; measured layers then replace them live."""
+    argv = ["humanizer", "convert", str(ws.models_dir / "tiny"), "--target-bpw", "5", "--candidate-bits", "4,8",
+            "--output", str(ws.models_dir / "live")]
+    run = Run.create(ws.runs_dir, "convert", argv).start()
+    layers = _layer_events()[:15]
+    for ev in layers:
+        bits = 8 if ev["module"] in ("v", "down", "embedding") else 4
+        run.emit("layer", **{**ev, "phase": "estimate", "chosen_bits": bits, "samples": 3, "of": 30})
+    run.progress(3, 30, "calibration pass: sample 3/30", eta=60.0, phase="statistics")
+    try:
+        app = HumanizerApp(ws, mode="convert")
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            await until(pilot, lambda: "~8" in text_of(screen, "#cv-grid"), 10, "the provisional bits")
+            grid = text_of(screen, "#cv-grid").split("\n")
+            assert grid[1].split() == ["model", "~8", "~8"] and grid[2].split()[1:] == ["~4", "~4", "~8", "~4",
+                                                                                          "~4", "~4", "~8"]
+            sens = text_of(screen, "#cv-sens")
+            assert "estimated from 3/30 calibration samples" in sens and "~ 4" in sens and "~ 8" in sens
+            for ev in layers[:2]:
+                run.emit("layer", **ev)  # measured, not allocated yet
+            run.progress(2, 15, "measured", phase="measure")
+            await until(pilot, lambda: "measuring layers" in text_of(screen, "#cv-title"), 10, "the measure phase")
+            assert "2/15 layers" in text_of(screen, "#cv-title")
+            assert text_of(screen, "#cv-grid").split("\n")[2].split()[1] == "~4"  # provisional until allocated
+    finally:
+        run.finish("cancelled")
+
+
 # a real tiny convert from the form --------------------------------------------------------------
 async def test_convert_from_the_form_and_restart(ws):
     make_tiny_llama(ws.models_dir / "tiny")
@@ -100,7 +131,7 @@ async def test_convert_from_the_form_and_restart(ws):
             assert isinstance(screen, ConvertScreen) and app.current_mode == "convert"
             await until(pilot, lambda: screen._value("f-model") is not None, 10, "the models in the form")
             await until(pilot, lambda: "bpw ≈" in text_of(screen, "#f-plan"), 10, "what the target means in MB")
-            assert "4.54–8.52 bpw here" in text_of(screen, "#f-plan")
+            assert "–8.500 bpw here" in text_of(screen, "#f-plan")
             assert screen.query_one("#f-output").value == "tiny-5.0bpw"
             # a bad target: below the smallest candidate (4-bit at group 64 costs 4.5)
             screen.query_one("#f-target").value = "3"
@@ -147,6 +178,27 @@ async def test_convert_from_the_form_and_restart(ws):
             os.killpg(find_job(ws, job_id).pid, signal.SIGKILL)
 
 
+async def test_the_hint_shows_a_floor_the_form_accepts(ws):
+    """The least target in the hint is rounded up to 3 decimals: typed in, it passes the form's
+    check; 0.001 less is refused with the same number."""
+    import re
+
+    make_tiny_llama(ws.models_dir / "tiny")
+    app = HumanizerApp(ws, mode="convert")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: "bpw ≈" in text_of(screen, "#f-plan"), 10, "the plan hint")
+        floor = re.search(r"(\d\.\d{3})–(\d\.\d{3}) bpw here", text_of(screen, "#f-plan")).group(1)
+        screen.query_one("#f-target").value = f"{float(floor) - 0.001:.3f}"
+        await pilot.pause()
+        _, errors = screen.validate_form()
+        assert [m for f, m in errors if f == "f-target" and f"at least {floor} bits" in m], errors
+        screen.query_one("#f-target").value = floor
+        await pilot.pause()
+        _, errors = screen.validate_form()
+        assert not [m for f, m in errors if f == "f-target"], errors
+
+
 # snapshots ----------------------------------------------------------------------------------------
 T0 = 1735808400.0
 
@@ -186,3 +238,15 @@ def _settled():
 def test_convert_screen_snapshot(snap_compare, studio, size):
     app = HumanizerApp(studio, clock=lambda: T0 + 3600, mode="convert")
     assert snap_compare(app, terminal_size=size, run_before=_settled())
+
+
+def test_convert_screen_narrow_grid_back_from_the_form(snap_compare, studio):
+    """80x24: n shows the form (alone), ctrl+g brings the grid back, scrolled to its top."""
+    async def run_before(pilot) -> None:
+        await _settled()(pilot)
+        await pilot.press("n", "ctrl+g")
+        await pilot.pause(0.5)
+        await pilot.wait_for_scheduled_animations()
+
+    app = HumanizerApp(studio, clock=lambda: T0 + 3600, mode="convert")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)

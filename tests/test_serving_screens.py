@@ -377,9 +377,15 @@ async def test_chat_stream_cycle_stop_ab_copy(sws, server):
 
         # the request log on the Server screen: one request per reply, with its adapter
         assert screen.query_one("#chat-input").has_focus
-        await pilot.press("escape")  # leave the input: number keys switch modes
+        await pilot.press("escape")  # the transcript: a number key there is text, not a mode switch
         assert screen.query_one("#transcript").has_focus
         await pilot.press("5")
+        assert app.current_mode == "chat" and screen.query_one("#chat-input").text == "5"
+        screen.query_one("#chat-input").text = ""
+        await pilot.press("ctrl+p", *"Mode: Server")  # other modes: the palette
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.current_mode == "server", 5, "the palette to switch to Server")
         log = app.screen.query_one("#srv-requests")
         await until(pilot, lambda: log.row_count == 3 and rows(log)[-1][-1] == "⊘ disconnected", 10,
                     "the requests with the stopped one")

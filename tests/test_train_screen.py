@@ -411,3 +411,8 @@ def test_train_screen_dpo_live(snap_compare, studio, size):
 def test_train_screen_compare(snap_compare, studio):
     """The newest SFT run with the older one overlaid (B)."""
     assert snap_compare(_app(studio), terminal_size=(120, 40), run_before=_settled("down", "v"))
+
+
+def test_train_screen_narrow_charts_back_from_the_form(snap_compare, studio):
+    """80x24: n shows the form (alone), ctrl+g brings the charts back with the runs table."""
+    assert snap_compare(_app(studio), terminal_size=(80, 24), run_before=_settled("n", "ctrl+g"))

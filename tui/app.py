@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.reactive import reactive, var
 from textual.screen import ModalScreen
+from textual.widgets import Button
 
 from engine.jobs import JobInfo, list_jobs
 from engine.workspace import Workspace
@@ -25,7 +26,7 @@ from screens.eval import EvalScreen
 from screens.jobs import JobsScreen
 from screens.models import EMBEDDED, ModelsScreen
 from screens.server import ServerScreen
-from screens.serving import ServerMonitor
+from screens.serving import ServerMonitor, running_server
 from screens.train import TrainScreen
 from screens.widgets import ConfirmDialog, start_humanizer_job
 from tui.config import ConfigError, keymap_line, load_config, set_value
@@ -63,6 +64,14 @@ class StudioCommands(Provider):
             score = matcher.match(name)
             if score > 0:
                 yield Hit(score, matcher.highlight(name), callback, help=help_)
+
+
+class QuitDialog(ConfirmDialog):
+    """Quit anyway? y or enter quits, n or escape stays (Quit has the focus, so enter is yes)."""
+
+    def on_mount(self, event) -> None:
+        event.prevent_default()  # not ConfirmDialog's: it focuses No
+        self.query_one("#yes", Button).focus()
 
 
 class HumanizerApp(App):
@@ -168,6 +177,28 @@ class HumanizerApp(App):
         if action in ("mode", "quit", "toggle_keys") and isinstance(self.screen, ModalScreen):
             return False  # a dialog is open: plain keys belong to it (ctrl+q still quits)
         return True
+
+    def quit_concerns(self) -> list[str]:
+        """What quitting now would lose or leave behind: a running server, and what any open
+        mode's screen reports (Chat: an unsent message). Other jobs simply keep running."""
+        concerns = []
+        server = running_server(self.jobs)
+        if server is not None:
+            concerns.append(f"The server ({server.id}) keeps running after the app closes: stop it in Server "
+                            "(5) first if it should not.")
+        for stack in getattr(self, "_screen_stacks", {}).values():  # every mode opened so far
+            for screen in stack:
+                concerns += getattr(screen, "quit_concerns", lambda: [])()
+        return concerns
+
+    async def action_quit(self) -> None:
+        """Quit, after a confirm when something would be lost or left running."""
+        concerns = self.quit_concerns()
+        if not concerns:
+            self.exit()
+            return
+        self.push_screen(QuitDialog("[b]Quit Humanizer Studio?[/b]\n\n" + "\n".join(f"• {c}" for c in concerns),
+                                    yes="Quit", no="Stay"), lambda yes: self.exit() if yes else None)
 
     def action_mode(self, mode: str) -> None:
         self.switch_mode(mode)
