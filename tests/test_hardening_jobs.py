@@ -1,0 +1,133 @@
+"""Hardening of jobs and runs: cancel reaches a run whatever started it, and says so when it cannot."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine.errors import HumanizerError
+from engine.events import process_start_time, read_events, read_json, write_json
+from engine.jobs import cancel_job, find_job, job_info, list_jobs
+from tests.test_jobs import wait_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A run started straight from a command (no job runner): it records into runs/ itself.
+SHELL_RUN = textwrap.dedent("""
+    import signal, sys, time
+    from pathlib import Path
+    from engine.events import open_run, Cancelled
+    if sys.argv[2] == 'deaf':
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    run = open_run(Path(sys.argv[1]), 'test shell', sys.argv)
+    with run:
+        if sys.argv[2] == 'deaf':
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Run.__enter__ put its handler back
+        try:
+            for i in range(2000):
+                run.progress(i + 1, 2000, message='working')
+                time.sleep(0.05)
+        except Cancelled:
+            run.artifact('checkpoint.safetensors', step=i)
+            raise
+""")
+
+
+def _from_shell_script(ws, mode="polite"):
+    """`bash script.sh` whose python child is not a process-group leader (the script leads it)."""
+    script = ws.home / "run.sh"
+    script.write_text(f"{sys.executable} -c {shlex.quote(SHELL_RUN)} {ws.runs_dir} {mode}\necho after\n")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    shell = subprocess.Popen(["bash", str(script)], start_new_session=True, env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: any(j.running and j.pid and read_events(j.dir / "events.jsonl")[0]
+                                for j in list_jobs(ws)), timeout=60)
+    job = list_jobs(ws)[0]
+    assert job.pid != shell.pid and os.getpgid(job.pid) == shell.pid  # not a group leader
+    return shell, job
+
+
+def test_cancel_reaches_a_run_started_from_a_shell_script(ws):
+    shell, job = _from_shell_script(ws)
+    try:
+        job = cancel_job(ws, job.id)
+        assert job.status == "cancelled"
+        events, _ = read_events(job.dir / "events.jsonl")
+        assert any(e["type"] == "artifact" and e["path"] == "checkpoint.safetensors" for e in events)
+        assert shell.wait(timeout=30) == 0  # only the run was signalled: the script went on
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+
+
+def test_cancel_kills_a_run_that_ignores_sigterm_after_the_grace(ws):
+    shell, job = _from_shell_script(ws, "deaf")
+    try:
+        job = cancel_job(ws, job.id, timeout=1.0)
+        assert job.status == "cancelled" and "did not stop" in job.error
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait(timeout=30)
+
+
+def test_cancel_never_signals_a_reused_pid(ws, monkeypatch):
+    """job.json names a live process that is not the run (same pid, other start time)."""
+    d = ws.runs_dir / "20260101-000000-test-reuse-abcd"
+    d.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        write_json(d / "job.json", {"id": d.name, "kind": "test", "argv": [], "pid": sleeper.pid,
+                                    "pid_start": "1", "status": "running", "started": 1.0})
+        with pytest.raises(HumanizerError, match="not running"):
+            cancel_job(ws, d.name)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_cancel_says_when_it_cannot_signal(ws, monkeypatch):
+    d = ws.runs_dir / "20260101-000000-test-perm-abcd"
+    d.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        write_json(d / "job.json", {"id": d.name, "kind": "test", "argv": [], "pid": sleeper.pid,
+                                    "pid_start": process_start_time(sleeper.pid), "status": "running",
+                                    "started": 1.0})
+
+        def refuse(pid, sig):
+            if sig:
+                raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "kill", refuse)
+        monkeypatch.setattr(os, "killpg", refuse)
+        with pytest.raises(HumanizerError, match="cannot signal") as e:
+            cancel_job(ws, d.name)
+        monkeypatch.undo()
+        assert "another user" in e.value.hint
+        assert read_json(d / "job.json")["status"] == "running"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_cli_cancel_exit_status(ws):
+    shell, job = _from_shell_script(ws)
+    env = {**os.environ, "HUMANIZER_HOME": str(ws.home), "PYTHONPATH": ROOT}
+    cli = [sys.executable, "-m", "tui.cli", "jobs", "cancel"]
+    try:
+        out = subprocess.run([*cli, job.id], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == f"{job.id}: cancelled", out.stderr
+        again = subprocess.run([*cli, job.id], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        assert again.returncode != 0 and "not running" in again.stderr
+        assert find_job(ws, job.id).status == "cancelled"
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait(timeout=30)
