@@ -599,6 +599,7 @@ def train(
         dpo_loss=dpo_loss, val_batches=val_batches, steps_per_eval=steps_per_eval,
         steps_per_report=steps_per_report, steps_per_save=steps_per_save, seed=seed,
     )
+    existed = output.exists()
     lock = _lock_output(output)
     scope = contextlib.ExitStack()
     try:
@@ -617,10 +618,15 @@ def train(
             run.done(adapter=str(output), steps=final_steps)
             return output
 
-        # model ------------------------------------------------------------------------------
+        # data first (with the tokenizer alone: a second), so a bad row stops the run before the model load
         model_dir = _resolve_model_dir(model_spec, ws, run)
+        tokenizer = None if hasattr(data_spec, "train") else _load_tokenizer(model_dir)
+        ds = _load_dataset(data_spec, method, tokenizer, cfg, skip_bad_rows, ws, run)
+        train_set, valid_set = list(ds.train), list(ds.valid or [])
+
+        # model ------------------------------------------------------------------------------
         run.log(f"loading {model_dir}")
-        model, tokenizer = lora.load_model(model_dir)
+        model, _ = lora.load_model(model_dir)
         scope.enter_context(cpu_fast_ops(model))
         on_cpu = mx.default_device() == mx.cpu
         run.log("CPU backend: training on float32 (quantized layers dequantized)" if on_cpu
@@ -639,8 +645,6 @@ def train(
             run.log("no --mount-adapter: DPO runs on the base model, whose reference is the base itself")
 
         head = logits_head(model)
-        ds = _load_dataset(data_spec, method, tokenizer, cfg, skip_bad_rows, ws, run)
-        train_set, valid_set = list(ds.train), list(ds.valid or [])
 
         paths = lora.apply_lora(model, cfg["num_layers"], cfg["keys"], cfg["rank"], cfg["scale"], cfg["dropout"],
                                 seed=cfg["seed"])
@@ -876,7 +880,7 @@ def train(
         return output
     finally:
         scope.close()
-        lock.close()
+        _release_output(output, lock, existed)
 
 
 def _lock_output(output: Path):
@@ -884,13 +888,52 @@ def _lock_output(output: Path):
     import fcntl
 
     output.mkdir(parents=True, exist_ok=True)
-    f = open(output / ".train.lock", "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    path = output / ".train.lock"
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise HumanizerError(f"another training run is writing {output}", "wait for it, or cancel it") from None
+        try:  # a run that wrote nothing removes its lock file (_release_output): lock the file that is there now
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
         f.close()
-        raise HumanizerError(f"another training run is writing {output}", "wait for it, or cancel it") from None
-    return f
+
+
+def _release_output(output: Path, lock, existed: bool) -> None:
+    """Unlock OUTPUT. A run that wrote nothing there (it failed on its data, its model, a
+    setting) leaves nothing behind: no lock file, no empty checkpoints/, and no OUTPUT
+    folder unless it was there before."""
+    try:
+        leftovers = {p.name for p in output.iterdir()} - {".train.lock"}
+        if leftovers == {"checkpoints"} and not any((output / "checkpoints").iterdir()):
+            (output / "checkpoints").rmdir()
+            leftovers = set()
+        if not leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(output / ".train.lock")  # still held: no other run can have taken it
+            if not existed:
+                with contextlib.suppress(OSError):
+                    output.rmdir()
+    except OSError:
+        pass
+    finally:
+        lock.close()
+
+
+def _load_tokenizer(model_dir: Path):
+    """The model's tokenizer as mlx_lm.load gives it, without loading the weights."""
+    from mlx_lm.utils import load_config, load_tokenizer
+
+    try:
+        config = load_config(model_dir)
+    except (OSError, ValueError) as e:
+        raise HumanizerError(f"can't read {model_dir / 'config.json'}: {e}", "is it an MLX model folder?") from e
+    return load_tokenizer(model_dir, eos_token_ids=config.get("eos_token_id"))
 
 
 def _clean_temp(output: Path) -> None:

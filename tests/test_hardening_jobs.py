@@ -131,3 +131,52 @@ def test_cli_cancel_exit_status(ws):
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGKILL)
         shell.wait(timeout=30)
+
+
+# --- training: data checked before the model load, nothing left by a failed run ---------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("hard") / "tiny")
+
+
+def _sft_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+GOOD_ROWS = [{"prompt": f"Say fact {i}", "completion": "The capital of France is Paris."} for i in range(4)]
+
+
+def test_bad_data_stops_the_run_before_the_model_loads_and_leaves_nothing(tiny, tmp_path, monkeypatch):
+    from engine import lora
+    from engine import train as T
+    from engine.data import DataError
+
+    data = _sft_rows(tmp_path / "train.jsonl", [*GOOD_ROWS, {"prompt": "x"}])
+    loaded = []
+    monkeypatch.setattr(lora, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("model loaded"))
+    out = tmp_path / "adapters" / "new"
+    with pytest.raises(DataError, match="train.jsonl:5"):
+        T.train(tiny, str(data), "sft", out, iters=2)
+    assert not loaded and not out.exists() and out.parent.is_dir()
+    out.mkdir()  # a folder the user made stays, without a stray lock
+    with pytest.raises(DataError):
+        T.train(tiny, str(data), "sft", out, iters=2)
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_a_run_failing_on_its_model_leaves_no_folder(tiny, tmp_path, monkeypatch):
+    from engine import lora
+    from engine import train as T
+
+    def broken(*a, **k):
+        raise HumanizerError("the model is broken")
+
+    monkeypatch.setattr(lora, "load_model", broken)
+    data = _sft_rows(tmp_path / "train.jsonl", GOOD_ROWS)
+    with pytest.raises(HumanizerError, match="broken"):
+        T.train(tiny, str(data), "sft", tmp_path / "out", iters=2)
+    assert not (tmp_path / "out").exists()
