@@ -180,3 +180,50 @@ def test_a_run_failing_on_its_model_leaves_no_folder(tiny, tmp_path, monkeypatch
     with pytest.raises(HumanizerError, match="broken"):
         T.train(tiny, str(data), "sft", tmp_path / "out", iters=2)
     assert not (tmp_path / "out").exists()
+
+
+# --- a UTF-8 byte-order mark at the start of a row file is accepted by every reader -----------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+def _bom_jsonl(path, rows):
+    path.write_bytes(BOM + "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
+    return path
+
+
+def test_bom_training_data(tiny, tmp_path):
+    from mlx_lm.utils import load_tokenizer
+
+    from engine.data import load_data, preview
+
+    data = _bom_jsonl(tmp_path / "train.jsonl", GOOD_ROWS)
+    ds = load_data(str(data), "sft", load_tokenizer(tiny), 256, valid_fraction=0)
+    assert len(ds.train) == 4 and not ds.issues
+    assert preview(str(data), "sft")[2] == []
+
+
+def test_bom_data_build_sources_detect_and_heldout(tmp_path):
+    from engine.data.catalog import infer_method, read_part
+    from engine.data.prefs import _read_rows
+    from engine.data.sources import read_table
+    from engine.eval.run import read_heldout
+    from tui.cli_detect import read_inputs
+
+    rows = [{"text": "A person wrote this.", "draft": "An AI wrote this.", "human": "A person wrote this."}]
+    table = _bom_jsonl(tmp_path / "src.jsonl", rows)
+    assert [r for _, r in read_table(table)] == rows
+    csv = tmp_path / "src.csv"
+    csv.write_bytes(BOM + b"text,source\nA person wrote this.,x\n")
+    assert [r for _, r in read_table(csv)] == [{"text": "A person wrote this.", "source": "x"}]
+    items, _ = read_inputs([str(table)], "text")
+    assert [i.text for i in items] == ["A person wrote this."]
+    txt = tmp_path / "one.txt"
+    txt.write_bytes(BOM + b"A person wrote this.")
+    assert [i.text for i in read_inputs([str(txt)], "text")[0]] == ["A person wrote this."]
+    assert [s.draft for s in read_heldout(table)] == ["An AI wrote this."]
+    _bom_jsonl(tmp_path / "heldout.jsonl", rows)
+    assert read_part(tmp_path, "heldout") == (rows, [])
+    _bom_jsonl(tmp_path / "train.jsonl", GOOD_ROWS)
+    assert infer_method(tmp_path) == "sft"
+    assert _read_rows(tmp_path / "train.jsonl") == GOOD_ROWS

@@ -209,28 +209,16 @@ def _resolve(spec: str, ws=None) -> tuple[str, object]:
 
 
 def _read_jsonl(path: Path, name: str) -> list[tuple[str, int, object]]:
-    out: list[tuple[str, int, object]] = []
+    from engine.jsonl import json_lines
+
     try:
         data = path.read_bytes()
     except OSError as e:
         raise HumanizerError(f"can't read {path}: {e.strerror or e}") from e
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            out.append((name, lineno, RowIssue(name, lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start})")))
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            out.append((name, lineno, RowIssue(name, lineno, None, f"not valid JSON: {e.msg} (column {e.colno})")))
-            continue
-        if not isinstance(row, dict):
-            out.append((name, lineno, RowIssue(name, lineno, None, f"not a JSON object (got {_type_name(row)})")))
-            continue
-        out.append((name, lineno, row))
+    out: list[tuple[str, int, object]] = [
+        (name, lineno, row if problem is None else RowIssue(name, lineno, None, problem))
+        for lineno, row, problem in json_lines(data)
+    ]
     if not out:
         out.append((name, 0, RowIssue(name, 0, None, "file is empty (no rows)")))
     return out
