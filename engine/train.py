@@ -64,7 +64,7 @@ from engine import lora
 from engine.errors import HumanizerError
 from engine.events import Cancelled, NullRun, Run
 from engine.fastops import cpu_fast_ops
-from engine.workspace import atomic_dir
+from engine.workspace import atomic_dir, disk_errors
 
 METHODS = ("sft", "dpo")
 DPO_LOSSES = ("sigmoid", "ipo")
@@ -444,13 +444,22 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, adapter_cfg: di
     d = _step_dir(ckpt_dir, step)
     weights = lora.trainable_weights(model)
     opt_state = dict(tree_flatten(optimizer.state))
-    with atomic_dir(d) as tmp:
+    need = _nbytes(weights) + _nbytes(opt_state)
+    with atomic_dir(d, need, RESUME_HINT) as tmp:
         A.write_adapter_files(tmp, weights, A.adapter_config(adapter_cfg, metadata))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
     for old in list_checkpoints(ckpt_dir)[KEEP_CHECKPOINTS:]:
         _remove_dir(old)
     return d
+
+
+RESUME_HINT = ("free space on that disk (or train into another --output); the last checkpoint is intact, "
+               "so the same command with --resume continues from it")
+
+
+def _nbytes(arrays: dict) -> int:
+    return sum(int(getattr(v, "nbytes", 0)) for v in arrays.values())
 
 
 def load_checkpoint(d: Path) -> tuple[dict, dict, dict]:
@@ -466,9 +475,11 @@ def write_final_adapter(output: Path, weights: dict, config: dict) -> None:
     temp folder inside it, the old config removed first and the new config moved in last,
     so OUTPUT looks like an adapter only when both new files are in place."""
     output.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".final-", dir=output))
+    with disk_errors(output, _nbytes(weights), RESUME_HINT):
+        stage = Path(tempfile.mkdtemp(prefix=".final-", dir=output))
     try:
-        A.write_adapter_files(stage, weights, config)
+        with disk_errors(output / A.ADAPTER_FILE, _nbytes(weights), RESUME_HINT):
+            A.write_adapter_files(stage, weights, config)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(output / A.CONFIG_FILE)
         os.replace(stage / A.ADAPTER_FILE, output / A.ADAPTER_FILE)
@@ -801,7 +812,8 @@ def train(
             if last_eval["val_loss"] < best_val:
                 best_val, best_step = last_eval["val_loss"], step
                 meta = {**metadata, "checkpoint_step": step, "best": True, "metrics": dict(last_eval)}
-                A.save_adapter(model, ckpt_dir / "best", adapter_cfg, meta)
+                with disk_errors(ckpt_dir / "best", _nbytes(lora.trainable_weights(model)), RESUME_HINT):
+                    A.save_adapter(model, ckpt_dir / "best", adapter_cfg, meta)
                 run.artifact(ckpt_dir / "best", kind="best", step=step, val_loss=best_val)
 
         model.train()
@@ -1032,11 +1044,13 @@ def _reference_logps(model, head, pairs, cfg, ckpt_dir: Path, base, parent, data
     model.train()
     out = {"sum": mx.array(sums), "count": mx.array(counts)}
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".reference-", suffix=".safetensors", dir=ckpt_dir)
+    with disk_errors(path, _nbytes(out), RESUME_HINT):
+        fd, tmp = tempfile.mkstemp(prefix=".reference-", suffix=".safetensors", dir=ckpt_dir)
     os.close(fd)
     try:
-        mx.save_safetensors(tmp, out, metadata=key)
-        os.replace(tmp, path)
+        with disk_errors(path, _nbytes(out), RESUME_HINT):
+            mx.save_safetensors(tmp, out, metadata=key)
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -227,3 +227,74 @@ def test_bom_data_build_sources_detect_and_heldout(tmp_path):
     _bom_jsonl(tmp_path / "train.jsonl", GOOD_ROWS)
     assert infer_method(tmp_path) == "sft"
     assert _read_rows(tmp_path / "train.jsonl") == GOOD_ROWS
+
+
+# --- a full disk while training: a clear error, the last checkpoint intact, nothing half-written ----------
+
+SMALL = dict(rank=2, num_layers=1, keys="q_proj", batch_size=2, steps_per_report=1, val_batches=1)
+
+
+def _disk_full_at(monkeypatch, marker):
+    """mx.save_safetensors fails as MLX does on a full disk for files whose path has `marker`."""
+    import mlx.core as mx
+
+    real = mx.save_safetensors
+
+    def save(path, *a, **k):
+        if marker in str(path):
+            raise RuntimeError("[write] Unable to write 1048576 bytes to file.")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(mx, "save_safetensors", save)
+
+
+def test_disk_full_at_a_checkpoint(tiny, tmp_path, monkeypatch):
+    from engine import train as T
+
+    data = _sft_rows(tmp_path / "train.jsonl", GOOD_ROWS)
+    out = tmp_path / "out"
+    kw = dict(iters=4, steps_per_save=2, steps_per_eval=2, **SMALL)
+    _disk_full_at(monkeypatch, "step-000004")
+    monkeypatch.setattr(T, "KEEP_CHECKPOINTS", 1)
+    with pytest.raises(HumanizerError) as e:
+        T.train(tiny, str(data), "sft", out, **{**kw, "iters": 6})
+    msg = e.value.message
+    assert str(out / "checkpoints" / "step-000004") in msg and "disk is full" in msg
+    assert "needed" in msg and "free" in msg and "--resume" in e.value.hint
+    assert [d.name for d in T.list_checkpoints(out / "checkpoints")] == ["step-000002"]  # intact
+    T.load_checkpoint(out / "checkpoints" / "step-000002")
+    assert not [p for p in out.rglob(".*") if p.name != ".train.lock"]  # no temp leftovers
+    assert not (out / "adapter_config.json").exists()
+    monkeypatch.undo()
+    T.train(tiny, str(data), "sft", out, resume=True, **{**kw, "iters": 6})  # space again: it continues
+    assert (out / "adapter_config.json").is_file()
+
+
+def test_disk_full_at_the_final_adapter(tiny, tmp_path, monkeypatch):
+    from engine import adapters as A
+    from engine import train as T
+
+    data = _sft_rows(tmp_path / "train.jsonl", GOOD_ROWS)
+    out = tmp_path / "out"
+    _disk_full_at(monkeypatch, ".final-")
+    with pytest.raises(HumanizerError, match=r"can't write .*adapters.safetensors: the disk is full"):
+        T.train(tiny, str(data), "sft", out, iters=2, steps_per_save=1, **SMALL)
+    assert not (out / A.CONFIG_FILE).exists() and not (out / A.ADAPTER_FILE).exists()
+    assert not [p for p in out.rglob(".*") if p.name != ".train.lock"]
+
+
+def test_atomic_write_text_on_a_full_disk(tmp_path, monkeypatch):
+    import errno
+
+    from engine.workspace import atomic_write_text
+
+    target = tmp_path / "config.toml"
+    target.write_text("old = 1\n")
+
+    def full(fd, *a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(HumanizerError, match=r"can't write .*config.toml: the disk is full \(about 8 bytes needed"):
+        atomic_write_text(target, "new = 2\n")
+    assert target.read_text() == "old = 1\n" and [p.name for p in tmp_path.iterdir()] == ["config.toml"]
