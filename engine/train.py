@@ -353,6 +353,12 @@ def dpo_terms(pol_sum, pol_n, ref_sum, ref_n, beta: float, kind: str):
     }
 
 
+def pair_accuracy(margin: mx.array) -> mx.array:
+    """Per pair: 1 when the chosen reward is above the rejected one, 0 when below, 0.5 for a
+    tie (equal rewards are no win: at step 0 the policy is the reference and every pair ties)."""
+    return (margin > 0).astype(mx.float32) + 0.5 * (margin == 0).astype(mx.float32)
+
+
 def make_dpo_loss(beta: float, kind: str, head):
     def loss_fn(model, tokens, lengths, prompt_lens, ref_sum, ref_n):
         logp, rows = response_logps(model, head, tokens, lengths, prompt_lens)
@@ -731,7 +737,7 @@ def train(
         def evaluate() -> dict:
             model.eval()
             tot_loss = tot_n = tot_kl = tot_kl_n = 0.0
-            pair_losses, accs, margins = [], [], []
+            pair_losses, accs, margins, ties = [], [], [], []
             for chunk in val_chunks:
                 if method == "sft":
                     toks = sft_batch(chunk, max_len)
@@ -761,7 +767,8 @@ def train(
                     mx.eval(losses, m)
                     pair_losses += losses.tolist()
                     margins += m.tolist()
-                    accs += (m > 0).astype(mx.float32).tolist()
+                    accs += pair_accuracy(m).tolist()
+                    ties += (m == 0).astype(mx.float32).tolist()
                 ntok = int(rows.size)
                 tot_n += ntok
                 tot_kl_n += ntok
@@ -769,7 +776,7 @@ def train(
             if method == "sft":
                 return {"val_loss": tot_loss / max(tot_n, 1), "val_kl": tot_kl / max(tot_kl_n, 1)}
             return {"val_loss": _mean(pair_losses), "val_kl": tot_kl / max(tot_kl_n, 1),
-                    "val_accuracy": _mean(accs), "val_margin": _mean(margins)}
+                    "val_accuracy": _mean(accs), "val_ties": _mean(ties), "val_margin": _mean(margins)}
 
         # the loop ----------------------------------------------------------------------------
         iters = cfg["iters"]
@@ -802,10 +809,13 @@ def train(
             last_saved = step
             run.artifact(d, kind="checkpoint", step=step)
 
+        evaluated_at = None
+
         def maybe_eval(step: int) -> None:
-            nonlocal best_val, best_step, last_eval
-            if not val_chunks:
+            nonlocal best_val, best_step, last_eval, evaluated_at
+            if not val_chunks or evaluated_at == step:
                 return
+            evaluated_at = step
             t0 = time.perf_counter()
             last_eval = evaluate()
             run.metric(step, **last_eval, eval_seconds=round(time.perf_counter() - t0, 3))
@@ -843,7 +853,7 @@ def train(
                             "chosen_reward": cr.mean().item(),
                             "rejected_reward": rr.mean().item(),
                             "margin": (cr - rr).mean().item(),
-                            "accuracy": (cr > rr).astype(mx.float32).mean().item(),
+                            "accuracy": pair_accuracy(cr - rr).mean().item(),
                             "chosen_logp": terms["chosen_logp"].mean().item(),
                             "rejected_logp": terms["rejected_logp"].mean().item(),
                         }
@@ -879,7 +889,10 @@ def train(
             except (Cancelled, KeyboardInterrupt):
                 checkpoint(done_step)
                 run.log(f"cancelled at step {done_step}; checkpoint saved, --resume continues")
+                if done_step > start:  # the curves end where the run did (after the checkpoint: a 2nd cancel loses nothing)
+                    maybe_eval(done_step)
                 raise Cancelled() from None
+            maybe_eval(iters)  # every run ends with a validation point (a no-op if step `iters` just had one)
 
         # the final adapter -----------------------------------------------------------------
         metrics = {**last_report, **last_eval, "steps": iters, "train_seconds": round(time.perf_counter() - t_start, 2)}

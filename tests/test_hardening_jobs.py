@@ -298,3 +298,48 @@ def test_atomic_write_text_on_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(HumanizerError, match=r"can't write .*config.toml: the disk is full \(about 8 bytes needed"):
         atomic_write_text(target, "new = 2\n")
     assert target.read_text() == "old = 1\n" and [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+# --- every run ends with a validation point; DPO accuracy counts ties as ties ---------------------------------
+
+def _metric_steps(events, key):
+    return [e["step"] for e in events if e["type"] == "metric" and key in e["values"]]
+
+
+def test_a_cancelled_run_and_its_resume_end_with_an_eval(tiny, tmp_path):
+    from engine import train as T
+    from engine.events import Cancelled, NullRun
+
+    data = _sft_rows(tmp_path / "train.jsonl", GOOD_ROWS)
+    out = tmp_path / "out"
+    ev = []
+
+    def term_at_3(e):
+        ev.append(e)
+        if e["type"] == "progress" and e.get("step") == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    kw = dict(iters=6, steps_per_eval=50, steps_per_save=50, **SMALL)
+    with pytest.raises(Cancelled):
+        T.train(tiny, str(data), "sft", out, run=NullRun([term_at_3]), **kw)
+    assert _metric_steps(ev, "val_loss") == [0, 3] and _metric_steps(ev, "val_kl") == [0, 3]
+    ev2 = []
+    T.train(tiny, str(data), "sft", out, resume=True, run=NullRun([ev2.append]), **kw)
+    assert _metric_steps(ev2, "val_loss") == [6]  # once, though 6 is also the last step
+
+
+def test_dpo_accuracy_counts_ties_as_half(tiny, tmp_path):
+    """At step 0 the policy is the reference: every pair ties, so accuracy is 0.5 and ties 1.0."""
+    import mlx.core as mx
+
+    from engine import train as T
+    from engine.events import NullRun
+
+    rows = [{"prompt": f"Say fact {i}", "chosen": "The capital of France is Paris.",
+             "rejected": "It is a truth universally acknowledged."} for i in range(4)]
+    data = _sft_rows(tmp_path / "train.jsonl", rows)
+    ev = []
+    T.train(tiny, str(data), "dpo", tmp_path / "out", iters=1, run=NullRun([ev.append]), **SMALL)
+    first = next(e["values"] for e in ev if e["type"] == "metric" and e["step"] == 0)
+    assert first["val_accuracy"] == 0.5 and first["val_ties"] == 1.0
+    assert T.pair_accuracy(mx.array([1.0, -2.0, 0.0, 0.0])).tolist() == [1.0, 0.0, 0.5, 0.5]
