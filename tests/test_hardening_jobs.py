@@ -343,3 +343,39 @@ def test_dpo_accuracy_counts_ties_as_half(tiny, tmp_path):
     first = next(e["values"] for e in ev if e["type"] == "metric" and e["step"] == 0)
     assert first["val_accuracy"] == 0.5 and first["val_ties"] == 1.0
     assert T.pair_accuracy(mx.array([1.0, -2.0, 0.0, 0.0])).tolist() == [1.0, 0.0, 0.5, 0.5]
+
+
+# --- the Train form after ctrl+s: a fresh output name, never the one just used ------------------------------
+
+async def test_train_form_proposes_a_fresh_name_after_a_start(ws, tmp_path):
+    from screens.train import TrainScreen, parse_train_argv
+    from tests.pilot import until
+    from tests.test_train_screen import FAST_FLAGS, write_sft_data
+    from tests.tiny import make_tiny_llama
+    from tui.app import HumanizerApp
+
+    make_tiny_llama(ws.models_dir / "tiny")
+    (ws.adapters_dir / "my-run-2" / "checkpoints" / "step-000002").mkdir(parents=True)  # taken too
+    data = tmp_path / "sft.jsonl"
+    write_sft_data(data)
+    job_id = None
+    try:
+        app = HumanizerApp(ws, mode="train")
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            assert isinstance(screen, TrainScreen)
+            await until(pilot, lambda: screen._value("f-model") is not None, 10, "the models in the form")
+            screen.query_one("#f-data").value = str(data)
+            screen.query_one("#f-iters").value = "100000"
+            screen.query_one("#f-extra").value = FAST_FLAGS
+            screen.query_one("#f-output").value = "my-run"
+            await pilot.pause()
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: screen.shown is not None, 5, "the run to start")
+            job_id = screen.shown
+            assert parse_train_argv(find_job(ws, job_id).argv)["output"] == str(ws.adapters_dir / "my-run")
+            assert screen.query_one("#f-output").value == "my-run-3"  # the name used, made new
+            assert screen.query_one("#f-data").value == str(data)  # the rest stays for a variant
+    finally:
+        if job_id and find_job(ws, job_id).running:
+            cancel_job(ws, job_id, timeout=5)
