@@ -616,7 +616,8 @@ def train(
         dpo_loss=dpo_loss, val_batches=val_batches, steps_per_eval=steps_per_eval,
         steps_per_report=steps_per_report, steps_per_save=steps_per_save, seed=seed,
     )
-    existed = output.exists()
+    # what OUTPUT held before (a lone lock, an older version's failed run, counts as nothing)
+    before = {p.name for p in output.iterdir()} - {".train.lock"} if output.is_dir() else None
     lock = _lock_output(output)
     scope = contextlib.ExitStack()
     try:
@@ -905,7 +906,7 @@ def train(
         return output
     finally:
         scope.close()
-        _release_output(output, lock, existed)
+        _release_output(output, lock, before)
 
 
 def _lock_output(output: Path):
@@ -929,21 +930,21 @@ def _lock_output(output: Path):
         f.close()
 
 
-def _release_output(output: Path, lock, existed: bool) -> None:
+def _release_output(output: Path, lock, before: set[str] | None) -> None:
     """Unlock OUTPUT. A run that wrote nothing there (it failed on its data, its model, a
     setting) leaves nothing behind: no lock file, no empty checkpoints/, and no OUTPUT
-    folder unless it was there before."""
+    folder unless it held something before (`before`: its entries then; None: no folder)."""
     try:
-        leftovers = {p.name for p in output.iterdir()} - {".train.lock"}
-        if leftovers == {"checkpoints"} and not any((output / "checkpoints").iterdir()):
+        added = {p.name for p in output.iterdir()} - (before or set()) - {".train.lock"}
+        if added == {"checkpoints"} and not any((output / "checkpoints").iterdir()):
             (output / "checkpoints").rmdir()
-            leftovers = set()
-        if not leftovers:
+            added = set()
+        if not added:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(output / ".train.lock")  # still held: no other run can have taken it
-            if not existed:
+            if not before:
                 with contextlib.suppress(OSError):
-                    output.rmdir()
+                    output.rmdir()  # only when empty
     except OSError:
         pass
     finally:

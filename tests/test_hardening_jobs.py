@@ -162,10 +162,16 @@ def test_bad_data_stops_the_run_before_the_model_loads_and_leaves_nothing(tiny, 
     with pytest.raises(DataError, match="train.jsonl:5"):
         T.train(tiny, str(data), "sft", out, iters=2)
     assert not loaded and not out.exists() and out.parent.is_dir()
-    out.mkdir()  # a folder the user made stays, without a stray lock
+    (out / "notes.txt").parent.mkdir()
+    (out / "notes.txt").write_text("mine")  # a folder the user made stays, without a stray lock
     with pytest.raises(DataError):
         T.train(tiny, str(data), "sft", out, iters=2)
-    assert out.is_dir() and list(out.iterdir()) == []
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    (out / ".train.lock").touch()  # what a failed run of an older version left
+    with pytest.raises(DataError):
+        T.train(tiny, str(data), "sft", out, iters=2)
+    assert not out.exists()
 
 
 def test_a_run_failing_on_its_model_leaves_no_folder(tiny, tmp_path, monkeypatch):
