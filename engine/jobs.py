@@ -116,11 +116,13 @@ CANCEL_GRACE = 30.0  # seconds a job gets to stop after SIGTERM (a training step
 
 
 def _signal_run(pid: int, sig: int) -> None:
-    """Send `sig` to the run's own process, and to its whole group when it leads one (a job
-    we started: its workers go too). A run started from a shell script shares the script's
-    group, so signalling the group by its pid would reach nothing."""
+    """Send `sig` to the run's own process, and to its whole group when it leads one of its
+    own (a job we started in a new session: anything it spawned goes too). A run started
+    from a shell script shares the script's group, so signalling a group by the run's pid
+    would reach nothing; one leading a shell's pipeline (`humanizer ... | tee log`) leads a
+    group that holds the pipe's reader, which must live for the run to save and report."""
     try:
-        leads = os.getpgid(pid) == pid
+        leads = os.getpgid(pid) == pid and os.getsid(pid) == pid
     except ProcessLookupError:
         return
     try:

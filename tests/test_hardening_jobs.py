@@ -385,3 +385,25 @@ async def test_train_form_proposes_a_fresh_name_after_a_start(ws, tmp_path):
     finally:
         if job_id and find_job(ws, job_id).running:
             cancel_job(ws, job_id, timeout=5)
+
+
+def test_cancel_spares_the_pipe_reader_of_a_run_leading_a_pipeline(ws):
+    """`run | cat` as a shell with job control makes it: the run leads the pipeline's process
+    group and cat is in it. Cancel stops the run; cat, which the run writes to, lives on."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    run = subprocess.Popen([sys.executable, "-c", SHELL_RUN, str(ws.runs_dir), "polite"], env=env, cwd=ROOT,
+                           stdout=subprocess.PIPE, process_group=0)
+    cat = subprocess.Popen(["cat"], stdin=run.stdout, stdout=subprocess.DEVNULL, process_group=run.pid)
+    run.stdout.close()
+    try:
+        assert wait_for(lambda: any(j.running and read_events(j.dir / "events.jsonl")[0] for j in list_jobs(ws)),
+                        timeout=60)
+        job = list_jobs(ws)[0]
+        assert job.pid == run.pid == os.getpgid(cat.pid)
+        assert cancel_job(ws, job.id).status == "cancelled"
+        assert cat.wait(timeout=10) == 0  # read to the end of the pipe, not killed
+    finally:
+        for p in (run, cat):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
