@@ -460,8 +460,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, adapter_cfg: di
     return d
 
 
-RESUME_HINT = ("free space on that disk (or train into another --output); the last checkpoint is intact, "
-               "so the same command with --resume continues from it")
+RESUME_HINT = ("free space on that disk (or train into another --output); nothing half-written was left, and "
+               "the same command with --resume continues from the last checkpoint, if the run saved one")
 
 
 def _nbytes(arrays: dict) -> int:

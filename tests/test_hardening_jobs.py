@@ -407,3 +407,15 @@ def test_cancel_spares_the_pipe_reader_of_a_run_leading_a_pipeline(ws):
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def test_cli_disk_full_message(tiny, tmp_path, ws, monkeypatch, capsys):
+    from tui.cli import main
+
+    data = _sft_rows(tmp_path / "train.jsonl", GOOD_ROWS)
+    _disk_full_at(monkeypatch, ".final-")
+    code = main(["lora", "train", str(tiny), "--data", str(data), "--output", str(tmp_path / "out"), "--iters", "2",
+                 "--rank", "2", "--num-layers", "1", "--keys", "q_proj", "--batch-size", "2", "--json"])
+    assert code == 2
+    error = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"error"' in line][-1]
+    assert "disk is full" in error["message"] and "free" in error["message"] and "--resume" in error["hint"]
