@@ -35,16 +35,17 @@ def json_lines(data: bytes) -> Iterator[tuple[int, dict | None, str | None]]:
             yield lineno, None, f"not valid JSON: {e.msg} (column {e.colno})"
             continue
         if not isinstance(row, dict):
-            yield lineno, None, f"not a JSON object (got {_type_name(row)})"
+            yield lineno, None, f"not a JSON object (got {type_name(row)})"
             continue
         yield lineno, row, None
 
 
-def _type_name(v) -> str:
+def type_name(v) -> str:
+    """A JSON value's type in words, for messages."""
     if v is None:
         return "null"
-    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
-        type(v), type(v).__name__)
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(v), type(v).__name__)
 
 
 def problem_kind(problem: str) -> str:

@@ -21,7 +21,6 @@ never truncated: a row longer than ``max_seq_length`` is an error (or skipped).
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import re
 import socket
@@ -30,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from engine.errors import HumanizerError
+from engine.jsonl import json_lines, type_name as _type_name
 
 ROLES = ("system", "user", "assistant")
 METHODS = ("sft", "dpo")
@@ -209,8 +209,6 @@ def _resolve(spec: str, ws=None) -> tuple[str, object]:
 
 
 def _read_jsonl(path: Path, name: str) -> list[tuple[str, int, object]]:
-    from engine.jsonl import json_lines
-
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -430,13 +428,6 @@ def read_rows(spec: str, ws=None, method: str | None = None) -> dict[str, list[t
 
 
 # ---------------------------------------------------------------------- checking
-
-
-def _type_name(v) -> str:
-    if v is None:
-        return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number"}.get(type(v), type(v).__name__)
 
 
 def _is_blank(s: str) -> bool:
