@@ -158,7 +158,9 @@ def cancel_job(ws: Workspace, job_id: str, timeout: float = CANCEL_GRACE, kill_w
     if not job.running:
         raise HumanizerError(f"job {job.id} is not running (status: {job.status})")
     info = read_json(job.dir / "job.json") or {}
-    if not job.pid or not _is_our_run(info):
+    if not job.pid:
+        raise HumanizerError(f"job {job.id} has no process yet", "try again in a moment")
+    if not _is_our_run(info):
         raise HumanizerError(f"job {job.id}: its process (pid {job.pid}) is not the run any more",
                              "it ended without recording it; `humanizer jobs show` has its last events")
     killed = False
