@@ -112,27 +112,76 @@ def find_job(ws: Workspace, job_id: str) -> JobInfo:
     raise HumanizerError(f"job id {job_id!r} is ambiguous: {', '.join(j.id for j in matches)}", "give more of the id")
 
 
-def cancel_job(ws: Workspace, job_id: str, timeout: float = 10.0) -> JobInfo:
-    """SIGTERM the job's process group; the job saves what it can and marks itself cancelled."""
+CANCEL_GRACE = 30.0  # seconds a job gets to stop after SIGTERM (a training step, then a checkpoint)
+
+
+def _signal_run(pid: int, sig: int) -> None:
+    """Send `sig` to the run's own process, and to its whole group when it leads one of its
+    own (a job we started in a new session: anything it spawned goes too). A run started
+    from a shell script shares the script's group, so signalling a group by the run's pid
+    would reach nothing; one leading a shell's pipeline (`humanizer ... | tee log`) leads a
+    group that holds the pipe's reader, which must live for the run to save and report."""
+    try:
+        leads = os.getpgid(pid) == pid and os.getsid(pid) == pid
+    except ProcessLookupError:
+        return
+    try:
+        if leads:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _is_our_run(info: dict) -> bool:
+    """The pid in job.json is still the run's process: its start time matches the one the
+    run recorded (pids are reused). A job not yet started has no start time: its pid is the
+    child we just spawned."""
+    return process_alive(info.get("pid"), info.get("pid_start"))
+
+
+def _wait_stopped(job: JobInfo, seconds: float) -> JobInfo:
+    deadline = time.time() + seconds
+    while True:
+        job = job_info(job.dir)
+        if not job.running or time.time() >= deadline:
+            return job
+        time.sleep(0.05)
+
+
+def cancel_job(ws: Workspace, job_id: str, timeout: float = CANCEL_GRACE, kill_wait: float = 5.0) -> JobInfo:
+    """SIGTERM the job's process (and its group when it leads one), which saves what it can
+    and marks itself cancelled; after `timeout` seconds still running, SIGKILL. Raises when
+    the process cannot be signalled or does not stop."""
     job = find_job(ws, job_id)
     if not job.running:
         raise HumanizerError(f"job {job.id} is not running (status: {job.status})")
-    try:
-        os.killpg(job.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    except PermissionError as e:
-        raise HumanizerError(f"cannot signal job {job.id} (pid {job.pid}): {e}")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = job_info(job.dir)
-        if not job.running:
-            break
-        time.sleep(0.05)
     info = read_json(job.dir / "job.json") or {}
-    if not job.running and info.get("status") in ("running", "starting"):
-        # Killed by the signal before it could record anything (e.g. still importing).
-        info.update(status="cancelled", ended=time.time())
+    if not job.pid:
+        raise HumanizerError(f"job {job.id} has no process yet", "try again in a moment")
+    if not _is_our_run(info):
+        raise HumanizerError(f"job {job.id}: its process (pid {job.pid}) is not the run any more",
+                             "it ended without recording it; `humanizer jobs show` has its last events")
+    killed = False
+    try:
+        _signal_run(job.pid, signal.SIGTERM)
+        job = _wait_stopped(job, timeout)
+        if job.running and _is_our_run(read_json(job.dir / "job.json") or {}):
+            _signal_run(job.pid, signal.SIGKILL)  # it did not stop in time: no checkpoint, --resume uses the last
+            killed = True
+            job = _wait_stopped(job, kill_wait)
+    except PermissionError as e:
+        raise HumanizerError(f"cannot signal job {job.id} (pid {job.pid}): {e.strerror or e}",
+                             "it runs as another user: cancel it as that user") from None
+    if job.running:
+        raise HumanizerError(f"job {job.id} (pid {job.pid}) is still running after SIGTERM"
+                             + (" and SIGKILL" if killed else ""), f"check it with `ps -p {job.pid}`")
+    info = read_json(job.dir / "job.json") or {}
+    if info.get("status") in ("running", "starting"):
+        # Killed before it could record anything (still importing, or by SIGKILL).
+        info.update(status="cancelled", ended=time.time(),
+                    **({"error": f"killed: it did not stop within {timeout:g} s of SIGTERM"} if killed else {}))
         write_json(job.dir / "job.json", info)
         job = job_info(job.dir)
     return job

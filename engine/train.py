@@ -64,7 +64,7 @@ from engine import lora
 from engine.errors import HumanizerError
 from engine.events import Cancelled, NullRun, Run
 from engine.fastops import cpu_fast_ops
-from engine.workspace import atomic_dir
+from engine.workspace import atomic_dir, disk_errors
 
 METHODS = ("sft", "dpo")
 DPO_LOSSES = ("sigmoid", "ipo")
@@ -353,6 +353,12 @@ def dpo_terms(pol_sum, pol_n, ref_sum, ref_n, beta: float, kind: str):
     }
 
 
+def pair_accuracy(margin: mx.array) -> mx.array:
+    """Per pair: 1 when the chosen reward is above the rejected one, 0 when below, 0.5 for a
+    tie (equal rewards are no win: at step 0 the policy is the reference and every pair ties)."""
+    return (margin > 0).astype(mx.float32) + 0.5 * (margin == 0).astype(mx.float32)
+
+
 def make_dpo_loss(beta: float, kind: str, head):
     def loss_fn(model, tokens, lengths, prompt_lens, ref_sum, ref_n):
         logp, rows = response_logps(model, head, tokens, lengths, prompt_lens)
@@ -444,13 +450,22 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, adapter_cfg: di
     d = _step_dir(ckpt_dir, step)
     weights = lora.trainable_weights(model)
     opt_state = dict(tree_flatten(optimizer.state))
-    with atomic_dir(d) as tmp:
+    need = _nbytes(weights) + _nbytes(opt_state)
+    with atomic_dir(d, need, RESUME_HINT) as tmp:
         A.write_adapter_files(tmp, weights, A.adapter_config(adapter_cfg, metadata))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
     for old in list_checkpoints(ckpt_dir)[KEEP_CHECKPOINTS:]:
         _remove_dir(old)
     return d
+
+
+RESUME_HINT = ("free space on that disk (or train into another --output); nothing half-written was left, and "
+               "the same command with --resume continues from the last checkpoint, if the run saved one")
+
+
+def _nbytes(arrays: dict) -> int:
+    return sum(int(getattr(v, "nbytes", 0)) for v in arrays.values())
 
 
 def load_checkpoint(d: Path) -> tuple[dict, dict, dict]:
@@ -466,9 +481,11 @@ def write_final_adapter(output: Path, weights: dict, config: dict) -> None:
     temp folder inside it, the old config removed first and the new config moved in last,
     so OUTPUT looks like an adapter only when both new files are in place."""
     output.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".final-", dir=output))
+    with disk_errors(output, _nbytes(weights), RESUME_HINT):
+        stage = Path(tempfile.mkdtemp(prefix=".final-", dir=output))
     try:
-        A.write_adapter_files(stage, weights, config)
+        with disk_errors(output / A.ADAPTER_FILE, _nbytes(weights), RESUME_HINT):
+            A.write_adapter_files(stage, weights, config)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(output / A.CONFIG_FILE)
         os.replace(stage / A.ADAPTER_FILE, output / A.ADAPTER_FILE)
@@ -599,6 +616,8 @@ def train(
         dpo_loss=dpo_loss, val_batches=val_batches, steps_per_eval=steps_per_eval,
         steps_per_report=steps_per_report, steps_per_save=steps_per_save, seed=seed,
     )
+    # what OUTPUT held before (a lone lock, an older version's failed run, counts as nothing)
+    before = {p.name for p in output.iterdir()} - {".train.lock"} if output.is_dir() else None
     lock = _lock_output(output)
     scope = contextlib.ExitStack()
     try:
@@ -617,10 +636,15 @@ def train(
             run.done(adapter=str(output), steps=final_steps)
             return output
 
-        # model ------------------------------------------------------------------------------
+        # data first (with the tokenizer alone: a second), so a bad row stops the run before the model load
         model_dir = _resolve_model_dir(model_spec, ws, run)
+        tokenizer = None if hasattr(data_spec, "train") else _load_tokenizer(model_dir)
+        ds = _load_dataset(data_spec, method, tokenizer, cfg, skip_bad_rows, ws, run)
+        train_set, valid_set = list(ds.train), list(ds.valid or [])
+
+        # model ------------------------------------------------------------------------------
         run.log(f"loading {model_dir}")
-        model, tokenizer = lora.load_model(model_dir)
+        model, _ = lora.load_model(model_dir)
         scope.enter_context(cpu_fast_ops(model))
         on_cpu = mx.default_device() == mx.cpu
         run.log("CPU backend: training on float32 (quantized layers dequantized)" if on_cpu
@@ -639,8 +663,6 @@ def train(
             run.log("no --mount-adapter: DPO runs on the base model, whose reference is the base itself")
 
         head = logits_head(model)
-        ds = _load_dataset(data_spec, method, tokenizer, cfg, skip_bad_rows, ws, run)
-        train_set, valid_set = list(ds.train), list(ds.valid or [])
 
         paths = lora.apply_lora(model, cfg["num_layers"], cfg["keys"], cfg["rank"], cfg["scale"], cfg["dropout"],
                                 seed=cfg["seed"])
@@ -716,7 +738,7 @@ def train(
         def evaluate() -> dict:
             model.eval()
             tot_loss = tot_n = tot_kl = tot_kl_n = 0.0
-            pair_losses, accs, margins = [], [], []
+            pair_losses, accs, margins, ties = [], [], [], []
             for chunk in val_chunks:
                 if method == "sft":
                     toks = sft_batch(chunk, max_len)
@@ -746,7 +768,8 @@ def train(
                     mx.eval(losses, m)
                     pair_losses += losses.tolist()
                     margins += m.tolist()
-                    accs += (m > 0).astype(mx.float32).tolist()
+                    accs += pair_accuracy(m).tolist()
+                    ties += (m == 0).astype(mx.float32).tolist()
                 ntok = int(rows.size)
                 tot_n += ntok
                 tot_kl_n += ntok
@@ -754,7 +777,7 @@ def train(
             if method == "sft":
                 return {"val_loss": tot_loss / max(tot_n, 1), "val_kl": tot_kl / max(tot_kl_n, 1)}
             return {"val_loss": _mean(pair_losses), "val_kl": tot_kl / max(tot_kl_n, 1),
-                    "val_accuracy": _mean(accs), "val_margin": _mean(margins)}
+                    "val_accuracy": _mean(accs), "val_ties": _mean(ties), "val_margin": _mean(margins)}
 
         # the loop ----------------------------------------------------------------------------
         iters = cfg["iters"]
@@ -787,17 +810,21 @@ def train(
             last_saved = step
             run.artifact(d, kind="checkpoint", step=step)
 
+        evaluated_at = None
+
         def maybe_eval(step: int) -> None:
-            nonlocal best_val, best_step, last_eval
-            if not val_chunks:
+            nonlocal best_val, best_step, last_eval, evaluated_at
+            if not val_chunks or evaluated_at == step:
                 return
+            evaluated_at = step
             t0 = time.perf_counter()
             last_eval = evaluate()
             run.metric(step, **last_eval, eval_seconds=round(time.perf_counter() - t0, 3))
             if last_eval["val_loss"] < best_val:
                 best_val, best_step = last_eval["val_loss"], step
                 meta = {**metadata, "checkpoint_step": step, "best": True, "metrics": dict(last_eval)}
-                A.save_adapter(model, ckpt_dir / "best", adapter_cfg, meta)
+                with disk_errors(ckpt_dir / "best", _nbytes(lora.trainable_weights(model)), RESUME_HINT):
+                    A.save_adapter(model, ckpt_dir / "best", adapter_cfg, meta)
                 run.artifact(ckpt_dir / "best", kind="best", step=step, val_loss=best_val)
 
         model.train()
@@ -827,7 +854,7 @@ def train(
                             "chosen_reward": cr.mean().item(),
                             "rejected_reward": rr.mean().item(),
                             "margin": (cr - rr).mean().item(),
-                            "accuracy": (cr > rr).astype(mx.float32).mean().item(),
+                            "accuracy": pair_accuracy(cr - rr).mean().item(),
                             "chosen_logp": terms["chosen_logp"].mean().item(),
                             "rejected_logp": terms["rejected_logp"].mean().item(),
                         }
@@ -863,7 +890,10 @@ def train(
             except (Cancelled, KeyboardInterrupt):
                 checkpoint(done_step)
                 run.log(f"cancelled at step {done_step}; checkpoint saved, --resume continues")
+                if done_step > start:  # the curves end where the run did (after the checkpoint: a 2nd cancel loses nothing)
+                    maybe_eval(done_step)
                 raise Cancelled() from None
+            maybe_eval(iters)  # every run ends with a validation point (a no-op if step `iters` just had one)
 
         # the final adapter -----------------------------------------------------------------
         metrics = {**last_report, **last_eval, "steps": iters, "train_seconds": round(time.perf_counter() - t_start, 2)}
@@ -876,7 +906,7 @@ def train(
         return output
     finally:
         scope.close()
-        lock.close()
+        _release_output(output, lock, before)
 
 
 def _lock_output(output: Path):
@@ -884,13 +914,52 @@ def _lock_output(output: Path):
     import fcntl
 
     output.mkdir(parents=True, exist_ok=True)
-    f = open(output / ".train.lock", "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    path = output / ".train.lock"
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise HumanizerError(f"another training run is writing {output}", "wait for it, or cancel it") from None
+        try:  # a run that wrote nothing removes its lock file (_release_output): lock the file that is there now
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
         f.close()
-        raise HumanizerError(f"another training run is writing {output}", "wait for it, or cancel it") from None
-    return f
+
+
+def _release_output(output: Path, lock, before: set[str] | None) -> None:
+    """Unlock OUTPUT. A run that wrote nothing there (it failed on its data, its model, a
+    setting) leaves nothing behind: no lock file, no empty checkpoints/, and no OUTPUT
+    folder unless it held something before (`before`: its entries then; None: no folder)."""
+    try:
+        added = {p.name for p in output.iterdir()} - (before or set()) - {".train.lock"}
+        if added == {"checkpoints"} and not any((output / "checkpoints").iterdir()):
+            (output / "checkpoints").rmdir()
+            added = set()
+        if not added:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(output / ".train.lock")  # still held: no other run can have taken it
+            if not before:
+                with contextlib.suppress(OSError):
+                    output.rmdir()  # only when empty
+    except OSError:
+        pass
+    finally:
+        lock.close()
+
+
+def _load_tokenizer(model_dir: Path):
+    """The model's tokenizer as mlx_lm.load gives it, without loading the weights."""
+    from mlx_lm.utils import load_config, load_tokenizer
+
+    try:
+        config = load_config(model_dir)
+    except (OSError, ValueError) as e:
+        raise HumanizerError(f"can't read {model_dir / 'config.json'}: {e}", "is it an MLX model folder?") from e
+    return load_tokenizer(model_dir, eos_token_ids=config.get("eos_token_id"))
 
 
 def _clean_temp(output: Path) -> None:
@@ -989,11 +1058,13 @@ def _reference_logps(model, head, pairs, cfg, ckpt_dir: Path, base, parent, data
     model.train()
     out = {"sum": mx.array(sums), "count": mx.array(counts)}
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".reference-", suffix=".safetensors", dir=ckpt_dir)
+    with disk_errors(path, _nbytes(out), RESUME_HINT):
+        fd, tmp = tempfile.mkstemp(prefix=".reference-", suffix=".safetensors", dir=ckpt_dir)
     os.close(fd)
     try:
-        mx.save_safetensors(tmp, out, metadata=key)
-        os.replace(tmp, path)
+        with disk_errors(path, _nbytes(out), RESUME_HINT):
+            mx.save_safetensors(tmp, out, metadata=key)
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

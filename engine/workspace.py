@@ -5,11 +5,14 @@ Default ~/.humanizer; override with HUMANIZER_HOME or --home (which sets it)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.errors import HumanizerError
 
 SUBDIRS = ("models", "adapters", "datasets", "runs", "corpora")
 
@@ -50,18 +53,66 @@ class Workspace:
         return self.home / "config.toml"
 
 
+def _is_write_failure(e: BaseException) -> bool:
+    """A full disk (or quota) as Python reports it, or as MLX's writers do
+    (RuntimeError "[write] Unable to write N bytes to file.")."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+    return isinstance(e, RuntimeError) and ("[write]" in str(e) or "Unable to write" in str(e))
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free space on the disk that holds `path` (or would: its nearest existing folder)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike):
+def disk_errors(path: str | os.PathLike, need_bytes: int | None = None, hint: str | None = None):
+    """Turn a failed write (a full disk) inside the block into a HumanizerError naming
+    `path`, the space it needs (when known) and the space free."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not _is_write_failure(e):
+            raise
+        free = free_bytes(path)
+        need = f"about {_size(need_bytes)} needed, " if need_bytes else ""
+        have = f"{_size(free)} free" if free is not None else "free space unknown"
+        raise HumanizerError(
+            f"can't write {path}: the disk is full ({need}{have}; {e})",
+            hint or "free space on that disk, or write to another one; nothing half-written was left",
+        ) from None
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, need_bytes: int | None = None, hint: str | None = None):
     """Yield a temp folder beside `final`; on success it replaces `final` by rename.
 
     On any error the temp folder is removed and `final` is left exactly as it was,
-    so a crash never leaves a half-written artifact that looks complete."""
+    so a crash never leaves a half-written artifact that looks complete; a full disk
+    is a HumanizerError naming `final` and the space (see `disk_errors`)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    with disk_errors(final, need_bytes, hint):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the artifact should not be
     try:
-        yield tmp
+        with disk_errors(final, need_bytes, hint):
+            yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.rename(final, old)
@@ -78,14 +129,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a file by temp-name-then-rename in the same folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with disk_errors(path, len(text.encode("utf-8"))):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with disk_errors(path, len(text.encode("utf-8"))):
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -136,7 +136,7 @@ class ServerActions:
             "finish; clients then lose it.", yes="Stop", no="Keep serving"), answered)
 
     def _stop(self, job_id: str) -> None:
-        """In a worker thread: cancel_job waits for the server to exit (up to 10 s)."""
+        """In a worker thread: cancel_job waits for the server to exit (SIGKILL after a grace)."""
         try:
             job = cancel_job(self.app.ws, job_id)
         except HumanizerError as e:

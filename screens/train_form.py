@@ -5,6 +5,7 @@ worker thread a moment after the last keystroke)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from functools import partial
 from pathlib import Path
@@ -60,6 +61,15 @@ def holds_run(folder: Path) -> bool:
     """A training run wrote here: checkpoints, or a finished adapter."""
     ckpt = folder / "checkpoints"
     return (folder / "adapters.safetensors").exists() or (ckpt.is_dir() and any(ckpt.iterdir()))
+
+
+def next_free_name(name: str, taken) -> str:
+    """`name` with the next -N suffix that `taken` does not refuse (my-run -> my-run-2, my-run-2 -> my-run-3)."""
+    m = re.fullmatch(r"(.+)-(\d+)", name)
+    base, n = (m.group(1), int(m.group(2)) + 1) if m else (name, 2)
+    while taken(f"{base}-{n}"):
+        n += 1
+    return f"{base}-{n}"
 
 
 def output_path(ws, name: str) -> Path:
@@ -226,8 +236,21 @@ class TrainForm:
         return f"{Path(model).name}-{self._value('f-method') or 'sft'}"
 
     def output_taken(self, name: str) -> bool:
-        folder = self.app.ws.adapters_dir / name
+        folder = output_path(self.app.ws, name)
         return holds_run(folder) or self._output_busy(folder) is not None
+
+    def _start_job(self, kind: str, args: list[str]) -> None:
+        """Start the run, then propose a fresh output for the next one: the other fields stay
+        (for a variant), so the name just used would invite a duplicate run into it."""
+        typed = self.query_one("#f-output", Input).value.strip()
+        started = len(self.histories)
+        super()._start_job(kind, args)
+        if len(self.histories) == started or not typed or typed == self._auto_output:
+            return  # not started, or the name was the form's own: RunsScreen suggested the next one
+        name = next_free_name(typed, self.output_taken)
+        self._auto_output = name
+        self.query_one("#f-output", Input).value = name
+        self.query_one("#f-resume", Checkbox).value = False  # the run just started is the one resumed
 
     # reacting to edits ----------------------------------------------------------------------
     def on_select_changed(self, event: Select.Changed) -> None:

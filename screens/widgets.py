@@ -468,7 +468,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 def confirm_cancel(screen, job: JobInfo, question: str, yes: str, no: str, after: Callable | None = None) -> None:
-    """Ask, then cancel `job` in a worker thread (cancel_job waits up to 10 s for it to stop),
+    """Ask, then cancel `job` in a worker thread (cancel_job waits for it to stop, SIGKILL after a grace),
     then report its final status on the screen and call `after`."""
 
     def answered(ok: bool | None) -> None:

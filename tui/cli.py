@@ -39,10 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="list, show, cancel and attach to runs").add_subparsers(dest="action", required=True)
     p = jobs.add_parser("list", help="every run in the workspace, newest first")
     _add_json(p)
-    for name, help_ in (("show", "a run's status and events"), ("cancel", "stop a running job (SIGTERM)"),
+    for name, help_ in (("show", "a run's status and events"),
+                        ("cancel", "stop a running job: SIGTERM (it saves a checkpoint), SIGKILL after --grace"),
                         ("attach", "follow a run's events until it ends")):
         p = jobs.add_parser(name, help=help_)
         p.add_argument("id", help="run id (a unique prefix is enough)")
+        if name == "cancel":
+            p.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+                           help="time to stop after SIGTERM before SIGKILL (default 30)")
         _add_json(p)
 
     lora = sub.add_parser("lora", help="train LoRA adapters").add_subparsers(dest="action", required=True)
@@ -231,9 +235,9 @@ def cmd_jobs(ws, args, argv) -> int:
         return 0
     job = jobs.find_job(ws, args.id)
     if args.action == "cancel":
-        job = jobs.cancel_job(ws, job.id)
+        job = jobs.cancel_job(ws, job.id, timeout=args.grace)
         print(json.dumps(job.to_dict()) if args.json else f"{job.id}: {job.status}")
-        return 0
+        return 0 if not job.running else 1
     if args.action == "show":
         events, _ = jobs.job_events(job)
         if args.json:

@@ -114,6 +114,7 @@ def read_inputs(files: list[str], column: str) -> tuple[list[Item], list[str]]:
     are items with a reason (counted, not scored); a .jsonl file where no row has `column` is
     an error naming the file and the column."""
     from engine.errors import HumanizerError
+    from engine.jsonl import decode_text, json_lines, problem_kind
 
     items: list[Item] = []
     empty_files: list[str] = []
@@ -129,7 +130,8 @@ def read_inputs(files: list[str], column: str) -> tuple[list[Item], list[str]]:
                                  "give .txt / .md files (one text each) or .jsonl files (one text per row, "
                                  "--text-column)")
         try:
-            raw = path.read_bytes().decode("utf-8")
+            data = path.read_bytes()
+            raw = decode_text(data)
         except UnicodeDecodeError as e:
             raise HumanizerError(f"{name} is not UTF-8 text (byte {e.start})", "convert it to UTF-8") from None
         except OSError as e:
@@ -142,16 +144,9 @@ def read_inputs(files: list[str], column: str) -> tuple[list[Item], list[str]]:
         rows: list[Item] = []
         keys: set[str] = set()
         with_column = 0
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                rows.append(Item(name, lineno, None, "not valid JSON"))
-                continue
-            if not isinstance(row, dict):
-                rows.append(Item(name, lineno, None, "not a JSON object"))
+        for lineno, row, problem in json_lines(data):
+            if problem:
+                rows.append(Item(name, lineno, None, problem_kind(problem)))
                 continue
             keys |= set(row)
             if column not in row:

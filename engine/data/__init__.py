@@ -21,7 +21,6 @@ never truncated: a row longer than ``max_seq_length`` is an error (or skipped).
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import re
 import socket
@@ -30,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from engine.errors import HumanizerError
+from engine.jsonl import json_lines, type_name as _type_name
 
 ROLES = ("system", "user", "assistant")
 METHODS = ("sft", "dpo")
@@ -209,28 +209,14 @@ def _resolve(spec: str, ws=None) -> tuple[str, object]:
 
 
 def _read_jsonl(path: Path, name: str) -> list[tuple[str, int, object]]:
-    out: list[tuple[str, int, object]] = []
     try:
         data = path.read_bytes()
     except OSError as e:
         raise HumanizerError(f"can't read {path}: {e.strerror or e}") from e
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            out.append((name, lineno, RowIssue(name, lineno, None, f"not valid UTF-8 ({e.reason} at byte {e.start})")))
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            out.append((name, lineno, RowIssue(name, lineno, None, f"not valid JSON: {e.msg} (column {e.colno})")))
-            continue
-        if not isinstance(row, dict):
-            out.append((name, lineno, RowIssue(name, lineno, None, f"not a JSON object (got {_type_name(row)})")))
-            continue
-        out.append((name, lineno, row))
+    out: list[tuple[str, int, object]] = [
+        (name, lineno, row if problem is None else RowIssue(name, lineno, None, problem))
+        for lineno, row, problem in json_lines(data)
+    ]
     if not out:
         out.append((name, 0, RowIssue(name, 0, None, "file is empty (no rows)")))
     return out
@@ -442,13 +428,6 @@ def read_rows(spec: str, ws=None, method: str | None = None) -> dict[str, list[t
 
 
 # ---------------------------------------------------------------------- checking
-
-
-def _type_name(v) -> str:
-    if v is None:
-        return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number"}.get(type(v), type(v).__name__)
 
 
 def _is_blank(s: str) -> bool:

@@ -57,7 +57,7 @@ def infer_method(path: Path) -> str | None:
     """sft / dpo for a folder with a flat train.jsonl (its first row decides), else None."""
     train = path / "train.jsonl"
     try:
-        with open(train, encoding="utf-8") as f:
+        with open(train, encoding="utf-8-sig") as f:  # a leading BOM is not part of the row
             for line in f:
                 if line.strip():
                     return row_method(json.loads(line))
@@ -116,7 +116,7 @@ def read_part(path: Path, part: str, limit: int = 200, offset: int = 0) -> tuple
     file = path / PART_FILES.get(part, f"{part}.jsonl")
     rows, errors = [], []
     try:
-        with open(file, encoding="utf-8", errors="replace") as f:
+        with open(file, encoding="utf-8-sig", errors="replace") as f:  # as engine.jsonl reads it
             n = 0
             for lineno, line in enumerate(f, 1):
                 if not line.strip():

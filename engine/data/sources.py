@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import HumanizerError
+from engine.jsonl import decode_text, json_lines
 
 TEXT_EXTS = (".txt", ".md")
 TABLE_EXTS = (".jsonl", ".csv", ".parquet")
@@ -51,7 +52,7 @@ class Source:
 
 def _decode(data: bytes, where: str) -> str:
     try:
-        return data.decode("utf-8-sig")
+        return decode_text(data)
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise HumanizerError(f"{where}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})",
@@ -88,16 +89,9 @@ def read_table(path: Path) -> list[tuple[str, dict]]:
             raise HumanizerError(f"can't read {path}: {e.strerror or e}") from None
         text = _decode(data, str(path))
         if suffix == ".jsonl":
-            for n, line in enumerate(text.split("\n"), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise HumanizerError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})",
-                                         "one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise HumanizerError(f"{path}:{n}: not a JSON object", "one JSON object per line")
+            for n, row, problem in json_lines(data):
+                if problem:
+                    raise HumanizerError(f"{path}:{n}: {problem}", "one JSON object per line")
                 rows.append((f"{path}:{n}", row))
         elif suffix == ".csv":
             reader = csv.reader(io.StringIO(text, newline=""))  # quoted fields may hold newlines

@@ -95,23 +95,19 @@ def read_heldout(path: Path) -> list[Sample]:
     instruction (engine.data.build.instruction), as the dataset would have made it."""
     from engine.data.build import instruction
 
+    from engine.jsonl import decode_text, json_lines, problem_kind
+
+    data = path.read_bytes()
     try:
-        raw = path.read_bytes().decode("utf-8")
+        decode_text(data)
     except UnicodeDecodeError as e:
         raise HumanizerError(f"{path} is not UTF-8 text (byte {e.start})") from None
     out: list[Sample] = []
     problems: list[tuple[int, str, str]] = []  # (line, field, what)
     seen: set[str] = set()
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            problems.append((n, "", "is not valid JSON"))
-            continue
-        if not isinstance(row, dict):
-            problems.append((n, "", "is not a JSON object"))
+    for n, row, problem in json_lines(data):
+        if problem:
+            problems.append((n, "", "is " + problem_kind(problem)))
             continue
         bad = [(f, "is missing" if f not in row else "is not a string" if not isinstance(row[f], str) else "is empty")
                for f in REQUIRED if not isinstance(row.get(f), str) or not row[f].strip()]
