@@ -16,12 +16,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from screens.adapter_actions import AdapterActions
 from screens.adapters_widgets import AdapterTable, adapter_cells, adapter_details, engine_adapters
 from screens.serving import ServerMonitor
-from screens.widgets import ModeHeader, StatusBar, cursor_key, display_path
+from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, display_path
 
 __all__ = ["AdaptersScreen", "AdapterTable"]
 
@@ -85,7 +85,7 @@ class AdaptersScreen(AdapterActions, Screen):
                 yield Static("", id="ad-empty")
             yield VerticalScroll(Static("", id="ad-detail-text"), id="ad-detail", can_focus=False)
         yield VerticalScroll(id="ad-jobs", can_focus=False)
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         self.monitor = ServerMonitor.of(self.app)

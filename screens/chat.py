@@ -27,7 +27,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TextArea
+from textual.widgets import Static, TextArea
 from textual.worker import Worker
 
 from engine.errors import HumanizerError
@@ -35,8 +35,10 @@ from screens.chat_conversations import ChatConversations
 from screens.chat_judge import JUDGE_BINDINGS, ChatJudge
 from screens.chat_widgets import Conversation, Message, PairView, Reply, ReplyView, UserView, chat_bar, stream_reply
 from screens.server_widgets import server_defaults
-from screens.serving import DEFAULT_PORT, ServerMonitor, adapter_choices, host_port, pick_default_model, start_server
-from screens.widgets import ConfirmDialog, ModeHeader, StatusBar
+from screens.serving import (
+    DEFAULT_PORT, ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, start_server,
+)
+from screens.widgets import FitFooter, ConfirmDialog, ModeHeader, StatusBar
 
 REDRAW_HZ = 4
 SHORT = 30  # below this many rows: a shorter input box
@@ -91,7 +93,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
             yield Static("", id="chat-info")
         yield TextArea(id="chat-input", compact=True, soft_wrap=True,
                        placeholder=f"Type a message: {SEND_KEYS} sends, enter is a new line, esc leaves the input")
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         self.monitor = ServerMonitor.of(self.app)
@@ -121,11 +123,11 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
 
     @property
     def adapter(self) -> str | None:
-        """A: the conversation's adapter if the server has it, else its last choice (the full stack)."""
+        """A: the conversation's adapter if the server has it, else the deepest real stack it offers."""
         choices = self.choices()
         if not choices:
             return self.conv.adapter
-        return self.conv.adapter if self.conv.adapter in choices else choices[-1]
+        return self.conv.adapter if self.conv.adapter in choices else first_choice(self.monitor)
 
     @property
     def compare(self) -> str | None:

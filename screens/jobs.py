@@ -7,11 +7,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, RichLog, Static
+from textual.widgets import DataTable, RichLog, Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, last_progress
 from screens.widgets import (
+    FitFooter,
     LiveTable, TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
     confirm_cancel, format_event, progress_pct, status_text, sync_table,
 )
@@ -54,7 +55,7 @@ class JobsScreen(Screen):
         yield Static("", id="jobs-empty")
         yield Static("", id="detail-title")
         yield RichLog(id="detail", max_lines=MAX_LINES, wrap=True, min_width=20, auto_scroll=True)
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         self._columns()

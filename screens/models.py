@@ -10,10 +10,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from engine.jobs import JobInfo
 from screens.widgets import (
+    FitFooter,
     LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, start_humanizer_job, sync_table,
 )
 
@@ -71,7 +72,7 @@ class ModelsScreen(Screen):
         yield ModelTable(id="models-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="models-empty")
         yield VerticalScroll(id="models-jobs")  # one JobProgress per pull or import followed
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(ModelTable)

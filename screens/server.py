@@ -15,14 +15,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, job_info
 from screens.server_actions import ServerActions
 from screens.server_widgets import ServeRun, request_cells, request_summary, server_defaults, server_status
 from screens.serving import ServerMonitor, fit_lines, pick_default_model, serve_jobs
-from screens.widgets import ModeHeader, StatusBar
+from screens.widgets import FitFooter, ModeHeader, StatusBar
 
 __all__ = ["ServerScreen", "ServeRun", "request_summary", "server_defaults"]
 
@@ -65,7 +65,7 @@ class ServerScreen(ServerActions, Screen):
         yield Static("", id="srv-summary")
         yield DataTable(id="srv-requests", cursor_type="row", zebra_stripes=True)
         yield Static("", id="srv-empty")
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         self.monitor = ServerMonitor.of(self.app)

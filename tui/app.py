@@ -29,6 +29,7 @@ from screens.serving import ServerMonitor
 from screens.train import TrainScreen
 from screens.widgets import ConfirmDialog, start_humanizer_job
 from tui.config import ConfigError, keymap_line, load_config, set_value
+from tui.help import HelpScreen, help_rows
 from tui.keymap import APP_BINDINGS, MODES, check_keymap
 
 SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScreen, "adapters": AdaptersScreen,
@@ -180,10 +181,9 @@ class HumanizerApp(App):
             self.notify(f"theme not saved: {e}", severity="warning")
 
     def action_toggle_keys(self) -> None:
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
-        else:
-            self.action_show_help_panel()
+        """Our help dialog, not Textual's key panel (it squeezed the screen at 80x24)."""
+        title = self.screen.sub_title or self.current_mode
+        self.push_screen(HelpScreen(title, help_rows(self.screen)))
 
     async def _in_models(self, action: str) -> None:
         await self.switch_mode("models")

@@ -25,10 +25,10 @@ APP_BINDINGS: list[Binding] = [
     *(Binding(key, f"mode('{mode}')", title, id=f"mode_{mode}", show=False,
               tooltip=f"Switch to {title}")
       for mode, title, key in MODES),
-    Binding("ctrl+t", "toggle_theme", "Dark/light", id="toggle_theme",
-            tooltip="Remembered in config.toml"),
-    Binding("question_mark", "toggle_keys", "Keys", id="show_keys",
-            tooltip="Show/hide this panel"),
+    Binding("ctrl+t", "toggle_theme", "Dark/light", id="toggle_theme", show=False,  # 80 columns: in the help
+            tooltip="Dark or light theme, remembered in config.toml"),
+    Binding("question_mark,f1", "toggle_keys", "Help", id="show_keys",
+            tooltip="This screen's keys, with their ids for config.toml's [keymap]"),
     Binding("q", "quit", "Quit", id="quit", tooltip="Jobs keep running"),
 ]
 
