@@ -26,7 +26,9 @@ from screens.data_widgets import (
     sides_table, source_label,
 )
 from screens.runs import RunsScreen, append_outcome, append_timing, bar, form_css
-from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, display_path, fmt_time, status_text, sync_table
+from screens.widgets import (
+    FitFooter, ModeHeader, StatusBar, cursor_key, display_path, fmt_time, status_text, sync_table,
+)
 
 PAGE = 100  # rows read at a time in the browser
 

@@ -12,8 +12,7 @@ from textual.widgets import DataTable, RichLog, Static
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, last_progress
 from screens.widgets import (
-    FitFooter,
-    LiveTable, TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
+    FitFooter, LiveTable, TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
     confirm_cancel, format_event, progress_pct, status_text, sync_table,
 )
 

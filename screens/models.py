@@ -14,8 +14,8 @@ from textual.widgets import DataTable, Static
 
 from engine.jobs import JobInfo
 from screens.widgets import (
-    FitFooter,
-    LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, start_humanizer_job, sync_table,
+    FitFooter, LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, start_humanizer_job,
+    sync_table,
 )
 
 EMBEDDED = "smollm2-135m"

@@ -14,7 +14,7 @@ from screens.forms import Field, FormDialog, PickDialog
 from screens.server_widgets import describe_mounted, server_defaults
 from screens.serving import DEFAULT_HOST, DEFAULT_PORT, mounted_names, start_server
 from screens.stacks import deepest_stack, from_info, from_mounted, repeats
-from screens.widgets import ConfirmDialog
+from screens.widgets import ConfirmDialog, key_of, mode_ref
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -26,7 +26,8 @@ class ServerActions:
     # start and stop ------------------------------------------------------------------------
     def action_start(self) -> None:
         if self.monitor.view.job is not None:
-            self.notify(f"a server is already running ({self.monitor.label()}); x stops it", severity="warning")
+            self.notify(f"a server is already running ({self.monitor.label()}); "
+                        f"{key_of(self.app, 'server_stop', 'x')} stops it", severity="warning")
             return
         self.run_worker(self._gather, thread=True, group="server-gather", exclusive=True)
 
@@ -49,7 +50,7 @@ class ServerActions:
 
     def _start_dialog(self, models: list, current, adapters: list, defaults: dict) -> None:
         if not models:
-            self.notify("no models yet: pull or import one in Models (1)", severity="error")
+            self.notify(f"no models yet: pull or import one in {mode_ref(self.app, 'models')}", severity="error")
             return
         by_name = {a.name: a for a in adapters}
         # ticked: the deepest real stack only (never copies or a combined adapter with its sources)
@@ -121,6 +122,9 @@ class ServerActions:
             self.notify(f"could not start the server: {e}", severity="error")
             return
         self.monitor.remember_key(job, v["api_key"] or None)
+        if hasattr(self.app, "remember"):  # the next start offers the same (never the API key)
+            self.app.remember("server", {"host": v["host"] or DEFAULT_HOST, "port": int(v["port"]),
+                                         "max_concurrent": int(v["max_concurrent"])})
         self.app.poll_jobs()
         self.monitor.refresh_now()
         self.show(job)
@@ -163,7 +167,7 @@ class ServerActions:
     # mount and unmount -------------------------------------------------------------------------
     def action_mount(self) -> None:
         if not self.monitor.up:
-            self.notify("no server is up: s starts one", severity="warning")
+            self.notify(f"no server is up: {key_of(self.app, 'server_start', 's')} starts one", severity="warning")
             return
         self.run_worker(self._gather_mountable, thread=True, group="server-gather", exclusive=True)
 

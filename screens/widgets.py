@@ -10,6 +10,8 @@ Screens reach the app's shared state by duck typing (screens never import tui/):
   app.clock()       the time now (tests pass a fixed clock)
   app.poll_jobs()   re-read runs/ now
   app.select_model(name)
+  app.remember(table, values)   keep settings in config.toml ([server] host / port)
+  app.keymap_overrides          the user's [keymap]: messages name keys with key_of / mode_ref
 """
 
 from __future__ import annotations

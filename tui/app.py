@@ -106,7 +106,7 @@ class HumanizerApp(App):
         self.set_interval(1 / POLL_HZ, self.poll_jobs)
         ServerMonitor.of(self)  # follows the running serve job: server_state in the status bar
         for problem in self.config_problems:
-            self.notify(problem, title="config.toml", severity="error", timeout=12)
+            self.notify(problem, title="config.toml", severity="error", timeout=12, markup=False)
         if self.should_offer_demo():
             self.push_screen(ConfirmDialog(DEMO_QUESTION, yes="Run the demo", no="Not now", destructive=False),
                              self._demo_answered)
@@ -172,6 +172,15 @@ class HumanizerApp(App):
 
     def action_mode(self, mode: str) -> None:
         self.switch_mode(mode)
+
+    def remember(self, table: str | None, values: dict) -> None:
+        """Keep settings in config.toml (for screens, which never import tui): the Server
+        form's host, port and max concurrent go in [server]."""
+        try:
+            for key, value in values.items():
+                set_value(self.ws.config_path, key, value, table)
+        except (ConfigError, OSError) as e:
+            self.notify(f"not saved in config.toml: {e}", severity="warning", markup=False)
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"

@@ -6,6 +6,8 @@ Every binding has an id and a tooltip. Number keys switch modes (1 Models, 2 Job
 
 from __future__ import annotations
 
+import difflib
+
 from textual.binding import Binding
 
 # (mode name, title, key): the order of the number keys.
@@ -70,7 +72,10 @@ def check_keymap(overrides: dict[str, str], where=lambda binding_id: "config.tom
     for binding_id, keys in overrides.items():
         if binding_id in known:
             good[binding_id] = keys
-        else:
-            problems.append(f"{where(binding_id)}: [keymap] has no binding {binding_id!r}; "
-                            f"known: {', '.join(sorted(known))}")
+            continue
+        # the bad id first and briefly: a toast cut after a list of 60 ids hid it
+        close = difflib.get_close_matches(binding_id, known, n=2, cutoff=0.6)
+        guess = f"; did you mean {' or '.join(close)}?" if close else ""
+        problems.append(f"[keymap] {binding_id} = {keys!r}: no such binding id ({where(binding_id)}){guess} "
+                        f"? shows each screen's keys with their ids")
     return good, problems

@@ -1,0 +1,228 @@
+"""Small things seen at 80x24 over SSH (issue 11): the footer fits, `?` opens our help with
+the user's keys, a bad [keymap] id is named first, checkboxes differ without colour, the
+Jobs table names each job, the Adapters details follow the cursor and scroll by key,
+messages name remapped keys, the server port is remembered, saved chats get distinct
+titles, and ctrl+r says what reached the clipboard. Each driven with Pilot at 80x24."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+
+import pytest
+from textual.widgets import SelectionList
+
+from tests.pilot import until
+from tui.app import HumanizerApp
+from tui.keymap import MODES
+
+SIZE = (80, 24)
+
+
+def notifications(app) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+def screen_text(app) -> list[str]:
+    """The screen as plain text lines, as the terminal shows them."""
+    return ["".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips()]
+
+
+# the footer and the help -------------------------------------------------------------------
+async def test_footer_fits_80_columns_on_every_screen(ws):
+    app = HumanizerApp(ws)
+    async with app.run_test(size=SIZE) as pilot:
+        for mode, _, key in sorted(MODES, key=lambda m: m[0] == "chat"):  # Chat last: its text field takes keys
+            await pilot.press(key)
+            await until(pilot, lambda: app.current_mode == mode and app.screen.query("FooterKey"), 10, mode)
+            await pilot.pause(0.2)
+            keys = list(app.screen.query("FooterKey"))
+            palette = [k for k in keys if k.has_class("-command-palette")]
+            assert palette, mode
+            right = max(k.region.right for k in keys if k not in palette)
+            assert right <= palette[0].region.x, (mode, [f"{k.key_display} {k.description}" for k in keys])
+            assert "^p palette" in screen_text(app)[-1], (mode, screen_text(app)[-1])
+
+
+async def test_question_mark_shows_our_help_with_the_users_keys(ws):
+    ws.config_path.write_text('[keymap]\nadapters_mount = "M"\n')
+    app = HumanizerApp(ws, mode="adapters")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen", 5, "the help")
+        assert not app.query("HelpPanel")  # not Textual's key panel beside the screen
+        text = "\n".join(screen_text(app))
+        assert "Keys: Adapters" in text
+        row = next(r for r in app.screen.rows if r[3] == "adapters_mount")
+        assert row[0] == "M" and "running server" in row[2]  # the remapped key, the tooltip
+        assert any(r[3] == "toggle_theme" for r in app.screen.rows)  # out of the footer, still here
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "AdaptersScreen"
+        await pilot.press("f1")
+        assert type(app.screen).__name__ == "HelpScreen"
+        await pilot.press("question_mark")
+        assert type(app.screen).__name__ == "AdaptersScreen"
+
+
+async def test_bad_keymap_id_is_named_first_and_briefly(ws):
+    ws.config_path.write_text('[keymap]\nadapter_mount = "M"\n')
+    app = HumanizerApp(ws)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        found = notifications(app)
+        assert len(found) == 1, found
+        msg = found[0]
+        assert msg.startswith("[keymap] adapter_mount = 'M'"), msg
+        assert "line 2" in msg and "did you mean adapters_mount" in msg and len(msg) < 200, msg
+        await pilot.press("question_mark")
+        assert type(app.screen).__name__ == "HelpScreen"
+
+
+# item 15: the stacks the Server form ticks and Chat starts with ------------------------------
+URL = "http://127.0.0.1:8080"
+
+
+@pytest.fixture
+def stacked(ws):
+    """The tiny model; an SFT adapter, a DPO delta on it, their exact combination
+    (`lora combine`) and a plain copy of the SFT folder."""
+    from engine.adapters import model_fingerprint
+    from tests.test_serving_screens import _adapter
+    from tests.tiny import make_tiny_llama
+
+    tiny = make_tiny_llama(ws.models_dir / "tiny")
+    base = {"name": "tiny", "fingerprint": model_fingerprint(tiny)}
+    sft = _adapter(ws, "humanizer-sft", "sft", base, 8, {"val_loss": 1.8})
+    dpo = _adapter(ws, "humanizer-dpo", "dpo", base, 4, {"val_loss": 0.4},
+                   parent={"name": sft.name, "path": str(sft.path), "fingerprint": sft.fingerprint})
+    comb = _adapter(ws, "humanizer-sft-dpo", "combined", base, 12, {})
+    cfg_path = comb.path / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["humanizer"]["combined_from"] = [{"name": a.name, "fingerprint": a.fingerprint, "method": a.method}
+                                         for a in (sft, dpo)]
+    cfg_path.write_text(json.dumps(cfg))
+    shutil.copytree(sft.path, ws.adapters_dir / "sft-copy")
+    return ws
+
+
+async def test_server_form_ticks_the_deepest_stack_and_refuses_repeats(stacked):
+    from screens.forms import FormDialog
+    from tests.pilot import text_of
+
+    app = HumanizerApp(stacked, mode="server")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, FormDialog), 10, "the start dialog")
+        dialog = app.screen
+        assert sorted(dialog.values()["adapters"]) == ["humanizer-dpo", "humanizer-sft"]
+        picks = dialog.query_one("#fd-adapters", SelectionList)
+        picks.select("humanizer-sft-dpo")
+        await pilot.press("ctrl+s")
+        errors = text_of(dialog, "#fd-errors")
+        assert "and 'humanizer-sft-dpo' hold the same weights" in errors, errors
+        picks.deselect_all()
+        picks.select("humanizer-sft")
+        picks.select("sft-copy")
+        await pilot.press("ctrl+s")
+        assert "'humanizer-sft' and 'sft-copy' hold the same weights" in text_of(dialog, "#fd-errors")
+        assert isinstance(app.screen, FormDialog)
+
+
+class StackedServer:
+    """The HTTP client's stand-in for a server with sft, dpo and their combination mounted:
+    the ids are those the engine lists (every selection with a delta's parent)."""
+
+    def __init__(self, url, api_key=None, timeout=5.0):
+        self.url = url
+
+    home = None
+
+    async def request(self, method, path, body=None):
+        names = ["humanizer-sft", "humanizer-dpo", "humanizer-sft-dpo"]
+        if path == "/health":
+            return {"status": "ok", "model": "tiny", "adapters": names}
+        if path == "/v1/adapters":
+            from engine.adapters import read_adapter
+
+            data = [{"name": n, "path": str(self.home / "adapters" / n), "method": None,
+                     "fingerprint": read_adapter(self.home / "adapters" / n).fingerprint,
+                     "is_delta": n == "humanizer-dpo", "parent": "humanizer-sft" if n == "humanizer-dpo" else None}
+                    for n in names]
+            models = ["base", "humanizer-sft", "humanizer-sft-dpo", "humanizer-sft+humanizer-dpo",
+                      "humanizer-sft+humanizer-sft-dpo", "humanizer-sft+humanizer-dpo+humanizer-sft-dpo"]
+            return {"data": data, "models": models}
+        return {}
+
+    async def get(self, path):
+        return await self.request("GET", path)
+
+
+def fake_serve_job(ws) -> None:
+    """A running serve job (this process stands in for it) that has logged its URL."""
+    import os
+
+    from engine.events import process_start_time
+
+    run = ws.runs_dir / "20250102-110000-serve-5e7a"
+    run.mkdir(parents=True)
+    argv = ["humanizer", "serve", "--model", "tiny", "--adapter", "humanizer-sft", "--port", "8080"]
+    (run / "job.json").write_text(json.dumps({
+        "id": run.name, "kind": "serve", "argv": argv, "pid": os.getpid(), "status": "running",
+        "started": 1.0, "ended": None, "pid_start": process_start_time(os.getpid())}))
+    (run / "events.jsonl").write_text(json.dumps({"t": 2.0, "type": "log", "message": "serving", "url": URL}) + "\n")
+
+
+async def test_chat_starts_with_the_deepest_stack_and_the_hint_shows_real_ids(stacked, monkeypatch):
+    from screens.serving import ServerMonitor
+    from tests.pilot import text_of
+
+    StackedServer.home = stacked.home
+    monkeypatch.setattr(ServerMonitor, "client_class", StackedServer)
+    fake_serve_job(stacked)
+    app = HumanizerApp(stacked, mode="server")
+    async with app.run_test(size=SIZE) as pilot:
+        mon = ServerMonitor.of(app)
+        await until(pilot, lambda: mon.up and "No requests" in text_of(app.screen, "#srv-empty"), 10, "the hint")
+        hint = text_of(app.screen, "#srv-empty")
+        assert '"humanizer-sft"' in hint and '"sft"' not in hint, hint
+        await pilot.press("6")
+        await until(pilot, lambda: app.current_mode == "chat" and app.screen.choices(), 10, "chat")
+        assert app.screen.adapter == "humanizer-sft+humanizer-dpo"  # not the longest id: it repeats sft
+        assert "humanizer-sft+humanizer-dpo" in text_of(app.screen, "#chat-bar")
+
+
+async def test_server_port_is_remembered(stacked):
+    import socket
+
+    from screens.forms import FormDialog
+    from tests.test_serving_screens import _stop
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = HumanizerApp(stacked, mode="server")
+    job = None
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("s")
+            await until(pilot, lambda: isinstance(app.screen, FormDialog), 10, "the start dialog")
+            assert app.screen.values()["port"] == "8080"
+            app.screen.query_one("#fd-port").value = str(port)
+            picks = app.screen.query_one("#fd-adapters", SelectionList)
+            picks.deselect_all()
+            picks.select("humanizer-sft")
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: app.jobs and app.jobs[0].kind == "serve", 10, "the serve job")
+            job = app.jobs[0]
+            assert tomllib.loads(stacked.config_path.read_text())["server"] == {
+                "host": "127.0.0.1", "port": port, "max_concurrent": 8}
+            _stop(stacked, job.id)
+            app.poll_jobs()
+            await until(pilot, lambda: app.screen.monitor.view.job is None, 10, "the server gone")
+            await pilot.press("s")
+            await until(pilot, lambda: isinstance(app.screen, FormDialog), 10, "the start dialog again")
+            assert app.screen.values()["port"] == str(port)
+    finally:
+        if job is not None:
+            _stop(stacked, job.id)
