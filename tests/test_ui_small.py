@@ -226,3 +226,40 @@ async def test_server_port_is_remembered(stacked):
     finally:
         if job is not None:
             _stop(stacked, job.id)
+
+
+# item 18: Jobs ---------------------------------------------------------------------------------
+def fake_job(ws, job_id: str, kind: str, argv: list[str], status: str = "running") -> None:
+    import os
+
+    from engine.events import process_start_time
+
+    run = ws.runs_dir / job_id
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "job.json").write_text(json.dumps({
+        "id": job_id, "kind": kind, "argv": argv, "pid": os.getpid(), "status": status, "started": 1.0e9,
+        "ended": None if status == "running" else 1.0e9 + 75, "pid_start": process_start_time(os.getpid())}))
+    (run / "events.jsonl").touch()
+
+
+async def test_jobs_table_names_jobs_and_shows_whole_statuses(ws):
+    train = ["python", "-m", "tui.cli", "lora", "train", "tiny", "--data", "d", "--output",
+             str(ws.adapters_dir / "humanizer-sft")]
+    fake_job(ws, "20250102-110000-lora-train-5e7a", "lora train", train)
+    fake_job(ws, "20250102-100000-models-pull-0b1c", "models pull",
+             ["python", "-m", "tui.cli", "models", "pull", "smollm2-135m"], status="done")
+    app = HumanizerApp(ws)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await until(pilot, lambda: app.current_mode == "jobs" and app.screen.query_one("#jobs-table").row_count == 2,
+                    10, "the jobs")
+        job = ws.runs_dir / "20250102-110000-lora-train-5e7a" / "job.json"
+        info = json.loads(job.read_text())
+        job.write_text(json.dumps({**info, "status": "cancelled", "ended": 1.0e9 + 75}))
+        app.poll_jobs()
+        await until(pilot, lambda: "⊘ cancelled" in "\n".join(screen_text(app)), 10, "the whole status")
+        lines = screen_text(app)
+        row = next(line for line in lines if "lora-train-5e7a" in line)
+        assert "humanizer-sft" in row and "⊘ cancelled" in row and "1m15s" in row, row
+        assert "smollm2-135m" in next(line for line in lines if "models-pull" in line)
+        assert " name " in next(line for line in lines if " id " in line)
