@@ -42,6 +42,7 @@ class AdaptersScreen(AdapterActions, Screen):
     AdaptersScreen #ad-detail {
         height: 1fr; padding: 0 1; border-top: hkey $primary-background; scrollbar-size-vertical: 1;
     }
+    AdaptersScreen #ad-detail:focus { border-top: hkey $primary; }
     AdaptersScreen #ad-jobs { height: auto; max-height: 40%; }
     AdaptersScreen #ad-body { layout: vertical; }
     AdaptersScreen.-side #ad-body { layout: horizontal; }
@@ -57,6 +58,9 @@ class AdaptersScreen(AdapterActions, Screen):
                 tooltip="A bundle: model, adapters, model card (a job)"),
         Binding("p", "push", "Push", id="adapters_push", tooltip="Upload a bundle to the Hub (a job)"),
         Binding("r", "refresh", "Refresh", id="adapters_refresh", show=False, tooltip="Re-read adapters/"),
+        Binding("d", "focus_detail", "Details", id="adapters_details", show=False,
+                tooltip="Scroll the details with ↑↓ pgup pgdn; esc: back to the list"),
+        Binding("escape", "focus_table", "List", id="adapters_list", show=False, tooltip="Back to the list"),
     ]
 
     def __init__(self) -> None:
@@ -83,7 +87,7 @@ class AdaptersScreen(AdapterActions, Screen):
                 yield Static("", id="ad-heading")
                 yield AdapterTable(id="ad-table", cursor_type="row", zebra_stripes=True)
                 yield Static("", id="ad-empty")
-            yield VerticalScroll(Static("", id="ad-detail-text"), id="ad-detail", can_focus=False)
+            yield VerticalScroll(Static("", id="ad-detail-text"), id="ad-detail")  # d focuses it: keys scroll
         yield VerticalScroll(id="ad-jobs", can_focus=False)
         yield FitFooter()
 
@@ -238,16 +242,25 @@ class AdaptersScreen(AdapterActions, Screen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self._detail()
-        detail = self.query_one("#ad-detail")
-        detail.scroll_home(animate=False)
+        self.action_focus_detail()
 
     def _detail(self) -> None:
+        """The highlighted adapter's details, from their top when it is another adapter."""
         info = self.selected()
         box = self.query_one("#ad-detail-text", Static)
         if info is None:
             box.update(Text("Highlight an adapter to see its details.", style="dim"))
             return
         box.update(self.details(info))
+        if info.name != getattr(self, "_detail_name", None):
+            self._detail_name = info.name
+            self.query_one("#ad-detail").scroll_home(animate=False)
+
+    def action_focus_detail(self) -> None:
+        self.query_one("#ad-detail").focus()
+
+    def action_focus_table(self) -> None:
+        self.query_one(AdapterTable).focus()
 
     def details(self, info) -> Text:
         here = info.is_delta and self.by_fingerprint(info.parent.get("fingerprint")) is not None

@@ -263,3 +263,42 @@ async def test_jobs_table_names_jobs_and_shows_whole_statuses(ws):
         assert "humanizer-sft" in row and "⊘ cancelled" in row and "1m15s" in row, row
         assert "smollm2-135m" in next(line for line in lines if "models-pull" in line)
         assert " name " in next(line for line in lines if " id " in line)
+
+
+# item 18: Adapters details ------------------------------------------------------------------------
+async def test_adapter_details_follow_the_cursor_and_scroll_by_key(stacked):
+    from textual.containers import VerticalScroll
+
+    cfg_path = stacked.adapters_dir / "humanizer-dpo" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["humanizer"]["training"] = {"iters": 300, "preset": "large", "learning_rate": 1e-5, "batch_size": 4,
+                                    "beta": 0.1, "dpo_loss": "sigmoid", "data": "datasets/demo-dpo",
+                                    "data_fingerprint": "sha256:9f2c4e1a", "seed": 0, "max_seq_length": 2048}
+    cfg_path.write_text(json.dumps(cfg))  # as training writes it: the details no longer fit 80x24
+    app = HumanizerApp(stacked, mode="adapters")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        table = screen.query_one("#ad-table")
+        await until(pilot, lambda: table.row_count == 4, 10, "the adapters")
+        detail = screen.query_one("#ad-detail", VerticalScroll)
+
+        def shown() -> str:
+            return str(screen.query_one("#ad-detail-text").render()).splitlines()[0]
+
+        await pilot.pause()
+        assert shown() == "humanizer-dpo"
+        await pilot.press("down")
+        await pilot.pause()
+        assert shown() == screen.selected().name == "humanizer-sft"  # the cursor, no enter
+        await pilot.press("up")
+        await pilot.pause()
+        assert shown() == "humanizer-dpo" and detail.max_scroll_y > 0
+        await pilot.press("d")
+        assert detail.has_focus
+        await pilot.press("pagedown")
+        await until(pilot, lambda: detail.scroll_y > 0, 5, "the details scrolled")
+        await pilot.press("escape")
+        assert table.has_focus
+        await pilot.press("down")
+        await pilot.pause()
+        assert shown() == "humanizer-sft" and detail.scroll_y == 0  # another adapter: from its top
