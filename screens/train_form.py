@@ -17,7 +17,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, S
 
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo
-from screens.forms import PickDialog
+from screens.forms import PickDialog, TickBox
 from screens.runs import form_head
 from screens.train_widgets import parse_train_argv
 from screens.widgets import display_path
@@ -185,7 +185,7 @@ class TrainForm:
         with Horizontal(classes="form-row"):
             yield Label("flags")
             yield Input(placeholder="e.g. --rank 4 --learning-rate 2e-4", compact=True, id="f-extra")
-        yield Checkbox("resume the run in output", compact=True, id="f-resume")
+        yield TickBox("resume the run in output", compact=True, id="f-resume")
         yield Button("Start  ctrl+s", id="f-start", compact=True, variant="primary")
         yield Static("", id="preview-summary")
         yield DataTable(id="preview-table", cursor_type="row", zebra_stripes=True, show_cursor=False)

@@ -302,3 +302,32 @@ async def test_adapter_details_follow_the_cursor_and_scroll_by_key(stacked):
         await pilot.press("down")
         await pilot.pause()
         assert shown() == "humanizer-sft" and detail.scroll_y == 0  # another adapter: from its top
+
+
+# item 18: checkboxes without colour --------------------------------------------------------------
+async def test_no_color_checkboxes_show_ticked_or_not(stacked, monkeypatch):
+    from screens.forms import Field, FormDialog
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = HumanizerApp(stacked, mode="server")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, FormDialog), 10, "the start dialog")
+        await pilot.pause()
+        text = "\n".join(screen_text(app))
+        assert "[x] humanizer-dpo" in text and "[ ] humanizer-sft-dpo" in text, text
+        await pilot.press("tab")  # from the model to the adapters
+        picks = app.screen.query_one("#fd-adapters", SelectionList)
+        assert picks.has_focus
+        picks.highlighted = 2
+        await pilot.press("space")
+        await pilot.pause()
+        assert "[x] humanizer-sft-dpo" in "\n".join(screen_text(app))
+        await pilot.press("escape")
+        app.push_screen(FormDialog("Push", [Field("private", "private repo", "check", False)]))
+        await until(pilot, lambda: isinstance(app.screen, FormDialog), 5, "the form")
+        await pilot.pause()
+        assert "[ ] private repo" in "\n".join(screen_text(app))
+        await pilot.press("space")
+        await pilot.pause()
+        assert "[x] private repo" in "\n".join(screen_text(app))
