@@ -331,3 +331,45 @@ async def test_no_color_checkboxes_show_ticked_or_not(stacked, monkeypatch):
         await pilot.press("space")
         await pilot.pause()
         assert "[x] private repo" in "\n".join(screen_text(app))
+
+
+# item 18: Chat: titles and the clipboard ---------------------------------------------------------
+def saved_chat(ws, cid: str, created: float, first: str, reply: str = "") -> None:
+    from screens.chat_widgets import Conversation, Message, Reply
+
+    conv = Conversation(cid, created, created + 60)
+    conv.messages = [Message("user", first)]
+    if reply:
+        conv.messages.append(Message("assistant", replies=[Reply("base", reply, "stop", None, 9, 5, 0.2, 0.04)]))
+    (ws.home / "chats").mkdir(exist_ok=True)
+    (ws.home / "chats" / f"{cid}.json").write_text(conv.to_json())
+
+
+async def test_saved_chats_get_distinct_titles(ws):
+    from screens.forms import PickDialog
+
+    ask = "Rewrite this draft so it reads as if a person wrote it, keep the meaning: "
+    saved_chat(ws, "20250102-090000-aaaa", 1.0e9, ask + "The committee met on Tuesday.")
+    saved_chat(ws, "20250102-090100-bbbb", 1.0e9 + 60, ask + "Our policy is a testament to excellence.")
+    saved_chat(ws, "20250102-090200-cccc", 1.0e9 + 120, ask + "Our policy is a testament to excellence.")
+    app = HumanizerApp(ws, mode="chat")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+l")
+        await until(pilot, lambda: isinstance(app.screen, PickDialog), 5, "the conversations")
+        titles = [str(label).split("  ")[0] for label, _ in app.screen.options]
+        assert len(set(titles)) == 3, titles
+        assert any("committee" in t for t in titles) and any(t.endswith("#2") for t in titles), titles
+
+
+async def test_copy_says_what_reached_the_clipboard_under_tmux(ws, monkeypatch):
+    monkeypatch.setenv("TMUX", "/tmp/tmux-0/default,1,0")
+    saved_chat(ws, "20250102-090000-aaaa", 1.0e9, "Rewrite: hello", reply="Hi there, plainly.")
+    app = HumanizerApp(ws, mode="chat")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.screen.conv.messages, 5, "the saved conversation")
+        await pilot.press("ctrl+r")
+        path = ws.home / "chats" / "clipboard.txt"
+        await until(pilot, lambda: any("OSC 52" in m for m in notifications(app)), 5, "the note")
+        msg = next(m for m in notifications(app) if "OSC 52" in m)
+        assert "set -g set-clipboard on" in msg and "chats/clipboard.txt" in msg and "copied" not in msg, msg
+        assert path.read_text() == "Hi there, plainly." == app.clipboard
