@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Static
 from screens.adapter_actions import AdapterActions
 from screens.adapters_widgets import AdapterTable, adapter_cells, adapter_details, engine_adapters
 from screens.serving import ServerMonitor
-from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, display_path
+from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, display_path, key_of, mode_ref
 
 __all__ = ["AdaptersScreen", "AdapterTable"]
 
@@ -220,7 +220,8 @@ class AdaptersScreen(AdapterActions, Screen):
         table.display = bool(rows)
         model = Path(self.model_dir).name if self.model_dir else None
         heading = Text(f"{len(rows)} adapter{'s' * (len(rows) != 1)}", style="bold")
-        heading.append(f" · fits: {model}" if model else " · no model selected (Models, 1)", style="dim")
+        heading.append(f" · fits: {model}" if model else f" · no model selected: {mode_ref(self.app, 'models')}",
+                       style="dim")
         if self.monitor.up:
             heading.append(f" · ● mounted on {self.monitor.label().split(' ', 1)[-1]}", style="dim")
         else:
@@ -230,7 +231,7 @@ class AdaptersScreen(AdapterActions, Screen):
         text = Text()
         if not rows:
             text.append(f"No adapters in {display_path(self.app.ws.adapters_dir, self.app.ws.home)}. "
-                        "Train one in Train (3), or copy an adapter folder there.\n")
+                        f"Train one in {mode_ref(self.app, 'train')}, or copy an adapter folder there.\n")
         for path, reason in self.skipped:
             text.append(f"skipped {Path(path).name}: {reason}\n", style="italic")
         empty.update(text)
@@ -264,8 +265,12 @@ class AdaptersScreen(AdapterActions, Screen):
 
     def details(self, info) -> Text:
         here = info.is_delta and self.by_fingerprint(info.parent.get("fingerprint")) is not None
-        server = "mounted" if self.is_mounted(info) else ("not mounted (m mounts it)" if self.monitor.up
-                                                           else "no server running (Server, 5)")
+        if self.is_mounted(info):
+            server = "mounted"
+        elif self.monitor.up:
+            server = f"not mounted ({key_of(self.app, 'adapters_mount', 'm')} mounts it)"
+        else:
+            server = f"no server running: {mode_ref(self.app, 'server')}"
         return adapter_details(info, self.app.ws.home, self.model_dir, here, server)
 
     # the palette -----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from screens.server_widgets import server_defaults
 from screens.serving import (
     DEFAULT_PORT, ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, start_server,
 )
-from screens.widgets import FitFooter, ConfirmDialog, ModeHeader, StatusBar
+from screens.widgets import ConfirmDialog, FitFooter, ModeHeader, StatusBar, mode_ref
 
 REDRAW_HZ = 4
 SHORT = 30  # below this many rows: a shorter input box
@@ -139,7 +139,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
     def action_cycle_adapter(self) -> None:
         choices = self.choices()
         if not choices:
-            self.notify("no server is up: its model ids are the choices (start one in Server, 5)",
+            self.notify(f"no server is up: its model ids are the choices (start one in {mode_ref(self.app, 'server')})",
                         severity="warning")
             return
         current = self.adapter
@@ -161,7 +161,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
     def action_cycle_compare(self) -> None:
         cycle = self.compare_cycle()
         if not cycle:
-            self.notify("no server is up: its model ids are the choices (start one in Server, 5)",
+            self.notify(f"no server is up: its model ids are the choices (start one in {mode_ref(self.app, 'server')})",
                         severity="warning")
             return
         i = cycle.index(self.compare) + 1 if self.compare in cycle else 0
@@ -282,7 +282,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
             models = list_models(ws)
             model = next((m for m in models if m.name == self.app.model), models[0] if models else None)
             if model is None:
-                raise HumanizerError("no models yet", "pull or import one in Models (1)")
+                raise HumanizerError("no models yet", f"pull or import one in {mode_ref(self.app, 'models')}")
             found = [a for a in A.list_adapters(ws, model.path) if a.fits]
             prints = {a.fingerprint for a in found}
             found = [a for a in found if not a.is_delta or a.parent.get("fingerprint") in prints]
@@ -346,7 +346,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
         if mon.state == "off" and not self.conv.messages:
             t.append("No server is running. ", style="bold")
             t.append(f"Type a message and send it ({SEND_KEYS}): you will be offered to start one with the "
-                     "selected model and its adapters. Or start one in Server (5).")
+                     f"selected model and its adapters. Or start one in {mode_ref(self.app, 'server')}.")
         elif mon.state == "starting" and not self.conv.messages:
             t.append("The server is starting…")
         elif mon.state == "down":

@@ -14,8 +14,8 @@ from textual.widgets import DataTable, Static
 
 from engine.jobs import JobInfo
 from screens.widgets import (
-    FitFooter, LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, start_humanizer_job,
-    sync_table,
+    FitFooter, LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, mode_ref,
+    start_humanizer_job, sync_table,
 )
 
 EMBEDDED = "smollm2-135m"
@@ -142,7 +142,7 @@ class ModelsScreen(Screen):
     def action_pull(self) -> None:
         running = self._running_job("models pull")
         if running:
-            self.notify(f"already pulling ({running.id}); see it in Jobs (2), or cancel it there",
+            self.notify(f"already pulling ({running.id}); see it in {mode_ref(self.app, 'jobs')}, or cancel it there",
                         severity="warning")
             return
         self._start("models pull", "models", "pull", EMBEDDED)
@@ -164,7 +164,7 @@ class ModelsScreen(Screen):
         if event.job.status == "done":
             self.notify(f"{event.job.kind}: done", timeout=3)
         elif event.job.status == "failed":
-            self.notify(f"{event.job.kind} failed; details below and in Jobs (2)", severity="error")
+            self.notify(f"{event.job.kind} failed; details below and in {mode_ref(self.app, 'jobs')}", severity="error")
 
     def palette_commands(self):
         """Commands this screen adds to the command palette: select any model."""

@@ -20,7 +20,7 @@ from engine.jobs import JobInfo
 from screens.forms import PickDialog, TickBox
 from screens.runs import form_head
 from screens.train_widgets import parse_train_argv
-from screens.widgets import display_path
+from screens.widgets import display_path, mode_ref
 
 PREVIEW_ROWS = 20
 PREVIEW_DELAY = 0.35  # seconds after the last keystroke in the dataset field
@@ -328,7 +328,8 @@ class TrainForm:
 
         self.app.push_screen(PickDialog("Dataset: workspace datasets and the bundled examples",
                                         [(dataset_line(d), d) for d in found],
-                                        empty="no datasets yet: build one in Data (8), or type a path"),
+                                        empty=f"no datasets yet: build one in {mode_ref(self.app, 'data')}, "
+                                              "or type a path"),
                              lambda d: d is not None and self.use_dataset(d.spec, d.methods))
 
     def use_dataset(self, spec: str, methods=()) -> None:
@@ -420,7 +421,7 @@ class TrainForm:
         name = self.query_one("#f-output", Input).value.strip()
         resume = self.query_one("#f-resume", Checkbox).value
         if not model:
-            errors.append(("f-model", "model: required; pull or import one in Models (1)"))
+            errors.append(("f-model", f"model: required; pull or import one in {mode_ref(self.app, 'models')}"))
         problem = check_dataset(ws, data)
         if problem:
             errors.append(("f-data", f"dataset: {problem}"))

@@ -283,7 +283,8 @@ class StatusBar(Widget):
         n = getattr(app, "running_jobs", 0)
         right = Text()
         right.append("model: ", style="dim")
-        right.append(model or "none — press p to pull", style="bold" if model else "italic")
+        pull = f"none — press {key_of(app, 'models_pull', 'p')} to pull"
+        right.append(model or pull, style="bold" if model else "italic")
         right.append(" │ ", style="dim")
         right.append(f"jobs: {n} running" if n else "jobs: none running", style="bold" if n else "")
         right.append(" │ ", style="dim")

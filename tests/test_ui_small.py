@@ -373,3 +373,27 @@ async def test_copy_says_what_reached_the_clipboard_under_tmux(ws, monkeypatch):
         msg = next(m for m in notifications(app) if "OSC 52" in m)
         assert "set -g set-clipboard on" in msg and "chats/clipboard.txt" in msg and "copied" not in msg, msg
         assert path.read_text() == "Hi there, plainly." == app.clipboard
+
+
+# item 18: messages name the user's keys ----------------------------------------------------------
+async def test_messages_name_the_remapped_keys(ws):
+    from tests.pilot import text_of
+
+    ws.config_path.write_text('[keymap]\nmode_models = "f2"\nmode_jobs = "j"\nmodels_pull = "P"\n'
+                              'server_start = "S"\nmode_adapters = "a"\n')
+    app = HumanizerApp(ws, mode="server")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        status = text_of(app.screen, "#srv-status")
+        assert "S: start one" in status and "s: start" not in status, status
+        assert "press P to pull" in text_of(app.screen, "StatusBar")
+        await pilot.press("S")
+        await until(pilot, lambda: any("no models yet" in m for m in notifications(app)), 5, "the message")
+        assert "pull or import one in Models (f2)" in notifications(app)[-1], notifications(app)
+        await pilot.press("a")
+        await until(pilot, lambda: app.current_mode == "adapters", 5, "Adapters")
+        await until(pilot, lambda: "no model selected" in text_of(app.screen, "#ad-heading"), 5, "the heading")
+        assert "Models (f2)" in text_of(app.screen, "#ad-heading")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"mode jobs")
+        await until(pilot, lambda: "key j" in "\n".join(screen_text(app)), 5, "the palette's hint")
