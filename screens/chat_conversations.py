@@ -16,7 +16,7 @@ from engine.data.prefs import check_set_name
 from engine.errors import HumanizerError
 from engine.workspace import atomic_write_text
 from screens.chat_widgets import (
-    MAX_TOKENS_LIMIT, Conversation, Message, PairView, ReplyView, UserView, chats_dir, distinct_titles,
+    MAX_TOKENS_LIMIT, Conversation, Message, PairView, ReplyView, UserView, distinct_titles,
     list_conversations, save_conversation,
 )
 from screens.forms import Field, FormDialog, PickDialog
@@ -164,8 +164,8 @@ class ChatConversations:
         self.run_worker(partial(self._copied_to_file, text, what), thread=True, group="chat-copy")
 
     def _copied_to_file(self, text: str, what: str) -> None:
-        """In a thread: keep the text in chats/clipboard.txt too, then say honestly what was done."""
-        path = chats_dir(self.app.ws) / CLIPBOARD_FILE
+        """In a thread: keep the text in the workspace's clipboard.txt too, then say honestly what was done."""
+        path = self.app.ws.home / CLIPBOARD_FILE  # beside chats/, whose files are all conversations
         try:
             atomic_write_text(path, text)
             saved = f"; also written to {display_path(path)}"

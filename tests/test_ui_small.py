@@ -371,10 +371,10 @@ async def test_copy_says_what_reached_the_clipboard_under_tmux(ws, monkeypatch):
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.screen.conv.messages, 5, "the saved conversation")
         await pilot.press("ctrl+r")
-        path = ws.home / "chats" / "clipboard.txt"
+        path = ws.home / "clipboard.txt"
         await until(pilot, lambda: any("OSC 52" in m for m in notifications(app)), 5, "the note")
         msg = next(m for m in notifications(app) if "OSC 52" in m)
-        assert "set -g set-clipboard on" in msg and "chats/clipboard.txt" in msg and "copied" not in msg, msg
+        assert "set -g set-clipboard on" in msg and "clipboard.txt" in msg and "copied" not in msg, msg
         assert path.read_text() == "Hi there, plainly." == app.clipboard
 
 
