@@ -119,7 +119,9 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
 
     # adapters ------------------------------------------------------------------------------------
     def choices(self) -> list[str]:
-        return adapter_choices(self.monitor.models) if self.monitor and self.monitor.models else []
+        if not (self.monitor and self.monitor.models):
+            return []
+        return adapter_choices(self.monitor.models, self.monitor.mounted)  # none that repeats weights
 
     @property
     def adapter(self) -> str | None:

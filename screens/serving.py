@@ -369,9 +369,15 @@ def with_configs(mounted: list[dict]) -> list[dict]:
 
 
 # formatting ------------------------------------------------------------------------------
-def adapter_choices(models: list[str]) -> list[str]:
-    """The adapter choices a request can make: the server's model ids, base first."""
+def adapter_choices(models: list[str], mounted: list[dict] | None = None) -> list[str]:
+    """The adapter choices a request can make: the server's model ids, base first; with the
+    `mounted` adapters known, never one that repeats weights (sft + a combined sft+dpo)."""
+    from screens.stacks import from_mounted, repeats
+
     out = [m for m in models if m == "base"] + [m for m in models if m != "base"]
+    if mounted:
+        layers = {a.name: a for a in from_mounted(mounted)}
+        out = [m for m in out if not repeats(layers[n] for n in m.split("+") if n in layers)]
     return out or ["base"]
 
 
@@ -379,7 +385,9 @@ def first_choice(monitor: ServerMonitor) -> str | None:
     """The choice Chat starts with: the deepest real stack the server offers (screens.stacks)."""
     from screens.stacks import default_choice, from_mounted
 
-    return default_choice(adapter_choices(monitor.models), from_mounted(monitor.mounted)) if monitor.models else None
+    if not monitor.models:
+        return None
+    return default_choice(adapter_choices(monitor.models, monitor.mounted), from_mounted(monitor.mounted))
 
 
 def job_ended(job: JobInfo | None) -> bool:

@@ -192,7 +192,11 @@ async def test_chat_starts_with_the_deepest_stack_and_the_hint_shows_real_ids(st
         await pilot.press("6")
         await until(pilot, lambda: app.current_mode == "chat" and app.screen.choices(), 10, "chat")
         assert app.screen.adapter == "humanizer-sft+humanizer-dpo"  # not the longest id: it repeats sft
+        assert app.screen.choices() == ["base", "humanizer-sft", "humanizer-sft-dpo", "humanizer-sft+humanizer-dpo"]
+        await until(pilot, lambda: "humanizer-sft+humanizer-dpo" in text_of(app.screen, "#chat-bar"), 5, "the bar")
         assert "humanizer-sft+humanizer-dpo" in text_of(app.screen, "#chat-bar")
+        await pilot.press("ctrl+o")  # the next choice: none that repeats weights is offered
+        assert app.screen.adapter == "base"
 
 
 async def test_server_port_is_remembered(stacked):
