@@ -276,20 +276,22 @@ class AdaptersScreen(AdapterActions, Screen):
     # the palette -----------------------------------------------------------------------------
     def palette_commands(self):
         info = self.selected()
+        k = {b.id: key_of(self.app, b.id, b.key) for b in self.BINDINGS}  # as the user has them
         cmds = []
         if info is not None:
             cmds += [
-                (f"Combine {info.name} with…", "an exact merge, as a job (c)", self.action_combine),
-                (f"Fuse {info.name} into a model…", "as a job (f)", self.action_fuse),
-                (f"Export a bundle with {info.name}…", "model + adapters + model card, as a job (e)",
-                 self.action_export),
+                (f"Combine {info.name} with…", f"an exact merge, as a job ({k['adapters_combine']})",
+                 self.action_combine),
+                (f"Fuse {info.name} into a model…", f"as a job ({k['adapters_fuse']})", self.action_fuse),
+                (f"Export a bundle with {info.name}…",
+                 f"model + adapters + model card, as a job ({k['adapters_export']})", self.action_export),
             ]
             if self.monitor.up:
                 if self.is_mounted(info):
-                    cmds.append((f"Unmount {info.name} from the server", "DELETE /v1/adapters (u)",
-                                 self.action_unmount))
+                    cmds.append((f"Unmount {info.name} from the server",
+                                 f"DELETE /v1/adapters ({k['adapters_unmount']})", self.action_unmount))
                 else:
-                    cmds.append((f"Mount {info.name} on the server", "POST /v1/adapters (m)", self.action_mount))
-        cmds.append(("Push a bundle to the Hub…", "as a job, or a dry run (p)", self.action_push))
+                    cmds.append((f"Mount {info.name} on the server", f"POST /v1/adapters ({k['adapters_mount']})",
+                                 self.action_mount))
+        cmds.append(("Push a bundle to the Hub…", f"as a job, or a dry run ({k['adapters_push']})", self.action_push))
         return cmds
-
