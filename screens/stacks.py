@@ -46,7 +46,7 @@ def from_mounted(mounted: list[dict]) -> list[Layer]:
     """Layers from the server's /v1/adapters entries (mount order), each with the "humanizer"
     table of its adapter_config.json when the monitor could read it; without it, the parent
     is the mounted adapter named as the recorded parent."""
-    by_name = {str(d.get("name")): d.get("fingerprint") for d in mounted}
+    by_name = {str(d.get("name")): d.get("fingerprint") or f"name:{d.get('name')}" for d in mounted}
     out = []
     for d in mounted:
         hz = d.get("humanizer")

@@ -186,7 +186,7 @@ async def test_chat_starts_with_the_deepest_stack_and_the_hint_shows_real_ids(st
     app = HumanizerApp(stacked, mode="server")
     async with app.run_test(size=SIZE) as pilot:
         mon = ServerMonitor.of(app)
-        await until(pilot, lambda: mon.up and "No requests" in text_of(app.screen, "#srv-empty"), 10, "the hint")
+        await until(pilot, lambda: mon.up and "sft" in text_of(app.screen, "#srv-empty"), 10, "the hint with ids")
         hint = text_of(app.screen, "#srv-empty")
         assert '"humanizer-sft"' in hint and '"sft"' not in hint, hint
         await pilot.press("6")

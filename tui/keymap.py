@@ -49,8 +49,9 @@ def _binding_owners():
     from screens.server import ServerScreen
     from screens.train import RunTable, TrainScreen
     from screens.widgets import ConfirmDialog, InputDialog
+    from tui.help import HelpScreen
 
-    return [ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,
+    return [HelpScreen, ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,
             AdaptersScreen, AdapterTable, ServerScreen, ChatScreen, FormDialog, PickDialog, ConvertScreen,
             ConvertTable, DataScreen, DatasetTable, RowTable, BuildTable, EvalScreen, EvalRunTable]
 
