@@ -404,3 +404,21 @@ async def test_messages_name_the_remapped_keys(ws):
         await pilot.press("ctrl+p")
         await pilot.press(*"mode jobs")
         await until(pilot, lambda: "key j" in "\n".join(screen_text(app)), 5, "the palette's hint")
+
+
+def test_deepest_stack_rules():
+    from screens.stacks import default_choice, deepest_stack, layer, repeats
+
+    sft = layer("sft", "f1", {})
+    dpo = layer("dpo", "f2", {"parent": {"name": "sft", "fingerprint": "f1"}})
+    dpo2 = layer("dpo2", "f3", {"parent": {"name": "dpo", "fingerprint": "f2"}})
+    comb = layer("sft-dpo", "f4", {"combined_from": [{"fingerprint": "f1"}, {"fingerprint": "f2"}]})
+    copy = layer("sft-copy", "f1", {})
+    orphan = layer("orphan", "f5", {"parent": {"name": "gone", "fingerprint": "f9"}})
+    assert deepest_stack([comb, dpo, sft, copy, orphan]) == ["dpo", "sft"]  # given order, never the combined
+    assert deepest_stack([sft, dpo, dpo2]) == ["sft", "dpo", "dpo2"]
+    assert deepest_stack([comb]) == ["sft-dpo"] and deepest_stack([orphan]) == []
+    assert repeats([sft, comb, dpo]) == [("sft", "sft-dpo"), ("sft-dpo", "dpo")] and repeats([sft, copy])
+    choices = ["base", "sft", "sft-dpo", "sft+dpo", "sft+sft-dpo+dpo"]
+    assert default_choice(choices, [sft, dpo, comb]) == "sft+dpo"
+    assert default_choice(["base", "sft", "sft+x"], []) == "sft" and default_choice([], [sft]) is None
