@@ -37,9 +37,12 @@ def job_name(job: JobInfo) -> str:
                 return a.split("=", 1)[1]
         return None
 
-    if "pull" in args[:-1] and not args[args.index("pull") + 1].startswith("-"):
-        return args[args.index("pull") + 1]
-    value = next((v for v in map(flag, ("--output", "--name", "--model", "--dataset", "--data")) if v), None)
+    value = next((v for v in map(flag, ("--output", "--name")) if v), None)
+    for verb in ("pull", "import"):  # models pull NAME, models import FILE.gguf (its stem names the model)
+        if not value and verb in args[:-1] and not args[args.index(verb) + 1].startswith("-"):
+            value = args[args.index(verb) + 1]
+            value = PurePath(value).stem if verb == "import" else value
+    value = value or next((v for v in map(flag, ("--model", "--dataset", "--data")) if v), None)
     if not value:
         return "—"
     name = PurePath(value.rstrip("/")).name or value

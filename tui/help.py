@@ -74,8 +74,8 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll():
             yield Static(f"Keys: {self.title_text}", classes="help-title")
             yield Static(table, id="help-table")
-            yield Static("Remap any key in config.toml: [keymap] then id = \"key\" (README: Workspace). "
-                         "↑↓ scroll · esc closes", classes="help-foot")
+            yield Static(Text("Remap any key in config.toml: [keymap] then id = \"key\" (README: Workspace). "
+                              "↑↓ scroll · esc closes"), classes="help-foot")
 
     def on_mount(self) -> None:
         self.query_one(VerticalScroll).focus()
