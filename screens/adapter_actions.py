@@ -15,7 +15,7 @@ from engine.jobs import JobInfo
 from screens.adapter_mounting import mount_reported, unmount_reported
 from screens.adapters_widgets import adapter_args, dry_run_listing, output_errors, output_path
 from screens.forms import Field, FormDialog
-from screens.widgets import JobProgress, LogTail, display_path, follow_job, start_humanizer_job
+from screens.widgets import JobProgress, LogTail, display_path, follow_job, mode_ref, start_humanizer_job
 
 
 class AdapterActions:
@@ -32,7 +32,7 @@ class AdapterActions:
         return info
 
     def action_mount(self) -> None:
-        info = self._selected_when_up("no server is up: start one in Server (5)")
+        info = self._selected_when_up(f"no server is up: start one in {mode_ref(self.app, 'server')}")
         if info is None:
             return
         if self.is_mounted(info):
@@ -93,8 +93,8 @@ class AdapterActions:
     def _need(self):
         info = self.selected()
         if info is None:
-            self.notify("no adapter highlighted" if self.adapters else "no adapters yet: train one in Train (3)",
-                        severity="warning")
+            self.notify("no adapter highlighted" if self.adapters
+                        else f"no adapters yet: train one in {mode_ref(self.app, 'train')}", severity="warning")
         return info
 
     def _need_with_model(self) -> tuple[list, str] | None:
@@ -105,7 +105,7 @@ class AdapterActions:
         pair = self._pair(info)
         model = self._current_model()
         if model is None:
-            self.notify("no models: pull or import one in Models (1)", severity="error")
+            self.notify(f"no models: pull or import one in {mode_ref(self.app, 'models')}", severity="error")
             return None
         return pair, model
 

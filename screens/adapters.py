@@ -16,12 +16,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from screens.adapter_actions import AdapterActions
 from screens.adapters_widgets import AdapterTable, adapter_cells, adapter_details, engine_adapters
 from screens.serving import ServerMonitor
-from screens.widgets import ModeHeader, StatusBar, cursor_key, display_path
+from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, display_path, key_of, mode_ref
 
 __all__ = ["AdaptersScreen", "AdapterTable"]
 
@@ -42,6 +42,7 @@ class AdaptersScreen(AdapterActions, Screen):
     AdaptersScreen #ad-detail {
         height: 1fr; padding: 0 1; border-top: hkey $primary-background; scrollbar-size-vertical: 1;
     }
+    AdaptersScreen #ad-detail:focus { border-top: hkey $primary; }
     AdaptersScreen #ad-jobs { height: auto; max-height: 40%; }
     AdaptersScreen #ad-body { layout: vertical; }
     AdaptersScreen.-side #ad-body { layout: horizontal; }
@@ -57,6 +58,9 @@ class AdaptersScreen(AdapterActions, Screen):
                 tooltip="A bundle: model, adapters, model card (a job)"),
         Binding("p", "push", "Push", id="adapters_push", tooltip="Upload a bundle to the Hub (a job)"),
         Binding("r", "refresh", "Refresh", id="adapters_refresh", show=False, tooltip="Re-read adapters/"),
+        Binding("d", "focus_detail", "Details", id="adapters_details", show=False,
+                tooltip="Scroll the details with ↑↓ pgup pgdn; esc: back to the list"),
+        Binding("escape", "focus_table", "List", id="adapters_list", show=False, tooltip="Back to the list"),
     ]
 
     def __init__(self) -> None:
@@ -83,9 +87,9 @@ class AdaptersScreen(AdapterActions, Screen):
                 yield Static("", id="ad-heading")
                 yield AdapterTable(id="ad-table", cursor_type="row", zebra_stripes=True)
                 yield Static("", id="ad-empty")
-            yield VerticalScroll(Static("", id="ad-detail-text"), id="ad-detail", can_focus=False)
+            yield VerticalScroll(Static("", id="ad-detail-text"), id="ad-detail")  # d focuses it: keys scroll
         yield VerticalScroll(id="ad-jobs", can_focus=False)
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         self.monitor = ServerMonitor.of(self.app)
@@ -216,7 +220,8 @@ class AdaptersScreen(AdapterActions, Screen):
         table.display = bool(rows)
         model = Path(self.model_dir).name if self.model_dir else None
         heading = Text(f"{len(rows)} adapter{'s' * (len(rows) != 1)}", style="bold")
-        heading.append(f" · fits: {model}" if model else " · no model selected (Models, 1)", style="dim")
+        heading.append(f" · fits: {model}" if model else f" · no model selected: {mode_ref(self.app, 'models')}",
+                       style="dim")
         if self.monitor.up:
             heading.append(f" · ● mounted on {self.monitor.label().split(' ', 1)[-1]}", style="dim")
         else:
@@ -226,7 +231,7 @@ class AdaptersScreen(AdapterActions, Screen):
         text = Text()
         if not rows:
             text.append(f"No adapters in {display_path(self.app.ws.adapters_dir, self.app.ws.home)}. "
-                        "Train one in Train (3), or copy an adapter folder there.\n")
+                        f"Train one in {mode_ref(self.app, 'train')}, or copy an adapter folder there.\n")
         for path, reason in self.skipped:
             text.append(f"skipped {Path(path).name}: {reason}\n", style="italic")
         empty.update(text)
@@ -238,40 +243,55 @@ class AdaptersScreen(AdapterActions, Screen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self._detail()
-        detail = self.query_one("#ad-detail")
-        detail.scroll_home(animate=False)
+        self.action_focus_detail()
 
     def _detail(self) -> None:
+        """The highlighted adapter's details, from their top when it is another adapter."""
         info = self.selected()
         box = self.query_one("#ad-detail-text", Static)
         if info is None:
             box.update(Text("Highlight an adapter to see its details.", style="dim"))
             return
         box.update(self.details(info))
+        if info.name != getattr(self, "_detail_name", None):
+            self._detail_name = info.name
+            self.query_one("#ad-detail").scroll_home(animate=False)
+
+    def action_focus_detail(self) -> None:
+        self.query_one("#ad-detail").focus()
+
+    def action_focus_table(self) -> None:
+        self.query_one(AdapterTable).focus()
 
     def details(self, info) -> Text:
         here = info.is_delta and self.by_fingerprint(info.parent.get("fingerprint")) is not None
-        server = "mounted" if self.is_mounted(info) else ("not mounted (m mounts it)" if self.monitor.up
-                                                           else "no server running (Server, 5)")
+        if self.is_mounted(info):
+            server = "mounted"
+        elif self.monitor.up:
+            server = f"not mounted ({key_of(self.app, 'adapters_mount', 'm')} mounts it)"
+        else:
+            server = f"no server running: {mode_ref(self.app, 'server')}"
         return adapter_details(info, self.app.ws.home, self.model_dir, here, server)
 
     # the palette -----------------------------------------------------------------------------
     def palette_commands(self):
         info = self.selected()
+        k = {b.id: key_of(self.app, b.id, b.key) for b in self.BINDINGS}  # as the user has them
         cmds = []
         if info is not None:
             cmds += [
-                (f"Combine {info.name} with…", "an exact merge, as a job (c)", self.action_combine),
-                (f"Fuse {info.name} into a model…", "as a job (f)", self.action_fuse),
-                (f"Export a bundle with {info.name}…", "model + adapters + model card, as a job (e)",
-                 self.action_export),
+                (f"Combine {info.name} with…", f"an exact merge, as a job ({k['adapters_combine']})",
+                 self.action_combine),
+                (f"Fuse {info.name} into a model…", f"as a job ({k['adapters_fuse']})", self.action_fuse),
+                (f"Export a bundle with {info.name}…",
+                 f"model + adapters + model card, as a job ({k['adapters_export']})", self.action_export),
             ]
             if self.monitor.up:
                 if self.is_mounted(info):
-                    cmds.append((f"Unmount {info.name} from the server", "DELETE /v1/adapters (u)",
-                                 self.action_unmount))
+                    cmds.append((f"Unmount {info.name} from the server",
+                                 f"DELETE /v1/adapters ({k['adapters_unmount']})", self.action_unmount))
                 else:
-                    cmds.append((f"Mount {info.name} on the server", "POST /v1/adapters (m)", self.action_mount))
-        cmds.append(("Push a bundle to the Hub…", "as a job, or a dry run (p)", self.action_push))
+                    cmds.append((f"Mount {info.name} on the server", f"POST /v1/adapters ({k['adapters_mount']})",
+                                 self.action_mount))
+        cmds.append(("Push a bundle to the Hub…", f"as a job, or a dry run ({k['adapters_push']})", self.action_push))
         return cmds
-

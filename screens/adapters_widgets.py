@@ -147,5 +147,6 @@ def dry_run_listing(result) -> Text:
 
 class AdapterTable(LiveTable):
     BINDINGS = [
-        Binding("enter", "select_cursor", "Inspect", id="adapters_inspect", tooltip="Show all its details"),
+        Binding("enter", "select_cursor", "Inspect", id="adapters_inspect",
+                tooltip="Into its details, to scroll them (esc: back to the list)"),
     ]

@@ -31,7 +31,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TextArea
+from textual.widgets import Static, TextArea
 from textual.worker import Worker
 
 from engine.errors import HumanizerError
@@ -39,8 +39,10 @@ from screens.chat_conversations import ChatConversations
 from screens.chat_judge import JUDGE_BINDINGS, ChatJudge
 from screens.chat_widgets import Conversation, Message, PairView, Reply, ReplyView, UserView, chat_bar, stream_reply
 from screens.server_widgets import server_defaults
-from screens.serving import DEFAULT_PORT, ServerMonitor, adapter_choices, host_port, pick_default_model, start_server
-from screens.widgets import ConfirmDialog, ModeHeader, StatusBar
+from screens.serving import (
+    DEFAULT_PORT, ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, start_server,
+)
+from screens.widgets import ConfirmDialog, FitFooter, ModeHeader, StatusBar, mode_ref
 
 REDRAW_HZ = 4
 SHORT = 30  # below this many rows: a shorter input box
@@ -111,7 +113,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
             yield Static("", id="chat-info")
         yield TextArea(id="chat-input", compact=True, soft_wrap=True,
                        placeholder=f"Type a message: {SEND_KEYS} sends, enter is a new line, esc leaves the input")
-        yield Footer(compact=True)
+        yield FitFooter()
 
     @property
     def own_keys(self) -> set[str]:
@@ -162,15 +164,17 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
 
     # adapters ------------------------------------------------------------------------------------
     def choices(self) -> list[str]:
-        return adapter_choices(self.monitor.models) if self.monitor and self.monitor.models else []
+        if not (self.monitor and self.monitor.models):
+            return []
+        return adapter_choices(self.monitor.models, self.monitor.mounted)  # none that repeats weights
 
     @property
     def adapter(self) -> str | None:
-        """A: the conversation's adapter if the server has it, else its last choice (the full stack)."""
+        """A: the conversation's adapter if the server has it, else the deepest real stack it offers."""
         choices = self.choices()
         if not choices:
             return self.conv.adapter
-        return self.conv.adapter if self.conv.adapter in choices else choices[-1]
+        return self.conv.adapter if self.conv.adapter in choices else first_choice(self.monitor)
 
     @property
     def compare(self) -> str | None:
@@ -182,7 +186,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
     def action_cycle_adapter(self) -> None:
         choices = self.choices()
         if not choices:
-            self.notify("no server is up: its model ids are the choices (start one in Server, 5)",
+            self.notify(f"no server is up: its model ids are the choices (start one in {mode_ref(self.app, 'server')})",
                         severity="warning")
             return
         current = self.adapter
@@ -204,7 +208,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
     def action_cycle_compare(self) -> None:
         cycle = self.compare_cycle()
         if not cycle:
-            self.notify("no server is up: its model ids are the choices (start one in Server, 5)",
+            self.notify(f"no server is up: its model ids are the choices (start one in {mode_ref(self.app, 'server')})",
                         severity="warning")
             return
         i = cycle.index(self.compare) + 1 if self.compare in cycle else 0
@@ -325,7 +329,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
             models = list_models(ws)
             model = next((m for m in models if m.name == self.app.model), models[0] if models else None)
             if model is None:
-                raise HumanizerError("no models yet", "pull or import one in Models (1)")
+                raise HumanizerError("no models yet", f"pull or import one in {mode_ref(self.app, 'models')}")
             found = [a for a in A.list_adapters(ws, model.path) if a.fits]
             prints = {a.fingerprint for a in found}
             found = [a for a in found if not a.is_delta or a.parent.get("fingerprint") in prints]
@@ -389,7 +393,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
         if mon.state == "off" and not self.conv.messages:
             t.append("No server is running. ", style="bold")
             t.append(f"Type a message and send it ({SEND_KEYS}): you will be offered to start one with the "
-                     "selected model and its adapters. Or start one in Server (5).")
+                     f"selected model and its adapters. Or start one in {mode_ref(self.app, 'server')}.")
         elif mon.state == "starting" and not self.conv.messages:
             t.append("The server is starting…")
         elif mon.state == "down":

@@ -5,6 +5,7 @@ and its last reply copied (ctrl+r; of an A/B pair, one side at a time)."""
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 
@@ -13,11 +14,15 @@ from textual.containers import VerticalScroll
 
 from engine.data.prefs import check_set_name
 from engine.errors import HumanizerError
+from engine.workspace import atomic_write_text
 from screens.chat_widgets import (
-    MAX_TOKENS_LIMIT, Conversation, Message, PairView, ReplyView, UserView, list_conversations, save_conversation,
+    MAX_TOKENS_LIMIT, Conversation, Message, PairView, ReplyView, UserView, distinct_titles,
+    list_conversations, save_conversation,
 )
 from screens.forms import Field, FormDialog, PickDialog
-from screens.widgets import fmt_time
+from screens.widgets import display_path, fmt_time, key_of
+
+CLIPBOARD_FILE = "clipboard.txt"  # the last copied text, for when OSC 52 reaches no clipboard
 
 
 class ChatConversations:
@@ -95,8 +100,9 @@ class ChatConversations:
 
     def _pick_chat(self, found: list[Conversation], bad: list[str]) -> None:
         options = []
+        titles = distinct_titles(found)
         for c in found:
-            label = Text(c.title, style="bold")
+            label = Text(titles[c.id], style="bold")
             n = sum(1 for m in c.messages if m.role in ("user", "ab"))
             label.append(f"  {fmt_time(c.updated)} · {n} message{'s' * (n != 1)}", style="dim")
             if c.id == self.conv.id:
@@ -154,8 +160,22 @@ class ChatConversations:
             what = f"the reply ({last.replies[0].adapter}, {len(text)} characters)"
         else:
             text, what = self._copy_side(last)
-        self.app.copy_to_clipboard(text)
-        self.notify(f"copied {what}", timeout=3)
+        self.app.copy_to_clipboard(text)  # OSC 52: nothing tells us whether it reached a clipboard
+        self.run_worker(partial(self._copied_to_file, text, what), thread=True, group="chat-copy")
+
+    def _copied_to_file(self, text: str, what: str) -> None:
+        """In a thread: keep the text in the workspace's clipboard.txt too, then say honestly what was done."""
+        path = self.app.ws.home / CLIPBOARD_FILE  # beside chats/, whose files are all conversations
+        try:
+            atomic_write_text(path, text)
+            saved = f"; also written to {display_path(path)}"
+        except OSError as e:
+            saved = f"; not written to {path.name}: {e}"
+        if os.environ.get("TMUX"):
+            how = "sent to the terminal as OSC 52: tmux passes it on only with `set -g set-clipboard on`"
+        else:
+            how = "sent to the terminal as OSC 52 (it reaches the clipboard if the terminal allows that)"
+        self.app.call_from_thread(self.notify, f"{what}: {how}{saved}", timeout=6, markup=False)
 
     def _copy_side(self, m: Message) -> tuple[str, str]:
         """ctrl+r on an A/B pair, pressed again and again: both sides, then A, then B (judged:
@@ -173,4 +193,5 @@ class ChatConversations:
         else:
             r = a if side == "a" else b
             text, what = r.content, f"side {side.upper()}{name(r)}"
-        return text, f"{what}, {len(text)} characters (ctrl+r again: {'both' if after == 'both' else after.upper()})"
+        again = key_of(self.app, "chat_copy", "ctrl+r")
+        return text, f"{what}, {len(text)} characters ({again} again: {'both' if after == 'both' else after.upper()})"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import secrets
 import time
@@ -194,9 +195,13 @@ class Conversation:
         return c
 
     @property
+    def title_source(self) -> str:
+        """The first user message: the title is made from it."""
+        return next((m.content for m in self.messages if m.role in ("user", "ab") and m.content.strip()), "")
+
+    @property
     def title(self) -> str:
-        first = next((m.content for m in self.messages if m.role in ("user", "ab") and m.content.strip()), "")
-        text = " ".join(first.split())
+        text = " ".join(self.title_source.split())
         if not text:
             return "new conversation"
         return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"
@@ -237,6 +242,32 @@ class Conversation:
         c.prefs = d["prefs"] if isinstance(d.get("prefs"), str) and d["prefs"].strip() else DEFAULT_SET
         c.messages = [m for m in (Message.from_dict(x) for x in d.get("messages") or [] if isinstance(x, dict)) if m]
         return c
+
+
+def distinct_titles(convs: list[Conversation]) -> dict[str, str]:
+    """Each conversation's title (by id), told apart where they collide: drafts pasted after
+    the same instruction all began alike, so every saved chat had the same title. Colliding
+    ones show their first message from where it starts to differ, then #2, #3 by age."""
+    out = {c.id: c.title for c in convs}
+    groups: dict[str, list[Conversation]] = {}
+    for c in convs:
+        groups.setdefault(c.title, []).append(c)
+    for title, group in groups.items():
+        if len(group) < 2 or title == "new conversation":
+            continue
+        texts = [" ".join(c.title_source.split()) for c in group]
+        common = len(os.path.commonprefix(texts))
+        cut = max(0, texts[0].rfind(" ", 0, common + 1) + 1) if common else 0  # at a word boundary
+        for c, text in zip(group, texts):
+            rest = text[cut:].strip()
+            if rest and cut:
+                out[c.id] = "…" + (rest if len(rest) <= TITLE_CHARS - 1 else rest[:TITLE_CHARS - 2] + "…")
+        seen: dict[str, int] = {}
+        for c in sorted(group, key=lambda c: c.created):
+            n = seen[out[c.id]] = seen.get(out[c.id], 0) + 1
+            if n > 1:
+                out[c.id] += f" #{n}"
+    return out
 
 
 def save_conversation(ws, text: str, conv_id: str) -> Path:

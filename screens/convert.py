@@ -25,7 +25,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import ScrollableContainer, Vertical, VerticalScroll
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.convert import layer_bpw
 from engine.jobs import JobInfo
@@ -35,7 +35,7 @@ from screens.convert_widgets import (
 )
 from screens.panes import NarrowPanes
 from screens.runs import RunsScreen, RunsTable, append_outcome, append_timing, bar
-from screens.widgets import ModeHeader, StatusBar, display_path, fmt_time, status_text
+from screens.widgets import FitFooter, ModeHeader, StatusBar, display_path, fmt_time, status_text
 
 PHASES = {"load": "loading", "statistics": "calibration pass", "measure": "measuring layers",
           "allocate": "allocating bits", "write": "writing", "evaluate": "held-out perplexity"}
@@ -117,7 +117,7 @@ class ConvertScreen(NarrowPanes, ConvertForm, RunsScreen):
                 yield Static("", id="cv-sens")
             with Vertical(id="cv-form"):
                 yield from self.compose_form()
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def is_job(self, job: JobInfo) -> bool:
         return is_convert_job(job)

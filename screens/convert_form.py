@@ -17,7 +17,7 @@ from engine.convert import DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN,
 from engine.errors import HumanizerError
 from screens.convert_widgets import fmt_size
 from screens.runs import form_head
-from screens.widgets import display_path
+from screens.widgets import display_path, mode_ref
 
 PLAN_DELAY = 0.3  # seconds after the last change of model, bits or group size
 
@@ -163,7 +163,7 @@ class ConvertForm:
         ws = self.app.ws
         model = self._value("f-model")
         if not model:
-            errors.append(("f-model", "model: required; pull or import one in Models (1)"))
+            errors.append(("f-model", f"model: required; pull or import one in {mode_ref(self.app, 'models')}"))
         ints = {}
         for fid, name, default in (("f-samples", "samples", DEFAULT_SAMPLES), ("f-seqlen", "seq len", DEFAULT_SEQ_LEN)):
             text = self._text(fid)

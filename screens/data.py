@@ -17,7 +17,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import ScrollableContainer, Vertical
-from textual.widgets import ContentSwitcher, DataTable, Footer, Static
+from textual.widgets import ContentSwitcher, DataTable, Static
 
 from engine.jobs import JobInfo
 from screens.data_form import DataForm
@@ -26,7 +26,9 @@ from screens.data_widgets import (
     sides_table, source_label,
 )
 from screens.runs import RunsScreen, append_outcome, append_timing, bar, form_css
-from screens.widgets import ModeHeader, StatusBar, cursor_key, display_path, fmt_time, status_text, sync_table
+from screens.widgets import (
+    FitFooter, ModeHeader, StatusBar, cursor_key, display_path, fmt_time, status_text, sync_table,
+)
 
 PAGE = 100  # rows read at a time in the browser
 
@@ -114,7 +116,7 @@ class DataScreen(DataForm, RunsScreen):
                         yield BuildTable(id="build-runs", cursor_type="row", zebra_stripes=True)
             with Vertical(id="data-form"):
                 yield from self.compose_form()
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(DatasetTable)

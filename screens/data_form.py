@@ -23,7 +23,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from engine.data.settings import NAME_RE, TEMPLATES, BuildSettings, setting_fields
 from screens.data_widgets import corpus_line, dataset_line, folder_line, parse_data_argv
-from screens.forms import PickDialog
+from screens.forms import PickDialog, TickBox
 from screens.widgets import ConfirmDialog, display_path, start_humanizer_job
 
 FIELDS = setting_fields(form_only=True)
@@ -81,7 +81,7 @@ def settings_rows(fields, labels: dict[str, str], widget, infos: dict[str, str],
     for f in fields:
         with Vertical(id=f"row-{f.name}", classes="field"):
             if f.type in (bool, "bool"):
-                yield Checkbox(f.name.replace("_", " "), bool(f.default), compact=True, id=field_id(f.name))
+                yield TickBox(f.name.replace("_", " "), bool(f.default), compact=True, id=field_id(f.name))
             else:
                 with Horizontal(classes="form-row"):
                     yield Label(labels.get(f.name, f.name.replace("_", " ")))
@@ -90,7 +90,7 @@ def settings_rows(fields, labels: dict[str, str], widget, infos: dict[str, str],
             if f.name in infos:
                 yield Static("", id=infos[f.name], classes="hint")
         if f.name == all_after:
-            yield Checkbox("show all settings", compact=True, id="f-all")
+            yield TickBox("show all settings", compact=True, id="f-all")
 
 
 def check_all(values: dict) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import ScrollableContainer, Vertical
-from textual.widgets import ContentSwitcher, DataTable, Footer, Static
+from textual.widgets import ContentSwitcher, DataTable, Static
 
 from engine.jobs import JobInfo
 from screens.data_widgets import one_line
@@ -36,7 +36,7 @@ from screens.eval_widgets import (
     shown_detector,
 )
 from screens.runs import RunsScreen, RunsTable, form_css
-from screens.widgets import ModeHeader, StatusBar, cursor_key, fmt_time, start_humanizer_job, status_text
+from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, fmt_time, start_humanizer_job, status_text
 
 
 class EvalScreen(EvalViews, EvalForm, RunsScreen):
@@ -121,7 +121,7 @@ class EvalScreen(EvalViews, EvalForm, RunsScreen):
                         yield Static("", id="cmp-notes")
             with Vertical(id="eval-form"):
                 yield from self.compose_form()
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def is_job(self, job: JobInfo) -> bool:
         return is_eval_job(job)

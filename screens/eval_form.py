@@ -18,7 +18,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from engine.eval.settings import NAME_RE, EvalSettings
 from screens.data_form import field_id, placeholder_of, settings_rows
 from screens.runs import form_head
-from screens.widgets import start_humanizer_job
+from screens.widgets import mode_ref, start_humanizer_job
 
 FIELDS = [f for f in EvalSettings.flag_fields() if f.metadata["form"]]
 BASIC = ("data", "choices", "samples", "seed", "detector")  # the rest: behind "all settings"
@@ -121,7 +121,7 @@ class EvalForm:
             line.append("in the workspace: " + ", ".join(
                 a.name + (f" (on {a.parent.get('name')})" if a.parent else "") for a in self.adapters), style="dim")
         else:
-            line.append("no adapters in the workspace: train one in Train (3)", style="dim")
+            line.append(f"no adapters in the workspace: train one in {mode_ref(self.app, 'train')}", style="dim")
         choices = EvalSettings(adapters=given).choice_list()
         self.query_one("#f-choices", Input).placeholder = ", ".join(choices)
         self.query_one("#f-adapters-info", Static).update(line)
@@ -129,7 +129,7 @@ class EvalForm:
         self.query_one("#f-data-info", Static).update(
             Text(f"{d.counts.get('heldout', 0)} held out · {d.template} · {d.source} · {d.licence}", style="dim")
             if d else
-            Text("build one in Data (8): its held-out drafts are rewritten", style="dim"))
+            Text(f"build one in {mode_ref(self.app, 'data')}: its held-out drafts are rewritten", style="dim"))
 
     # reacting to edits -------------------------------------------------------------------------
     def on_select_changed(self, event: Select.Changed) -> None:

@@ -8,13 +8,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from rich.segment import Segment
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, OptionList, Select, SelectionList, Static, TextArea
-from textual.widgets.option_list import Option
+from textual.content import Content
+from textual.strip import Strip
+from textual.widgets.option_list import Option, OptionDoesNotExist
+
+
+class TickBox(Checkbox):
+    """A check box whose mark is a glyph, not only a colour: [x] / [ ] (with NO_COLOR the
+    stock ▐X▌ looked the same ticked or not)."""
+
+    @property
+    def _button(self) -> Content:
+        style = self.get_visual_style("toggle--button")
+        return Content.assemble("[", ("x" if self.value else " ", style), "]")
+
+
+class TickList(SelectionList):
+    """A SelectionList with the same [x] / [ ] marks."""
+
+    def render_line(self, y: int) -> Strip:
+        strip = super().render_line(y)
+        segments = list(strip)
+        try:
+            option = self.get_option_at_index(self.scroll_offset.y + y)
+        except OptionDoesNotExist:
+            return strip
+        if len(segments) < 4:
+            return strip
+        mark = "x" if option.value in self._selected else " "
+        for i, text in enumerate(("[", mark, "]")):  # the stock ▐X▌, one cell each
+            segments[i] = Segment(text, segments[i].style, segments[i].control)
+        return Strip(segments, strip.cell_length)
 
 
 @dataclass
@@ -69,7 +100,7 @@ class FormDialog(ModalScreen[dict | None]):
                 yield Static(self.intro, classes="fd-intro")
             for f in self.fields:
                 if f.kind == "check":
-                    yield Checkbox(f.label, bool(f.value), compact=True, id=f"fd-{f.id}")
+                    yield TickBox(f.label, bool(f.value), compact=True, id=f"fd-{f.id}")
                 else:
                     with Horizontal(classes="fd-row"):
                         yield Label(f.label)
@@ -89,7 +120,7 @@ class FormDialog(ModalScreen[dict | None]):
                           allow_blank=not f.options, prompt=f.placeholder or "choose", id=wid)
         if f.kind == "multi":
             chosen = set(f.value or [])
-            return SelectionList(*[(label, v, v in chosen) for label, v in f.options], compact=True, id=wid)
+            return TickList(*[(label, v, v in chosen) for label, v in f.options], compact=True, id=wid)
         if f.kind == "text":
             return TextArea(str(f.value or ""), compact=True, placeholder=f.placeholder, id=wid)
         return Input(str(f.value if f.value is not None else ""), placeholder=f.placeholder, password=f.password,

@@ -3,21 +3,50 @@ events (or its log.txt) tail below the table; cancel a running job."""
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, RichLog, Static
+from textual.widgets import DataTable, RichLog, Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, last_progress
 from screens.widgets import (
-    LiveTable, TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
+    FitFooter, LiveTable, TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
     confirm_cancel, format_event, progress_pct, status_text, sync_table,
 )
 
-NARROW = 100  # below this many columns the kind column goes (the id carries the kind too)
+NARROW = 100  # below: no kind or started column (the id carries both)
 MAX_LINES = 2000
+NAME_CELLS = 18  # a longer name is cut with an ellipsis
+STATUS_CELLS = max(status_text(s).cell_len for s in ("starting", "running", "done", "failed", "cancelled"))
+
+
+def job_name(job: JobInfo) -> str:
+    """What a job makes or works on, from its command line: its output's name (--output,
+    --name), the name it pulls, else its model's or dataset's."""
+    args = [str(a) for a in job.argv]
+
+    def flag(name: str) -> str | None:
+        for i, a in enumerate(args):
+            if a == name and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith(name + "="):
+                return a.split("=", 1)[1]
+        return None
+
+    value = next((v for v in map(flag, ("--output", "--name")) if v), None)
+    for verb in ("pull", "import"):  # models pull NAME, models import FILE.gguf (its stem names the model)
+        if not value and verb in args[:-1] and not args[args.index(verb) + 1].startswith("-"):
+            value = args[args.index(verb) + 1]
+            value = PurePath(value).stem if verb == "import" else value
+    value = value or next((v for v in map(flag, ("--model", "--dataset", "--data")) if v), None)
+    if not value:
+        return "—"
+    name = PurePath(value.rstrip("/")).name or value
+    return name if len(name) <= NAME_CELLS else name[:NAME_CELLS - 1] + "…"
 
 
 class JobTable(LiveTable):
@@ -54,7 +83,7 @@ class JobsScreen(Screen):
         yield Static("", id="jobs-empty")
         yield Static("", id="detail-title")
         yield RichLog(id="detail", max_lines=MAX_LINES, wrap=True, min_width=20, auto_scroll=True)
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         self._columns()
@@ -75,9 +104,13 @@ class JobsScreen(Screen):
         table.add_column("id", key="id")
         if not narrow:
             table.add_column("kind", key="kind")
-        for label, key in (("status", "status"), ("%" if narrow else "progress", "progress"), ("started", "started"),
-                           ("duration", "duration")):
-            table.add_column(label, key=key)
+        table.add_column("name", key="name")
+        # status at its widest from the start: cells update in place without widening (was "⊘ cancell")
+        table.add_column("status", key="status", width=STATUS_CELLS)
+        table.add_column("%" if narrow else "progress", key="progress")
+        if not narrow:
+            table.add_column("started", key="started")
+        table.add_column("duration", key="duration")
         self._sync()
 
     # the table --------------------------------------------------------------
@@ -101,11 +134,10 @@ class JobsScreen(Screen):
 
     def _row(self, job: JobInfo) -> tuple:
         end = job.ended if job.status in TERMINAL else self.app.clock()
-        cells = [job.id, job.kind, status_text(job.status), Text(self._pct(job), justify="right"),
-                 fmt_time(job.started), fmt_duration(end - job.started if job.started and end else None)]
-        if self.narrow:
-            del cells[1]
-        return tuple(cells)
+        cells = {"id": job.id, "kind": job.kind, "name": job_name(job), "status": status_text(job.status),
+                 "progress": Text(self._pct(job), justify="right"), "started": fmt_time(job.started),
+                 "duration": fmt_duration(end - job.started if job.started and end else None)}
+        return tuple(cells[str(c.value)] for c in self.query_one(JobTable).columns)
 
     def _sync(self) -> None:
         jobs = self.app.jobs

@@ -10,11 +10,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from engine.jobs import JobInfo
 from screens.widgets import (
-    LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, start_humanizer_job, sync_table,
+    FitFooter, LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, mode_ref,
+    start_humanizer_job, sync_table,
 )
 
 EMBEDDED = "smollm2-135m"
@@ -71,7 +72,7 @@ class ModelsScreen(Screen):
         yield ModelTable(id="models-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="models-empty")
         yield VerticalScroll(id="models-jobs")  # one JobProgress per pull or import followed
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(ModelTable)
@@ -152,7 +153,7 @@ class ModelsScreen(Screen):
     def action_pull(self) -> None:
         running = self._running_job("models pull")
         if running:
-            self.notify(f"already pulling ({running.id}); see it in Jobs (2), or cancel it there",
+            self.notify(f"already pulling ({running.id}); see it in {mode_ref(self.app, 'jobs')}, or cancel it there",
                         severity="warning")
             return
         self._start("models pull", "models", "pull", EMBEDDED)
@@ -174,7 +175,7 @@ class ModelsScreen(Screen):
         if event.job.status == "done":
             self.notify(f"{event.job.kind}: done", timeout=3)
         elif event.job.status == "failed":
-            self.notify(f"{event.job.kind} failed; details below and in Jobs (2)", severity="error")
+            self.notify(f"{event.job.kind} failed; details below and in {mode_ref(self.app, 'jobs')}", severity="error")
 
     def palette_commands(self):
         """Commands this screen adds to the command palette: select any model."""

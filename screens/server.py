@@ -15,14 +15,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, job_info
 from screens.server_actions import ServerActions
 from screens.server_widgets import ServeRun, request_cells, request_summary, server_defaults, server_status
-from screens.serving import ServerMonitor, fit_lines, pick_default_model, serve_jobs
-from screens.widgets import ModeHeader, StatusBar
+from screens.serving import ServerMonitor, adapter_choices, fit_lines, pick_default_model, serve_jobs
+from screens.widgets import FitFooter, ModeHeader, StatusBar, key_of, mode_ref
 
 __all__ = ["ServerScreen", "ServeRun", "request_summary", "server_defaults"]
 
@@ -65,7 +65,7 @@ class ServerScreen(ServerActions, Screen):
         yield Static("", id="srv-summary")
         yield DataTable(id="srv-requests", cursor_type="row", zebra_stripes=True)
         yield Static("", id="srv-empty")
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def on_mount(self) -> None:
         self.monitor = ServerMonitor.of(self.app)
@@ -174,8 +174,12 @@ class ServerScreen(ServerActions, Screen):
         if run is None:
             empty.update("")
         elif run.job.status in ("running", "starting"):
-            empty.update("No requests yet. Talk to it in Chat (6), or with any OpenAI client: "
-                         "POST /v1/chat/completions with \"adapter\": \"base\", \"sft\", \"sft+dpo\"…")
+            live = self.monitor.view.job is not None and self.monitor.view.job.id == run.job.id
+            ids = adapter_choices(self.monitor.models, self.monitor.mounted) if live and self.monitor.models else []
+            example = (", ".join(f'"{m}"' for m in ids[:4]) + (", …" if len(ids) > 4 else "") if ids
+                       else '"base", or the mounted adapters\' names joined with "+"')  # the real ids, not "sft"
+            empty.update(f"No requests yet. Talk to it in {mode_ref(self.app, 'chat')}, or with any OpenAI "
+                         f"client: POST /v1/chat/completions with \"adapter\": {example}")
         else:
             empty.update("This server run served no requests.")
 
@@ -186,11 +190,14 @@ class ServerScreen(ServerActions, Screen):
     def palette_commands(self):
         cmds = []
         if self.monitor is not None and self.monitor.view.job is not None:
-            cmds += [("Stop the server", f"{self.monitor.label()} (x)", self.action_stop),
-                     ("Mount an adapter on the server…", "POST /v1/adapters (m)", self.action_mount),
-                     ("Unmount an adapter from the server…", "DELETE /v1/adapters (u)", self.action_unmount)]
+            k = {b: key_of(self.app, f"server_{b}", d) for b, d in (("stop", "x"), ("mount", "m"), ("unmount", "u"))}
+            cmds += [("Stop the server", f"{self.monitor.label()} ({k['stop']})", self.action_stop),
+                     ("Mount an adapter on the server…", f"POST /v1/adapters ({k['mount']})", self.action_mount),
+                     ("Unmount an adapter from the server…", f"DELETE /v1/adapters ({k['unmount']})",
+                      self.action_unmount)]
         else:
-            cmds.append(("Start a server…", "model, adapters, port: a background job (s)", self.action_start))
+            cmds.append(("Start a server…", f"model, adapters, port: a background job "
+                         f"({key_of(self.app, 'server_start', 's')})", self.action_start))
         for job in serve_jobs(self.app.jobs)[:20]:
             if self.run is None or job.id != self.run.job.id:
                 cmds.append((f"Show server run: {job.id}", f"{job.status} · its request log",

@@ -13,7 +13,8 @@ from screens.adapter_mounting import mount_reported, unmount_reported
 from screens.forms import Field, FormDialog, PickDialog
 from screens.server_widgets import describe_mounted, server_defaults
 from screens.serving import DEFAULT_HOST, DEFAULT_PORT, mounted_names, start_server
-from screens.widgets import ConfirmDialog
+from screens.stacks import deepest_stack, from_info, from_mounted, repeats
+from screens.widgets import ConfirmDialog, key_of, mode_ref
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -25,7 +26,8 @@ class ServerActions:
     # start and stop ------------------------------------------------------------------------
     def action_start(self) -> None:
         if self.monitor.view.job is not None:
-            self.notify(f"a server is already running ({self.monitor.label()}); x stops it", severity="warning")
+            self.notify(f"a server is already running ({self.monitor.label()}); "
+                        f"{key_of(self.app, 'server_stop', 'x')} stops it", severity="warning")
             return
         self.run_worker(self._gather, thread=True, group="server-gather", exclusive=True)
 
@@ -48,10 +50,11 @@ class ServerActions:
 
     def _start_dialog(self, models: list, current, adapters: list, defaults: dict) -> None:
         if not models:
-            self.notify("no models yet: pull or import one in Models (1)", severity="error")
+            self.notify(f"no models yet: pull or import one in {mode_ref(self.app, 'models')}", severity="error")
             return
         by_name = {a.name: a for a in adapters}
-        chosen = [a.name for a in adapters if a.fits is not False]
+        # ticked: the deepest real stack only (never copies or a combined adapter with its sources)
+        chosen = deepest_stack([from_info(a) for a in adapters if a.fits is not False])
         options = []
         for a in adapters:
             label = f"{a.name}  {(a.method or '?').upper()}"
@@ -71,6 +74,9 @@ class ServerActions:
                 if a.is_delta and not any(by_name[m].fingerprint == a.parent.get("fingerprint") for m in names):
                     errors.append(("adapters", f"adapters: '{n}' is a delta on '{a.parent.get('name')}': "
                                                "choose its parent too"))
+            for a, b in repeats(from_info(by_name[n]) for n in v["adapters"])[:1]:
+                errors.append(("adapters", f"adapters: '{a}' and '{b}' hold the same weights (a copy, or a "
+                                           "combined adapter with its source): tick one of them"))
             host = v["host"] or DEFAULT_HOST
             if not v["port"].isdigit() or int(v["port"]) > 65535:
                 errors.append(("port", "port: a number from 0 (any free port) to 65535"))
@@ -85,7 +91,8 @@ class ServerActions:
             Field("model", "model", "select", str(current.path) if current else None,
                   [(m.name, str(m.path)) for m in models]),
             Field("adapters", "adapters", "multi", chosen, options,
-                  help="space: tick · a delta (DPO) mounts with its parent" if options else
+                  help="space: tick · a delta (DPO) mounts with its parent · ticked: the deepest stack"
+                  if options else
                   "no adapters in the workspace: it serves the base model only"),
             Field("host", "host", value=defaults.get("host", DEFAULT_HOST)),
             Field("port", "port", value=str(defaults.get("port", DEFAULT_PORT)), help="0: any free port"),
@@ -115,6 +122,9 @@ class ServerActions:
             self.notify(f"could not start the server: {e}", severity="error")
             return
         self.monitor.remember_key(job, v["api_key"] or None)
+        if hasattr(self.app, "remember"):  # the next start offers the same (never the API key)
+            self.app.remember("server", {"host": v["host"] or DEFAULT_HOST, "port": int(v["port"]),
+                                         "max_concurrent": int(v["max_concurrent"])})
         self.app.poll_jobs()
         self.monitor.refresh_now()
         self.show(job)
@@ -157,7 +167,7 @@ class ServerActions:
     # mount and unmount -------------------------------------------------------------------------
     def action_mount(self) -> None:
         if not self.monitor.up:
-            self.notify("no server is up: s starts one", severity="warning")
+            self.notify(f"no server is up: {key_of(self.app, 'server_start', 's')} starts one", severity="warning")
             return
         self.run_worker(self._gather_mountable, thread=True, group="server-gather", exclusive=True)
 
@@ -172,11 +182,11 @@ class ServerActions:
 
     def _mount_dialog(self, adapters: list) -> None:
         mounted = set(mounted_names(self.monitor))
-        prints = {a.get("fingerprint") for a in self.monitor.mounted}
+        held = set().union(*(m.holds for m in from_mounted(self.monitor.mounted)))
         options = []
         for a in adapters:
-            if a.name in mounted or a.fingerprint in prints:
-                continue
+            if a.name in mounted or from_info(a).holds & held:
+                continue  # mounted already, or its weights are (a copy, a combined one's source)
             label = Text(a.name, style="bold")
             label.append(f"  {(a.method or '?').upper()}")
             parent = None

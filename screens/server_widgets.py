@@ -12,7 +12,7 @@ from rich.text import Text
 from engine.events import read_events
 from engine.jobs import JobInfo
 from screens.serving import DEFAULT_HOST, DEFAULT_PORT, parse_serve_argv
-from screens.widgets import fmt_duration, status_text
+from screens.widgets import fmt_duration, key_of, status_text
 
 STATUS_LOOK = {  # request status -> (symbol, style); a symbol too, so NO_COLOR tells them apart
     "stop": ("✓", "green"), "length": ("✓", "green"), "disconnected": ("⊘", "dark_orange"),
@@ -119,7 +119,8 @@ def server_status(monitor, run: ServeRun | None) -> Text:
     t = Text()
     if v.job is None:
         t.append("○ no server running", style="bold")
-        t.append("   s: start one (a background job: it keeps serving when the app closes)", style="dim")
+        t.append(f"   {key_of(monitor.app, 'server_start', 's')}: start one (a background job: it keeps serving "
+                 "when the app closes)", style="dim")
     if run is not None and not live:
         job = run.job
         args = parse_serve_argv(job.argv)
@@ -137,7 +138,7 @@ def server_status(monitor, run: ServeRun | None) -> Text:
             if run.error.get("hint"):
                 t.append(f"\n  hint: {run.error['hint']}", style="italic")
         if v.job is not None:
-            t.append(f"\n{monitor.label()} is running: f shows it", style="dim")
+            t.append(f"\n{monitor.label()} is running: {key_of(monitor.app, 'server_live', 'f')} shows it", style="dim")
     if v.job is None or not live:
         return t
     args = parse_serve_argv(v.job.argv)

@@ -20,7 +20,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, ScrollableContainer, Vertical
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo
@@ -29,7 +29,7 @@ from screens.panes import NarrowPanes
 from screens.runs import RunsScreen, append_outcome, append_timing, bar
 from screens.train_form import TrainForm, parse_extra
 from screens.train_widgets import CHARTS, KL_TITLE, RunHistory, RunTable, is_train_job, parse_train_argv
-from screens.widgets import ModeHeader, StatusBar, cursor_key, fmt_time, status_text
+from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, fmt_time, status_text
 
 __all__ = ["TrainScreen", "RunTable", "RunHistory", "parse_extra", "parse_train_argv"]
 
@@ -120,7 +120,7 @@ class TrainScreen(NarrowPanes, TrainForm, RunsScreen):
                 yield RunTable(id="runs-table", cursor_type="row", zebra_stripes=True)
             with Vertical(id="train-form"):
                 yield from self.compose_form()
-        yield Footer(compact=True)
+        yield FitFooter()
 
     def is_job(self, job: JobInfo) -> bool:
         return is_train_job(job)

@@ -18,10 +18,10 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, S
 
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo
-from screens.forms import PickDialog
+from screens.forms import PickDialog, TickBox
 from screens.runs import form_head
 from screens.train_widgets import parse_train_argv
-from screens.widgets import display_path
+from screens.widgets import display_path, mode_ref
 
 PREVIEW_ROWS = 20
 PREVIEW_DELAY = 0.35  # seconds after the last keystroke in the dataset field
@@ -195,7 +195,7 @@ class TrainForm:
         with Horizontal(classes="form-row"):
             yield Label("flags")
             yield Input(placeholder="e.g. --rank 4 --learning-rate 2e-4", compact=True, id="f-extra")
-        yield Checkbox("resume the run in output", compact=True, id="f-resume")
+        yield TickBox("resume the run in output", compact=True, id="f-resume")
         yield Button("Start  ctrl+s", id="f-start", compact=True, variant="primary")
         yield Static("", id="preview-summary")
         yield DataTable(id="preview-table", cursor_type="row", zebra_stripes=True, show_cursor=False)
@@ -351,7 +351,8 @@ class TrainForm:
 
         self.app.push_screen(PickDialog("Dataset: workspace datasets and the bundled examples",
                                         [(dataset_line(d), d) for d in found],
-                                        empty="no datasets yet: build one in Data (8), or type a path"),
+                                        empty=f"no datasets yet: build one in {mode_ref(self.app, 'data')}, "
+                                              "or type a path"),
                              lambda d: d is not None and self.use_dataset(d.spec, d.methods))
 
     def use_dataset(self, spec: str, methods=()) -> None:
@@ -443,7 +444,7 @@ class TrainForm:
         name = self.query_one("#f-output", Input).value.strip()
         resume = self.query_one("#f-resume", Checkbox).value
         if not model:
-            errors.append(("f-model", "model: required; pull or import one in Models (1)"))
+            errors.append(("f-model", f"model: required; pull or import one in {mode_ref(self.app, 'models')}"))
         problem = check_dataset(ws, data)
         if problem:
             errors.append(("f-data", f"dataset: {problem}"))

@@ -10,6 +10,8 @@ Screens reach the app's shared state by duck typing (screens never import tui/):
   app.clock()       the time now (tests pass a fixed clock)
   app.poll_jobs()   re-read runs/ now
   app.select_model(name)
+  app.remember(table, values)   keep settings in config.toml ([server] host / port)
+  app.keymap_overrides          the user's [keymap]: messages name keys with key_of / mode_ref
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
+from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Static
+from textual.widgets._footer import FooterKey
 
 from engine.events import TERMINAL, read_events
 from engine.errors import HumanizerError
@@ -174,6 +177,62 @@ def cursor_key(table: DataTable) -> str | None:
     return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
 
 
+# keys as the user has them ---------------------------------------------------------
+def key_of(app, binding_id: str, default: str) -> str:
+    """The key bound to `binding_id` (config.toml's [keymap] may remap it), as a message
+    names it: "ctrl+r", "s", "f5"."""
+    keys = (getattr(app, "keymap_overrides", None) or {}).get(binding_id, default)
+    key = keys.split(",")[0].strip()
+    if "+" in key:
+        return key
+    try:
+        return app.get_key_display(Binding(key, ""))
+    except Exception:  # noqa: BLE001 - a message must not fail over a key name
+        return key
+
+
+def mode_ref(app, mode: str) -> str:
+    """'Models (1)': a mode's title and the key that opens it, as the keymap has it."""
+    for name, title, key in app.mode_tabs() if hasattr(app, "mode_tabs") else []:
+        if name == mode:
+            return f"{title} ({key})"
+    return mode.title()
+
+
+class FitFooter(Footer):
+    """The compact footer, cut to fit its width: when the keys do not fit, the last of the
+    screen's are left out, never the help key (it lists them all) or quit. At 80 columns a
+    long row otherwise ran under the palette key (`^t Dark▏^p palette`)."""
+
+    KEEP = ("toggle_keys", "quit")
+
+    def __init__(self) -> None:
+        super().__init__(compact=True)
+        self._width = 0
+
+    @staticmethod
+    def _cells(key: FooterKey) -> int:
+        text = key.key_display + (f" {key.description}" if key.description else "")
+        return Text(text).cell_len + 1  # + its margin
+
+    def compose(self) -> ComposeResult:
+        items = list(super().compose())
+        self._width = self.app.size.width
+        palette = [w for w in items if w.has_class("-command-palette")]
+        keys = [w for w in items if w not in palette]
+        room = self._width - sum(self._cells(w) + 1 for w in palette)  # + its border
+        while sum(self._cells(w) for w in keys if isinstance(w, FooterKey)) > room:
+            drop = next((w for w in reversed(keys) if getattr(w, "action", None) not in self.KEEP), None)
+            if drop is None:
+                break
+            keys.remove(drop)
+        yield from keys + palette
+
+    def on_resize(self) -> None:
+        if self.app.size.width != self._width and self.is_attached:
+            self.call_after_refresh(self.recompose)
+
+
 # the header and the status bar --------------------------------------------------
 class ModeHeader(Widget):
     """The app's name and the modes with their keys, the current one highlighted."""
@@ -224,7 +283,8 @@ class StatusBar(Widget):
         n = getattr(app, "running_jobs", 0)
         right = Text()
         right.append("model: ", style="dim")
-        right.append(model or "none — press p to pull", style="bold" if model else "italic")
+        pull = f"none — press {key_of(app, 'models_pull', 'p')} to pull"
+        right.append(model or pull, style="bold" if model else "italic")
         right.append(" │ ", style="dim")
         right.append(f"jobs: {n} running" if n else "jobs: none running", style="bold" if n else "")
         right.append(" │ ", style="dim")

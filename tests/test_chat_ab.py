@@ -238,7 +238,8 @@ async def test_again_new_seeds_b_any_choice_and_copy_one_side(up):
         assert app.clipboard == a.content
         await pilot.press("ctrl+r")
         assert app.clipboard == b.content
-        assert "copied side B (humanizer-sft+humanizer-dpo" in list(app._notifications)[-1].message
+        await until(pilot, lambda: any(str(n.message).startswith("side B (humanizer-sft+humanizer-dpo")
+                                       and "OSC 52" in str(n.message) for n in app._notifications), 5, "the note")
 
         await judge(pilot, screen, "b", "b")
         await pilot.press("ctrl+r")  # judged: the picked side first

@@ -24,7 +24,8 @@ def _run(ws: Workspace, run_id: str, kind: str, status: str, started: float, end
     d = ws.runs_dir / run_id
     d.mkdir(parents=True)
     running = status == "running"
-    info = {"id": run_id, "kind": kind, "argv": argv or ["humanizer", *kind.split()],
+    what = {"models pull": ["smollm2-135m"], "models import": ["/data/gguf/tiny.gguf"]}.get(kind, [])
+    info = {"id": run_id, "kind": kind, "argv": argv or ["humanizer", *kind.split(), *what],
             "pid": os.getpid() if running else 999999, "status": status, "started": started, "ended": ended,
             "pid_start": process_start_time(os.getpid()) if running else None, "host": "studio"}
     if error:
@@ -109,3 +110,8 @@ def test_jobs_screen_failed_job(snap_compare, studio):
 
 def test_import_dialog_inline_error(snap_compare, studio):
     assert snap_compare(_app(studio), terminal_size=(80, 24), run_before=_after("i", *"x.txt", "enter"))
+
+
+def test_help_dialog(snap_compare, studio):
+    """`?` on Jobs at 80x24: our help over the screen (not Textual's panel beside it)."""
+    assert snap_compare(_app(studio), terminal_size=(80, 24), run_before=_after("2", "question_mark"))

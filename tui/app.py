@@ -28,8 +28,9 @@ from screens.models import EMBEDDED, ModelsScreen
 from screens.server import ServerScreen
 from screens.serving import ServerMonitor, running_server
 from screens.train import TrainScreen
-from screens.widgets import ConfirmDialog, start_humanizer_job
+from screens.widgets import ConfirmDialog, key_of, mode_ref, start_humanizer_job
 from tui.config import ConfigError, keymap_line, load_config, set_value
+from tui.help import HelpScreen, help_rows
 from tui.keymap import APP_BINDINGS, MODES, check_keymap
 
 SCREENS_BY_MODE = {"models": ModelsScreen, "jobs": JobsScreen, "train": TrainScreen, "adapters": AdaptersScreen,
@@ -40,7 +41,7 @@ DEMO_KEY = "demo_offered"  # config.toml: the first-start demo offer was answere
 DEMO_QUESTION = ("[b]Run the demo?[/b]\n\nThis workspace has no adapters yet. `humanizer demo` runs the whole loop "
                  "on the embedded SmolLM2-135M, one stage a job: a dataset from a human-written corpus, an SFT "
                  "adapter, a DPO adapter stacked on it, the detectors and the eval table (up to about half an hour "
-                 "on a 2-core CPU). Jobs (2) shows its progress; closing the app does not stop it.\n\n"
+                 "on a 2-core CPU). {jobs} shows its progress; closing the app does not stop it.\n\n"
                  "Asked once: the answer is kept in config.toml.")
 THEMES = ("textual-dark", "textual-light")
 
@@ -114,9 +115,10 @@ class HumanizerApp(App):
         self.set_interval(1 / POLL_HZ, self.poll_jobs)
         ServerMonitor.of(self)  # follows the running serve job: server_state in the status bar
         for problem in self.config_problems:
-            self.notify(problem, title="config.toml", severity="error", timeout=12)
+            self.notify(problem, title="config.toml", severity="error", timeout=12, markup=False)
         if self.should_offer_demo():
-            self.push_screen(ConfirmDialog(DEMO_QUESTION, yes="Run the demo", no="Not now", destructive=False),
+            question = DEMO_QUESTION.format(jobs=mode_ref(self, "jobs"))
+            self.push_screen(ConfirmDialog(question, yes="Run the demo", no="Not now", destructive=False),
                              self._demo_answered)
 
     # the first-start demo offer ---------------------------------------------------------------
@@ -138,7 +140,8 @@ class HumanizerApp(App):
         except (ConfigError, OSError) as e:
             self.notify(f"answer not saved: {e}", severity="warning")
         if not yes:
-            self.notify("No demo. The command palette (ctrl+p) and `humanizer demo` still run it.", timeout=5)
+            self.notify(f"No demo. The command palette ({key_of(self, 'command_palette', 'ctrl+p')}) and "
+                        "`humanizer demo` still run it.", timeout=5)
             return
         self.start_demo()
 
@@ -203,6 +206,15 @@ class HumanizerApp(App):
     def action_mode(self, mode: str) -> None:
         self.switch_mode(mode)
 
+    def remember(self, table: str | None, values: dict) -> None:
+        """Keep settings in config.toml (for screens, which never import tui): the Server
+        form's host, port and max concurrent go in [server]."""
+        try:
+            for key, value in values.items():
+                set_value(self.ws.config_path, key, value, table)
+        except (ConfigError, OSError) as e:
+            self.notify(f"not saved in config.toml: {e}", severity="warning", markup=False)
+
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
         try:
@@ -211,10 +223,9 @@ class HumanizerApp(App):
             self.notify(f"theme not saved: {e}", severity="warning")
 
     def action_toggle_keys(self) -> None:
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
-        else:
-            self.action_show_help_panel()
+        """Our help dialog, not Textual's key panel (it squeezed the screen at 80x24)."""
+        title = self.screen.sub_title or self.current_mode
+        self.push_screen(HelpScreen(title, help_rows(self.screen)))
 
     async def _in_models(self, action: str) -> None:
         await self.switch_mode("models")
@@ -229,28 +240,32 @@ class HumanizerApp(App):
         await self.screen.run_action(action)
 
     def palette_commands(self, screen) -> Iterable[Command]:
-        for mode, title, key in MODES:
+        keys = {mode: key for mode, _, key in self.mode_tabs()}  # as the user has them
+        for mode, title, _ in MODES:
             if mode != self.current_mode:
-                yield (f"Mode: {title}", f"switch to {title} (key {key})", lambda m=mode: self.switch_mode(m))
-        yield (f"Pull embedded model {EMBEDDED}", "SmolLM2-135M-Instruct, as a job (key p in Models)",
+                yield (f"Mode: {title}", f"switch to {title} (key {keys[mode]})", lambda m=mode: self.switch_mode(m))
+        yield (f"Pull embedded model {EMBEDDED}",
+               f"SmolLM2-135M-Instruct, as a job (key {key_of(self, 'models_pull', 'p')} in Models)",
                lambda: self._in_models("pull"))
-        yield ("Import GGUF model…", "convert a llama-family .gguf into models/ (key i in Models)",
+        yield ("Import GGUF model…",
+               f"convert a llama-family .gguf into models/ (key {key_of(self, 'models_import', 'i')} in Models)",
                lambda: self._in_models("import_gguf"))
-        yield ("Train a LoRA adapter…", "SFT or DPO, as a job, with live curves (Train mode, key 3)",
+        yield ("Train a LoRA adapter…", f"SFT or DPO, as a job, with live curves (Train mode, key {keys['train']})",
                lambda: self._in_train("new_run"))
-        yield ("Start a server…", "humanizer serve as a background job (Server mode, key 5)",
+        yield ("Start a server…", f"humanizer serve as a background job (Server mode, key {keys['server']})",
                lambda: self._in_mode("server", "start"))
-        yield ("New chat", "a new conversation with the running server (Chat mode, key 6)",
+        yield ("New chat", f"a new conversation with the running server (Chat mode, key {keys['chat']})",
                lambda: self._in_mode("chat", "new_chat"))
-        yield ("Convert a model…", "mixed-precision quantization within a bpw budget, as a job (Convert mode, key 7)",
-               lambda: self._in_mode("convert", "new_run"))
-        yield ("Build a dataset…", "human text in, SFT / DPO / held-out rows out, as a job (Data mode, key 8)",
-               lambda: self._in_mode("data", "new_run"))
-        yield ("Evaluate…", "rewrite held-out drafts with every choice and score them, as a job (Eval mode, key 9)",
-               lambda: self._in_mode("eval", "new_run"))
+        yield ("Convert a model…", "mixed-precision quantization within a bpw budget, as a job "
+               f"(Convert mode, key {keys['convert']})", lambda: self._in_mode("convert", "new_run"))
+        yield ("Build a dataset…", "human text in, SFT / DPO / held-out rows out, as a job "
+               f"(Data mode, key {keys['data']})", lambda: self._in_mode("data", "new_run"))
+        yield ("Evaluate…", "rewrite held-out drafts with every choice and score them, as a job "
+               f"(Eval mode, key {keys['eval']})", lambda: self._in_mode("eval", "new_run"))
         yield ("Run the demo", "humanizer demo: data, SFT, DPO, detectors and the eval on the embedded model, "
                "as a job", self.start_demo)
-        yield ("Toggle dark/light theme", "remembered in config.toml", self.action_toggle_theme)
+        yield ("Toggle dark/light theme", f"remembered in config.toml ({key_of(self, 'toggle_theme', 'ctrl+t')})",
+               self.action_toggle_theme)
         if hasattr(screen, "palette_commands"):
             yield from screen.palette_commands()
 

@@ -168,11 +168,12 @@ def dumps(data: dict, _prefix: str = "") -> str:
     return "\n".join(out).lstrip("\n") + "\n"
 
 
-def set_value(path: Path, key: str, value) -> None:
-    """Set top-level `key` in the TOML file at `path`, keeping everything else.
+def set_value(path: Path, key: str, value, table: str | None = None) -> None:
+    """Set `key` (top-level, or in [table]) in the TOML file at `path`, keeping everything else.
 
-    Raises ConfigError (and writes nothing) when the file exists but does not parse:
-    rewriting it would throw away what the user wrote."""
+    Raises ConfigError (and writes nothing) when the file exists but does not parse, or
+    `table` names something that is not a table: rewriting it would throw away what the
+    user wrote."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -182,22 +183,37 @@ def set_value(path: Path, key: str, value) -> None:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(_decode_error(path, text, e)) from None
+    if table is not None and not isinstance(data.get(table, {}), dict):
+        raise ConfigError(f"{_where(path, text, table)}: {table} must be a table ([{table}])")
     lines = text.splitlines(keepends=True)
-    first_table = next((i for i, line in enumerate(lines) if re.match(r"\s*\[", line)), len(lines))
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
     new_line = f"{_key(key)} = {toml_value(value)}\n"
-    for i in range(first_table):
+    if table is None:
+        start, end = 0, next((i for i, line in enumerate(lines) if re.match(r"\s*\[", line)), len(lines))
+    else:
+        header = next((i for i, line in enumerate(lines) if re.match(rf"\s*\[\s*{re.escape(table)}\s*\]", line)), None)
+        if header is None:
+            lines += (["\n"] if lines and lines[-1].strip() else []) + [f"[{_key(table)}]\n"]
+            header = len(lines) - 1
+        start = header + 1
+        end = next((i for i in range(start, len(lines)) if re.match(r"\s*\[", lines[i])), len(lines))
+    for i in range(start, end):
         if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", lines[i]):
             lines[i] = new_line
             break
     else:
-        if first_table and not lines[first_table - 1].endswith("\n"):
-            lines[first_table - 1] += "\n"
-        lines.insert(first_table, new_line + ("\n" if first_table < len(lines) else ""))
+        at = end
+        while at > start and not lines[at - 1].strip():  # after the last value, before blank lines
+            at -= 1
+        lines.insert(at, new_line)
     new_text = "".join(lines)
     try:
-        ok = tomllib.loads(new_text).get(key) == value
+        got = tomllib.loads(new_text)
+        ok = (got.get(key) if table is None else got.get(table, {}).get(key)) == value
     except tomllib.TOMLDecodeError:
         ok = False
-    if not ok:  # an unusual layout (a multi-line value): write the whole table out instead
-        new_text = dumps({**data, key: value})
+    if not ok:  # an unusual layout (a multi-line value, a dotted key): write the whole file out instead
+        new_text = dumps({**data, key: value} if table is None
+                         else {**data, table: {**data.get(table, {}), key: value}})
     atomic_write_text(path, new_text)

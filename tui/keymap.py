@@ -6,6 +6,8 @@ Every binding has an id and a tooltip. Number keys switch modes (1 Models, 2 Job
 
 from __future__ import annotations
 
+import difflib
+
 from textual.binding import Binding
 
 # (mode name, title, key): the order of the number keys.
@@ -25,10 +27,10 @@ APP_BINDINGS: list[Binding] = [
     *(Binding(key, f"mode('{mode}')", title, id=f"mode_{mode}", show=False,
               tooltip=f"Switch to {title}")
       for mode, title, key in MODES),
-    Binding("ctrl+t", "toggle_theme", "Dark/light", id="toggle_theme",
-            tooltip="Remembered in config.toml"),
-    Binding("question_mark", "toggle_keys", "Keys", id="show_keys",
-            tooltip="Show/hide this panel"),
+    Binding("ctrl+t", "toggle_theme", "Dark/light", id="toggle_theme", show=False,  # 80 columns: in the help
+            tooltip="Dark or light theme, remembered in config.toml"),
+    Binding("question_mark,f1", "toggle_keys", "Help", id="show_keys",
+            tooltip="This screen's keys, with their ids for config.toml's [keymap]"),
     Binding("q", "quit", "Quit", id="quit", tooltip="Jobs keep running"),
 ]
 
@@ -47,8 +49,9 @@ def _binding_owners():
     from screens.server import ServerScreen
     from screens.train import RunTable, TrainScreen
     from screens.widgets import ConfirmDialog, InputDialog
+    from tui.help import HelpScreen
 
-    return [ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,
+    return [HelpScreen, ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,
             AdaptersScreen, AdapterTable, ServerScreen, ChatScreen, FormDialog, PickDialog, ConvertScreen,
             ConvertTable, DataScreen, DatasetTable, RowTable, BuildTable, EvalScreen, EvalRunTable]
 
@@ -70,7 +73,10 @@ def check_keymap(overrides: dict[str, str], where=lambda binding_id: "config.tom
     for binding_id, keys in overrides.items():
         if binding_id in known:
             good[binding_id] = keys
-        else:
-            problems.append(f"{where(binding_id)}: [keymap] has no binding {binding_id!r}; "
-                            f"known: {', '.join(sorted(known))}")
+            continue
+        # the bad id first and briefly: a toast cut after a list of 60 ids hid it
+        close = difflib.get_close_matches(binding_id, known, n=2, cutoff=0.6)
+        guess = f"; did you mean {' or '.join(close)}?" if close else ""
+        problems.append(f"[keymap] {binding_id} = {keys!r}: no such binding id ({where(binding_id)}){guess} "
+                        f"? shows each screen's keys with their ids")
     return good, problems
