@@ -330,10 +330,8 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
             model = next((m for m in models if m.name == self.app.model), models[0] if models else None)
             if model is None:
                 raise HumanizerError("no models yet", f"pull or import one in {mode_ref(self.app, 'models')}")
-            found = [a for a in A.list_adapters(ws, model.path) if a.fits]
-            prints = {a.fingerprint for a in found}
-            found = [a for a in found if not a.is_delta or a.parent.get("fingerprint") in prints]
-            ordered = A.stack_order(found)
+            # one copy per set of weights, each delta with its own recorded parent
+            ordered = A.mountable_together([a for a in A.list_adapters(ws, model.path) if a.fits])
             defaults = server_defaults(ws)
             job = start_server(ws, str(model.path), [str(a.path) for a in ordered],
                                defaults.get("host", "127.0.0.1"), defaults.get("port", DEFAULT_PORT),
