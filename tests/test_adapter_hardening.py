@@ -15,20 +15,12 @@ from engine import adapters as A
 from engine import lora
 from engine.errors import HumanizerError
 from engine.generate import Engine, EngineError
-from engine.workspace import Workspace
-from tests.test_generate import DPO, SFT, make_adapters, make_lively_llama
+from tests.test_generate import DPO, SFT, make_adapters
+from tests import test_server
 from tests.test_server import ServerThread, assert_error, call
 
 STACK = f"{SFT}+{DPO}"
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    home = tmp_path_factory.mktemp("hard") / "home"
-    ws = Workspace.open(home)
-    base = make_lively_llama(home / "models" / "tiny")
-    sft, dpo = make_adapters(base, ws.adapters_dir)
-    return ws, base, sft, dpo
+setup = test_server.setup  # the same fixture (a tiny model, SFT and DPO adapters), this module's own copy
 
 
 @pytest.fixture
