@@ -468,6 +468,8 @@ def adapter_json(engine: Engine, name: str, info) -> dict:
         "base": (getattr(info, "base", None) or {}).get("name"),
         "fingerprint": getattr(info, "fingerprint", None),
         "stacked_on": getattr(info, "stacked_on", None),  # the mounted adapter a delta is bound to
+        # every set of weights it applies (a combined adapter's sources too): what a client must not mount twice
+        "holds": sorted(A.weight_fingerprints(info)) if info is not None else [],
         "in_use": engine.in_use(name),
     }
 

@@ -42,7 +42,7 @@ from screens.server_widgets import server_defaults
 from screens.serving import (
     DEFAULT_PORT, ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, start_server,
 )
-from screens.widgets import ConfirmDialog, FitFooter, ModeHeader, StatusBar, mode_ref
+from screens.widgets import ConfirmDialog, FitFooter, ModeHeader, StatusBar, action_key, mode_ref
 
 REDRAW_HZ = 4
 SHORT = 30  # below this many rows: a shorter input box
@@ -166,7 +166,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
     def choices(self) -> list[str]:
         if not (self.monitor and self.monitor.models):
             return []
-        return adapter_choices(self.monitor.models, self.monitor.mounted)  # none that repeats weights
+        return adapter_choices(self.monitor.models)
 
     @property
     def adapter(self) -> str | None:
@@ -397,35 +397,38 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
         elif mon.state == "down":
             t.append(f"The server at {host_port(mon.url)} is not answering: {mon.view.error}", style="red")
         elif not self.conv.messages and mon.up:
-            t.append(f"Talking to {host_port(mon.url)}. ctrl+o picks the adapter, ctrl+f compares two side by "
-                     "side (judge them with a / b / t / s: the picks become DPO data), ctrl+g sets the system "
-                     "prompt, temperature and max tokens.")
+            k = partial(action_key, self)
+            t.append(f"Talking to {host_port(mon.url)}. {k('cycle_adapter')} picks the adapter, {k('cycle_compare')} "
+                     f"compares two side by side (judge them with {k('pick', 'a')} / {k('pick', 'b')} / "
+                     f"{k('pick', 'tie')} / {k('pick', 'skip')}: the picks become DPO data), {k('settings')} "
+                     "sets the system prompt, temperature and max tokens.")
         info.update(t)
         info.display = bool(t.plain)
 
     # the palette ------------------------------------------------------------------------------------
     def palette_commands(self):
-        cmds = [("New conversation", "ctrl+n", self.action_new_chat),
-                ("Open a conversation…", "the saved ones, newest first (ctrl+l)", self.action_open_chat),
-                ("Chat settings…", "system prompt, temperature, max tokens, preference set (ctrl+g)",
+        k = partial(action_key, self)
+        cmds = [("New conversation", k("new_chat"), self.action_new_chat),
+                ("Open a conversation…", f"the saved ones, newest first ({k('open_chat')})", self.action_open_chat),
+                ("Chat settings…", f"system prompt, temperature, max tokens, preference set ({k('settings')})",
                  self.action_settings),
-                ("Copy the last reply", "OSC 52 (ctrl+r)", self.action_copy_reply),
-                ("Blind A/B " + ("off" if self.conv.blind else "on"), "shuffle the sides, hide the adapters (h)",
-                 self.action_toggle_blind)]
+                ("Copy the last reply", f"OSC 52 ({k('copy_reply')})", self.action_copy_reply),
+                ("Blind A/B " + ("off" if self.conv.blind else "on"),
+                 f"shuffle the sides, hide the adapters ({k('toggle_blind')})", self.action_toggle_blind)]
         latest = self._latest_ab()
         if latest is not None and latest.pick is None:
-            cmds += [("A/B: A wins", "a", lambda: self.action_pick("a")),
-                     ("A/B: B wins", "b", lambda: self.action_pick("b")),
-                     ("A/B: a tie", "t", lambda: self.action_pick("tie")),
-                     ("A/B: skip", "s", lambda: self.action_pick("skip"))]
+            cmds += [("A/B: A wins", k("pick('a')"), lambda: self.action_pick("a")),
+                     ("A/B: B wins", k("pick('b')"), lambda: self.action_pick("b")),
+                     ("A/B: a tie", k("pick('tie')"), lambda: self.action_pick("tie")),
+                     ("A/B: skip", k("pick('skip')"), lambda: self.action_pick("skip"))]
         if latest is not None:
-            cmds.append(("A/B: again", "both sides with new seeds (r)", self.action_again))
+            cmds.append(("A/B: again", f"both sides with new seeds ({k('again')})", self.action_again))
         for c in self.choices():
-            cmds.append((f"Chat with adapter: {c}", "A (ctrl+o cycles)", lambda c=c: self._set_adapter(c)))
-            cmds.append((f"Compare with adapter: {c}", "B, side by side (ctrl+f cycles)",
+            cmds.append((f"Chat with adapter: {c}", f"A ({k('cycle_adapter')} cycles)", lambda c=c: self._set_adapter(c)))
+            cmds.append((f"Compare with adapter: {c}", f"B, side by side ({k('cycle_compare')} cycles)",
                          lambda c=c: self._set_compare(c)))
         if self.compare is not None:
-            cmds.append(("Stop comparing (A/B off)", "ctrl+f until off", lambda: self._set_compare(None)))
+            cmds.append(("Stop comparing (A/B off)", f"{k('cycle_compare')} until off", lambda: self._set_compare(None)))
         return cmds
 
     def _set_adapter(self, choice: str) -> None:

@@ -20,6 +20,7 @@ from textual.binding import Binding
 from engine.data.prefs import pref_stats, record_pick
 from engine.errors import HumanizerError
 from screens.chat_widgets import PICK_WORDS, Message, PairView, ReplyView, new_seed
+from screens.widgets import action_key
 
 JUDGE_BINDINGS = [
     Binding("a", "pick('a')", "A wins", id="chat_pick_a", show=False,
@@ -37,10 +38,11 @@ JUDGE_BINDINGS = [
 ]
 
 
-def prefs_line(name: str, stats: dict | None, blind: bool) -> Text:
+def prefs_line(name: str, stats: dict | None, blind: str | None) -> Text:
     """ "prefs chat-picks: 12 pairs · sft+dpo 67% (8/12) · base 33% (4/12)": the preference
     set A/B picks go to, its counts and each adapter's win rate over decided picks (the most
-    judged first, then the best); then whether judging is blind."""
+    judged first, then the best); then whether judging is blind (`blind`: the key that turns it
+    off, else None)."""
     t = Text("prefs ", style="dim")
     t.append(name, style="bold")
     t.append(": ", style="dim")
@@ -60,7 +62,7 @@ def prefs_line(name: str, stats: dict | None, blind: bool) -> Text:
             t.append(f"{s['win_rate']:.0%}")
             t.append(f" ({s['wins']}/{s['wins'] + s['losses']})", style="dim")
     if blind:
-        t.append(" · blind (h)", style="bold")
+        t.append(f" · blind ({blind})", style="bold")
     return t
 
 
@@ -94,7 +96,7 @@ class ChatJudge:
         if not self._shows_prefs():
             return None
         stats = self.pref_stats if self._stats_name == self.conv.prefs else None
-        return prefs_line(self.conv.prefs, stats, self.conv.blind)
+        return prefs_line(self.conv.prefs, stats, action_key(self, "toggle_blind") if self.conv.blind else None)
 
     # a new pair, a pair streamed --------------------------------------------------------------
     def _add_pair(self, m: Message) -> None:

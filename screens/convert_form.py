@@ -44,7 +44,7 @@ class ConvertForm:
     _plan_timer: Timer | None
 
     def compose_form(self) -> ComposeResult:
-        yield from form_head("New convert")
+        yield from form_head("New convert", self.app)
         with Horizontal(classes="form-row"):
             yield Label("target")
             yield Input("5.0", placeholder="bits per weight, e.g. 5.0", compact=True, id="f-target")

@@ -27,7 +27,7 @@ from screens.data_widgets import (
 )
 from screens.runs import RunsScreen, append_outcome, append_timing, bar, form_css
 from screens.widgets import (
-    FitFooter, ModeHeader, StatusBar, cursor_key, display_path, fmt_time, status_text, sync_table,
+    FitFooter, ModeHeader, StatusBar, action_key, cursor_key, display_path, fmt_time, status_text, sync_table,
 )
 
 PAGE = 100  # rows read at a time in the browser
@@ -349,10 +349,13 @@ class DataScreen(DataForm, RunsScreen):
 
     # the palette -----------------------------------------------------------------------------------
     def more_commands(self) -> list[tuple]:
-        cmds = [("Pick a source…", "a corpus, a workspace dataset, a folder or an example (ctrl+o)",
+        k = partial(action_key, self)
+        cmds = [("Pick a source…", f"a corpus, a workspace dataset, a folder or an example ({k('pick_source')})",
                  self.action_pick_source),
-                ("Show datasets", "the workspace's datasets (d)", lambda: self.set_view("datasets")),
-                ("Show builds", "the shown build's progress and the builds table (b)", lambda: self.set_view("build"))]
+                ("Show datasets", f"the workspace's datasets ({k('view', 'datasets')})",
+                 lambda: self.set_view("datasets")),
+                ("Show builds", f"the shown build's progress and the builds table ({k('view', 'build')})",
+                 lambda: self.set_view("build"))]
         d = self.selected_dataset()
         if d is not None:
             cmds.append((f"Browse rows of {d.name}", "draft | human | model rewrite, with row errors (enter)",

@@ -36,7 +36,9 @@ from screens.eval_widgets import (
     shown_detector,
 )
 from screens.runs import RunsScreen, RunsTable, form_css
-from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, fmt_time, start_humanizer_job, status_text
+from screens.widgets import (
+    FitFooter, ModeHeader, StatusBar, action_key, cursor_key, fmt_time, start_humanizer_job, status_text,
+)
 
 
 class EvalScreen(EvalViews, EvalForm, RunsScreen):
@@ -253,9 +255,12 @@ class EvalScreen(EvalViews, EvalForm, RunsScreen):
 
     # the palette -----------------------------------------------------------------------------------
     def more_commands(self) -> list[tuple]:
-        cmds = [("Show results", "the shown eval's table and charts (r)", lambda: self.set_view("report")),
-                ("Browse samples", "draft | rewrite | human with scores and slop (s)", lambda: self.set_view("samples")),
-                ("Compare evals", "the marked eval and the shown one side by side (v)",
+        k = partial(action_key, self)
+        cmds = [("Show results", f"the shown eval's table and charts ({k('view', 'report')})",
+                 lambda: self.set_view("report")),
+                ("Browse samples", f"draft | rewrite | human with scores and slop ({k('view', 'samples')})",
+                 lambda: self.set_view("samples")),
+                ("Compare evals", f"the marked eval and the shown one side by side ({k('view', 'compare')})",
                  lambda: self.set_view("compare"))]
         h = self.shown_history()
         dataset = model = None

@@ -50,7 +50,7 @@ class EvalForm:
     adapters: list  # AdapterInfo
 
     def compose_form(self) -> ComposeResult:
-        yield from form_head("New eval")
+        yield from form_head("New eval", self.app)
         with Vertical(id="row-adapters", classes="field"):
             with Horizontal(classes="form-row"):
                 yield Label("adapters")

@@ -21,10 +21,10 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, humanizer_argv, job_events, job_info, start_job
-from screens.widgets import LiveTable, confirm_cancel, fmt_duration, sync_table
+from screens.widgets import LiveTable, action_key, confirm_cancel, fmt_duration, mode_ref, sync_table
 
 REDRAW_HZ = 3  # the view is redrawn at most this often
-NARROW = 110  # below this many columns: one scrolling column
+NARROW = 110  # below this many columns: narrow layouts (Train, Convert: one pane at a time)
 
 
 class JobHistory:
@@ -114,13 +114,13 @@ def append_outcome(line: Text, h: JobHistory, cancelled: str) -> None:
         line.append(f"\n⊘ cancelled: {cancelled}", style="italic")
 
 
-def form_head(title: str) -> ComposeResult:
+def form_head(title: str, app) -> ComposeResult:
     """The top of a new-run form: its title, the error box and the model to start from."""
     yield Static(title, classes="heading")
     yield Static("", id="f-errors")
     with Horizontal(classes="form-row"):
         yield Label("model")
-        yield Select([], prompt="no models: pull one in Models (1)", compact=True, id="f-model")
+        yield Select([], prompt=f"no models: pull one in {mode_ref(app, 'models')}", compact=True, id="f-model")
 
 
 def form_css(screen: str, label: int = 12) -> str:
@@ -363,11 +363,12 @@ class RunsScreen(Screen):
 
     def palette_commands(self):
         start, new, cancel = self.palette_names
-        cmds = [(start, "with the form's settings (ctrl+s)", self.action_start),
-                (new, "go to the form (n)", self.action_new_run)]
+        k = partial(action_key, self)
+        cmds = [(start, f"with the form's settings ({k('start')})", self.action_start),
+                (new, f"go to the form ({k('new_run')})", self.action_new_run)]
         h = self.histories.get(self.shown) if self.shown else None
         if h is not None and h.job.status == "running":
-            cmds.insert(0, (f"{cancel} {h.name}", f"{h.job.id}: SIGTERM after a confirm (c)", self.action_cancel_run))
+            cmds.insert(0, (f"{cancel} {h.name}", f"{h.job.id}: SIGTERM after a confirm ({k('cancel_run')})", self.action_cancel_run))
         cmds += self.more_commands()
         for job in self.run_jobs()[:30]:
             other = self.histories.get(job.id)

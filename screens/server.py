@@ -175,7 +175,7 @@ class ServerScreen(ServerActions, Screen):
             empty.update("")
         elif run.job.status in ("running", "starting"):
             live = self.monitor.view.job is not None and self.monitor.view.job.id == run.job.id
-            ids = adapter_choices(self.monitor.models, self.monitor.mounted) if live and self.monitor.models else []
+            ids = adapter_choices(self.monitor.models) if live and self.monitor.models else []
             example = (", ".join(f'"{m}"' for m in ids[:4]) + (", …" if len(ids) > 4 else "") if ids
                        else '"base", or the mounted adapters\' names joined with "+"')  # the real ids, not "sft"
             empty.update(f"No requests yet. Talk to it in {mode_ref(self.app, 'chat')}, or with any OpenAI "

@@ -3,17 +3,18 @@ API key), stop it after a confirm, and mount and unmount adapters on it."""
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 from rich.text import Text
 
+from engine import adapters as A
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo, cancel_job
 from screens.adapter_mounting import mount_reported, unmount_reported
 from screens.forms import Field, FormDialog, PickDialog
 from screens.server_widgets import describe_mounted, server_defaults
 from screens.serving import DEFAULT_HOST, DEFAULT_PORT, mounted_names, start_server
-from screens.stacks import deepest_stack, from_info, from_mounted, repeats
 from screens.widgets import ConfirmDialog, key_of, mode_ref
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -34,7 +35,6 @@ class ServerActions:
     def _gather(self) -> None:
         """In a worker thread: the models, the adapters (with fit against the current model),
         and the server defaults ([server] host / port in config.toml)."""
-        from engine import adapters as A
         from engine.models import list_models
 
         try:
@@ -54,7 +54,8 @@ class ServerActions:
             return
         by_name = {a.name: a for a in adapters}
         # ticked: the deepest real stack only (never copies or a combined adapter with its sources)
-        chosen = deepest_stack([from_info(a) for a in adapters if a.fits is not False])
+        fitting = {a.name: a for a in adapters if a.fits is not False}
+        chosen = [n for n in A.deepest_stack(A.real_stacks(fitting)).split("+") if n in fitting]
         options = []
         for a in adapters:
             label = f"{a.name}  {(a.method or '?').upper()}"
@@ -69,14 +70,16 @@ class ServerActions:
             if not v["model"]:
                 errors.append(("model", "model: choose one"))
             names = set(v["adapters"])
+            ticked = {m: by_name[m] for m in names}
             for n in v["adapters"]:
                 a = by_name[n]
-                if a.is_delta and not any(by_name[m].fingerprint == a.parent.get("fingerprint") for m in names):
+                if a.is_delta and A.find_parent(a, ticked) is None:
                     errors.append(("adapters", f"adapters: '{n}' is a delta on '{a.parent.get('name')}': "
                                                "choose its parent too"))
-            for a, b in repeats(from_info(by_name[n]) for n in v["adapters"])[:1]:
-                errors.append(("adapters", f"adapters: '{a}' and '{b}' hold the same weights (a copy, or a "
-                                           "combined adapter with its source): tick one of them"))
+            why = next(filter(None, (A.repeated_weights(a, by_name[a], b, by_name[b])
+                                     for a, b in itertools.combinations(v["adapters"], 2))), None)
+            if why:
+                errors.append(("adapters", f"adapters: {why}: tick one of them"))
             host = v["host"] or DEFAULT_HOST
             if not v["port"].isdigit() or int(v["port"]) > 65535:
                 errors.append(("port", "port: a number from 0 (any free port) to 65535"))
@@ -172,7 +175,6 @@ class ServerActions:
         self.run_worker(self._gather_mountable, thread=True, group="server-gather", exclusive=True)
 
     def _gather_mountable(self) -> None:
-        from engine import adapters as A
 
         try:
             adapters = A.list_adapters(self.app.ws)
@@ -182,10 +184,10 @@ class ServerActions:
 
     def _mount_dialog(self, adapters: list) -> None:
         mounted = set(mounted_names(self.monitor))
-        held = set().union(*(m.holds for m in from_mounted(self.monitor.mounted)))
+        held = {fp for m in self.monitor.mounted for fp in m.get("holds") or [m.get("fingerprint")] if fp}
         options = []
         for a in adapters:
-            if a.name in mounted or from_info(a).holds & held:
+            if a.name in mounted or A.weight_fingerprints(a) & held:
                 continue  # mounted already, or its weights are (a copy, a combined one's source)
             label = Text(a.name, style="bold")
             label.append(f"  {(a.method or '?').upper()}")

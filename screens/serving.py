@@ -17,7 +17,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import AsyncIterator
 
 from rich.text import Text
@@ -331,7 +330,7 @@ class ServerMonitor:
             names = [a.get("name") for a in self.view.mounted]
             if force or health.get("adapters") != names or not self.view.models:
                 adapters = await client.get("/v1/adapters")
-                changes["mounted"] = await asyncio.to_thread(with_configs, list(adapters.get("data") or []))
+                changes["mounted"] = list(adapters.get("data") or [])
                 models = adapters.get("models")
                 if models is None:
                     models = [m.get("id") for m in (await client.get("/v1/models")).get("data") or []]
@@ -352,42 +351,19 @@ class ServerMonitor:
         self._set(state=state, error=error, **changes)
 
 
-def with_configs(mounted: list[dict]) -> list[dict]:
-    """The mounted adapters, each with the "humanizer" table of its adapter_config.json (its
-    recorded parent and sources; the server is local, so its paths are ours). In a thread."""
-    out = []
-    for d in mounted:
-        d = dict(d)
-        try:
-            cfg = json.loads((Path(str(d["path"])) / "adapter_config.json").read_text(encoding="utf-8"))
-            if isinstance(cfg.get("humanizer"), dict):
-                d["humanizer"] = cfg["humanizer"]
-        except (KeyError, TypeError, OSError, ValueError):
-            pass  # no path or no config here: the recorded parent name stands in
-        out.append(d)
-    return out
-
-
 # formatting ------------------------------------------------------------------------------
-def adapter_choices(models: list[str], mounted: list[dict] | None = None) -> list[str]:
-    """The adapter choices a request can make: the server's model ids, base first; with the
-    `mounted` adapters known, never one that repeats weights (sft + a combined sft+dpo)."""
-    from screens.stacks import from_mounted, repeats
-
+def adapter_choices(models: list[str]) -> list[str]:
+    """The adapter choices a request can make: the server's model ids, base first. The server
+    offers only real stacks (each delta on its own parent, no weights twice)."""
     out = [m for m in models if m == "base"] + [m for m in models if m != "base"]
-    if mounted:
-        layers = {a.name: a for a in from_mounted(mounted)}
-        out = [m for m in out if not repeats(layers[n] for n in m.split("+") if n in layers)]
     return out or ["base"]
 
 
 def first_choice(monitor: ServerMonitor) -> str | None:
-    """The choice Chat starts with: the deepest real stack the server offers (screens.stacks)."""
-    from screens.stacks import default_choice, from_mounted
+    """The choice Chat starts with: the deepest real stack the server offers."""
+    from engine.adapters import deepest_stack
 
-    if not monitor.models:
-        return None
-    return default_choice(adapter_choices(monitor.models, monitor.mounted), from_mounted(monitor.mounted))
+    return deepest_stack(monitor.models) if monitor.models else None
 
 
 def job_ended(job: JobInfo | None) -> bool:

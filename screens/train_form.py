@@ -170,7 +170,7 @@ class TrainForm:
     _methods_spec: str | None = None  # the dataset whose rows last set the method
 
     def compose_form(self) -> ComposeResult:
-        yield from form_head("New run")
+        yield from form_head("New run", self.app)
         with Horizontal(classes="form-row"):
             yield Label("dataset")
             yield Input(placeholder="ctrl+o: pick, or a path / HF id", compact=True, id="f-data")

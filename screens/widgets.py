@@ -191,6 +191,19 @@ def key_of(app, binding_id: str, default: str) -> str:
         return key
 
 
+def action_key(node, action: str, *args: str) -> str:
+    """The key of `node`'s binding for `action` (with `args`: "view('build')"), from its
+    class's BINDINGS, nearest first, as the user has it: palette hints say "(ctrl+s)" only
+    where ctrl+s is still the key."""
+    if args:
+        action = f"{action}({', '.join(map(repr, args))})"
+    for cls in type(node).__mro__:
+        for b in cls.__dict__.get("BINDINGS", ()):
+            if isinstance(b, Binding) and b.action == action:
+                return key_of(node.app, b.id, b.key) if b.id else b.key.split(",")[0]
+    return "?"
+
+
 def mode_ref(app, mode: str) -> str:
     """'Models (1)': a mode's title and the key that opens it, as the keymap has it."""
     for name, title, key in app.mode_tabs() if hasattr(app, "mode_tabs") else []:

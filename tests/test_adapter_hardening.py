@@ -207,6 +207,8 @@ def test_no_stack_repeats_weights_and_the_deepest_is_offered(setup, server):
                      "model_not_found", "model")
     status, listed = call(server, "GET", "/v1/adapters")
     assert listed["default"] == STACK
+    holds = {a["name"]: set(a["holds"]) for a in listed["data"]}  # what a client must not mount twice
+    assert holds[SFT] | holds[DPO] < holds["sft-dpo"] and not holds[SFT] & holds[DPO]  # its own and its sources
     assert server.engine.deepest_stack() == STACK
     assert A.deepest_stack(ids) == STACK and A.deepest_stack(["base"]) == "base" and A.deepest_stack([]) == "base"
     assert A.deepest_stack(["base", "a", "a+b", "c", "c+d"]) == "a+b"  # ties: the first listed

@@ -123,18 +123,18 @@ async def test_server_form_ticks_the_deepest_stack_and_refuses_repeats(stacked):
         picks.select("humanizer-sft-dpo")
         await pilot.press("ctrl+s")
         errors = text_of(dialog, "#fd-errors")
-        assert "and 'humanizer-sft-dpo' hold the same weights" in errors, errors
+        assert "'humanizer-sft-dpo' already holds the weights of" in errors, errors
         picks.deselect_all()
         picks.select("humanizer-sft")
         picks.select("sft-copy")
         await pilot.press("ctrl+s")
-        assert "'humanizer-sft' and 'sft-copy' hold the same weights" in text_of(dialog, "#fd-errors")
+        assert "'humanizer-sft' and 'sft-copy' have the same weights" in text_of(dialog, "#fd-errors")
         assert isinstance(app.screen, FormDialog)
 
 
 class StackedServer:
     """The HTTP client's stand-in for a server with sft, dpo and their combination mounted:
-    the ids are those the engine lists (every selection with a delta's parent)."""
+    the ids are those the engine lists (its real stacks: tests/test_adapter_hardening.py)."""
 
     def __init__(self, url, api_key=None, timeout=5.0):
         self.url = url
@@ -152,8 +152,7 @@ class StackedServer:
                      "fingerprint": read_adapter(self.home / "adapters" / n).fingerprint,
                      "is_delta": n == "humanizer-dpo", "parent": "humanizer-sft" if n == "humanizer-dpo" else None}
                     for n in names]
-            models = ["base", "humanizer-sft", "humanizer-sft-dpo", "humanizer-sft+humanizer-dpo",
-                      "humanizer-sft+humanizer-sft-dpo", "humanizer-sft+humanizer-dpo+humanizer-sft-dpo"]
+            models = ["base", "humanizer-sft", "humanizer-sft-dpo", "humanizer-sft+humanizer-dpo"]
             return {"data": data, "models": models}
         return {}
 
@@ -191,7 +190,7 @@ async def test_chat_starts_with_the_deepest_stack_and_the_hint_shows_real_ids(st
         assert '"humanizer-sft"' in hint and '"sft"' not in hint, hint
         await pilot.press("6")
         await until(pilot, lambda: app.current_mode == "chat" and app.screen.choices(), 10, "chat")
-        assert app.screen.adapter == "humanizer-sft+humanizer-dpo"  # not the longest id: it repeats sft
+        assert app.screen.adapter == "humanizer-sft+humanizer-dpo"  # the deepest, not the last or the combined
         assert app.screen.choices() == ["base", "humanizer-sft", "humanizer-sft-dpo", "humanizer-sft+humanizer-dpo"]
         await until(pilot, lambda: "humanizer-sft+humanizer-dpo" in text_of(app.screen, "#chat-bar"), 5, "the bar")
         assert "humanizer-sft+humanizer-dpo" in text_of(app.screen, "#chat-bar")
@@ -406,19 +405,16 @@ async def test_messages_name_the_remapped_keys(ws):
         await until(pilot, lambda: "key j" in "\n".join(screen_text(app)), 5, "the palette's hint")
 
 
-def test_deepest_stack_rules():
-    from screens.stacks import default_choice, deepest_stack, layer, repeats
 
-    sft = layer("sft", "f1", {})
-    dpo = layer("dpo", "f2", {"parent": {"name": "sft", "fingerprint": "f1"}})
-    dpo2 = layer("dpo2", "f3", {"parent": {"name": "dpo", "fingerprint": "f2"}})
-    comb = layer("sft-dpo", "f4", {"combined_from": [{"fingerprint": "f1"}, {"fingerprint": "f2"}]})
-    copy = layer("sft-copy", "f1", {})
-    orphan = layer("orphan", "f5", {"parent": {"name": "gone", "fingerprint": "f9"}})
-    assert deepest_stack([comb, dpo, sft, copy, orphan]) == ["dpo", "sft"]  # given order, never the combined
-    assert deepest_stack([sft, dpo, dpo2]) == ["sft", "dpo", "dpo2"]
-    assert deepest_stack([comb]) == ["sft-dpo"] and deepest_stack([orphan]) == []
-    assert repeats([sft, comb, dpo]) == [("sft", "sft-dpo"), ("sft-dpo", "dpo")] and repeats([sft, copy])
-    choices = ["base", "sft", "sft-dpo", "sft+dpo", "sft+sft-dpo+dpo"]
-    assert default_choice(choices, [sft, dpo, comb]) == "sft+dpo"
-    assert default_choice(["base", "sft", "sft+x"], []) == "sft" and default_choice([], [sft]) is None
+async def test_palette_hints_and_the_model_prompt_name_the_remapped_keys(ws):
+    from textual.widgets import Select
+
+    ws.config_path.write_text('[keymap]\nmode_models = "f2"\ntrain_start = "f5"\ntrain_new = "N"\n')
+    app = HumanizerApp(ws, mode="train")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        prompt = str(app.screen.query_one("#f-model", Select).prompt)
+        assert "Models (f2)" in prompt and "(1)" not in prompt, prompt
+        hints = {name: hint for name, hint, _ in app.screen.palette_commands()}
+        assert hints["Start training"] == "with the form's settings (f5)", hints
+        assert hints["New training run"] == "go to the form (N)", hints
