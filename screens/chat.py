@@ -55,7 +55,11 @@ class Transcript(VerticalScroll):
     switch modes) are not offered while the transcript has the focus."""
 
     def check_consume_key(self, key: str, character: str | None) -> bool:
-        return bool(character) and character.isprintable() and key not in self.screen.own_keys
+        if not (character and character.isprintable()):
+            return False
+        # Chat's letter keys (a/b/t/s judge, r again, h blind) act only while there is A/B to
+        # judge; otherwise they are text too ("this..." typed here must not toggle blind mode)
+        return key not in self.screen.own_keys or not self.screen.judging()
 
     def on_key(self, event: events.Key) -> None:
         if self.check_consume_key(event.key, event.character):
@@ -123,6 +127,10 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
             bindings.apply_keymap(getattr(self.app, "_keymap", {}))
             self._own_keys = set(bindings.key_to_bindings)
         return self._own_keys
+
+    def judging(self) -> bool:
+        """Whether the transcript's letter keys judge: A/B is on, or a pair is on screen."""
+        return self.compare is not None or self._latest_ab() is not None
 
     def type_into_input(self, text: str) -> None:
         box = self.query_one("#chat-input", TextArea)

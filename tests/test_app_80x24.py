@@ -60,6 +60,20 @@ async def test_typing_in_the_chat_transcript_is_text_not_commands(ws):
                     and b.binding.key in ("q", "1")]  # not offered in the footer either
 
 
+async def test_chat_letter_keys_are_text_with_nothing_to_judge(ws):
+    """t and h judge an A/B pair and toggle blind mode only when there is A/B: a sentence
+    that starts with them, typed in the transcript, reaches the input whole."""
+    app = HumanizerApp(ws, mode="chat")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await pilot.press("escape")
+        assert screen.query_one("#transcript").has_focus and not screen.judging()
+        await pilot.press("t")
+        await pilot.press(*"his", "space", *"bash")
+        assert screen.query_one("#chat-input").text == "this bash"
+        assert not screen.conv.blind
+
+
 async def test_quit_with_unsent_chat_text_asks_first(ws):
     from tui.app import QuitDialog
 

@@ -167,7 +167,7 @@ async def test_blind_hides_the_adapters_until_the_pick(up):
     app = HumanizerApp(up, mode="chat")
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await chat(pilot)
-        await pilot.press("escape", "h", "ctrl+f")
+        await pilot.press("escape", "ctrl+f", "h")  # h toggles blind while A/B is on (else it is text)
         assert screen.conv.blind and screen.compare == "base"
         bar = text_of(screen, "#chat-bar")
         assert bar.startswith(f"A/B blind  {SFT_DPO}  ·  base   sides shuffled") and "· blind (h)" in bar
@@ -261,8 +261,10 @@ async def test_picks_refused_and_the_set_in_settings(up):
     app = HumanizerApp(up, mode="chat")
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await chat(pilot)
-        await pilot.press("escape", "a")
-        assert any("no A/B pair to judge" in n.message for n in app._notifications)
+        await pilot.press("escape", "a")  # nothing to judge: a letter typed in the transcript is text
+        box = screen.query_one("#chat-input")
+        assert box.text == "a" and box.has_focus and not any("judge" in n.message for n in app._notifications)
+        box.clear()
 
         await pilot.press("ctrl+g")
         await until(pilot, lambda: isinstance(app.screen, FormDialog), 5, "the settings")
