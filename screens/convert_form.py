@@ -17,6 +17,7 @@ from engine.convert import DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN,
 from engine.errors import HumanizerError
 from screens.convert_widgets import fmt_size
 from screens.runs import form_head
+from screens.forms import TickBox
 from screens.widgets import display_path, mode_ref
 
 PLAN_DELAY = 0.3  # seconds after the last change of model, bits or group size
@@ -67,7 +68,7 @@ class ConvertForm:
             yield Label("seq len")
             yield Input(placeholder=f"{DEFAULT_SEQ_LEN} tokens each", type="integer", compact=True,
                         id="f-seqlen")
-        yield Checkbox("resume an interrupted convert", compact=True, id="f-resume")
+        yield TickBox("resume an interrupted convert", compact=True, id="f-resume")
         yield Button("Start  ctrl+s", id="f-start", compact=True, variant="primary")
 
     # the workspace's models and the output name ----------------------------------------

@@ -418,3 +418,14 @@ async def test_palette_hints_and_the_model_prompt_name_the_remapped_keys(ws):
         hints = {name: hint for name, hint, _ in app.screen.palette_commands()}
         assert hints["Start training"] == "with the form's settings (f5)", hints
         assert hints["New training run"] == "go to the form (N)", hints
+
+
+def test_every_check_box_marks_its_state_in_text():
+    """Every form check box is a TickBox ([x] / [ ]): a plain Checkbox looks the same ticked or
+    not under NO_COLOR (the Convert form's resume box did)."""
+    import re
+    from pathlib import Path
+
+    plain = [f"{p.name}:{n}" for p in sorted(Path("screens").glob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bCheckbox\(\s*['\"]", line)]
+    assert plain == [], plain
