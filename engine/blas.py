@@ -337,15 +337,6 @@ def _global_provider(symbol: str = "cblas_sgemm") -> str | None:
         return None
 
 
-def _mlx_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("mlx")
-    except Exception:
-        return None
-
-
 def blas_in_use() -> dict:
     """Which BLAS this process's MLX actually calls.
 

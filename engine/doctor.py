@@ -11,13 +11,12 @@ import sys
 from pathlib import Path
 
 from engine import blas
+from engine.workspace import human_bytes
 
 
 def _version(dist: str) -> str | None:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover
-        return None
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(dist)
     except PackageNotFoundError:
@@ -36,17 +35,6 @@ def _dir_size(path: Path) -> tuple[int, int]:
             total += st.st_size
             files += 1
     return total, files
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "?"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def _mlx_info() -> dict:

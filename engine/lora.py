@@ -95,10 +95,6 @@ class StackedLoRALinear(nn.Module):
     def output_dims(self) -> int:
         return self.linear.weight.shape[0]
 
-    @property
-    def has_trainable(self) -> bool:
-        return "lora_a" in self
-
     # the trainable term ---------------------------------------------------------------
     def add_trainable(self, rank: int, scale: float, dropout: float) -> None:
         bound = 1 / math.sqrt(self.input_dims)  # mlx-lm's LoRALinear init: A uniform, B zero

@@ -34,7 +34,7 @@ from pathlib import Path
 from engine import adapters as A
 from engine.errors import HumanizerError
 from engine.events import NullRun, Run
-from engine.workspace import atomic_dir
+from engine.workspace import atomic_dir, human_bytes
 
 FUSE_RECORD = "humanizer_fuse.json"
 BUNDLE_RECORD = "humanizer_bundle.json"
@@ -100,14 +100,6 @@ def _check_output(out: Path, inputs, is_ours, what: str) -> None:
 
 def _folder_bytes(folder: Path, pattern: str = "*") -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob(pattern) if f.is_file())
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def _source(info: A.AdapterInfo) -> dict:
@@ -449,7 +441,7 @@ def fuse(model_dir, adapter_dirs, out_dir, requantize: bool | None = None, run: 
                 f"re-quantizing the fused layers to {qtext} costs: max |logit difference| {cost['max_abs']:.3g}, "
                 f"mean {cost['mean_abs']:.3g}, top-1 agreement {100 * cost['top1_agreement']:.1f}%, "
                 f"KL {cost['mean_kl']:.3g} nats/token (vs the float fuse, {cost['tokens']} probe tokens); "
-                f"weights {_human_bytes(report['requantized_bytes'])} re-quantized vs {_human_bytes(float_bytes)} float"
+                f"weights {human_bytes(report['requantized_bytes'])} re-quantized vs {human_bytes(float_bytes)} float"
             )
         if requantize:
             run.progress(3, 4, "writing the re-quantized weights")
@@ -489,10 +481,10 @@ def fuse_summary(result: FuseResult) -> list[str]:
         q = ", ".join(f"{x['bits']}-bit g{x['group_size']}" for x in r["quantization"])
         lines.append(f"  re-quantizing ({q}) costs: max |logit difference| {c['max_abs']:.3g}, mean {c['mean_abs']:.3g}, "
                      f"top-1 agreement {100 * c['top1_agreement']:.1f}%, KL {c['mean_kl']:.3g} nats/token")
-        lines.append(f"  weights: {_human_bytes(r['requantized_bytes'])} re-quantized, {_human_bytes(r['float_bytes'])} "
-                     f"float (source {_human_bytes(r['source_bytes'])}); written: {_human_bytes(r['output_bytes'])}")
+        lines.append(f"  weights: {human_bytes(r['requantized_bytes'])} re-quantized, {human_bytes(r['float_bytes'])} "
+                     f"float (source {human_bytes(r['source_bytes'])}); written: {human_bytes(r['output_bytes'])}")
     else:
-        lines.append(f"  weights: {_human_bytes(r['output_bytes'])} (source {_human_bytes(r['source_bytes'])})")
+        lines.append(f"  weights: {human_bytes(r['output_bytes'])} (source {human_bytes(r['source_bytes'])})")
     return lines
 
 
@@ -682,7 +674,7 @@ def _adapter_section(info: A.AdapterInfo, name: str, names_by_fp: dict) -> list[
     else:
         lines.append(f"- **Method:** {(info.method or 'unknown').upper()}")
     lines.append(f"- **LoRA:** rank {info.rank}, scale {info.scale:g}, {len(info.layers)} layers "
-                 f"({A.layer_summary(info)}), {_human_bytes(info.size_bytes)}")
+                 f"({A.layer_summary(info)}), {human_bytes(info.size_bytes)}")
     if info.method == "combined":
         for s in sources:
             label = f" (`{s.get('name')}`)"
@@ -724,9 +716,9 @@ def model_card(title: str, manifest: dict, infos: list[A.AdapterInfo], names: li
         "",
         "| path | size |",
         "| --- | --- |",
-        f"| `model/` | {_human_bytes(_folder_bytes(bundle / 'model'))} |",
+        f"| `model/` | {human_bytes(_folder_bytes(bundle / 'model'))} |",
     ]
-    lines += [f"| `adapters/{n}/` | {_human_bytes(_folder_bytes(bundle / 'adapters' / n))} |" for n in names]
+    lines += [f"| `adapters/{n}/` | {human_bytes(_folder_bytes(bundle / 'adapters' / n))} |" for n in names]
     lines += [f"| `{BUNDLE_RECORD}` | machine-readable manifest |", "", "## Base model", ""]
     lines.append(f"- **Name:** `{m['name']}`" + (f" ([{m['hf_repo']}](https://huggingface.co/{m['hf_repo']}))"
                                                   if m.get("hf_repo") else ""))
@@ -947,8 +939,8 @@ def push(bundle_dir, repo_id, private: bool = False, dry_run: bool = False, toke
         except ImportError:
             found = bool(token)
         for p, n in files:
-            run.log(f"would upload {p} ({_human_bytes(n)})")
-        run.log(f"dry run: {len(files)} files, {_human_bytes(total)} to {url} ({'private' if private else 'public'})"
+            run.log(f"would upload {p} ({human_bytes(n)})")
+        run.log(f"dry run: {len(files)} files, {human_bytes(total)} to {url} ({'private' if private else 'public'})"
                 + ("" if found else "; note: no Hugging Face token found, a real push needs one"))
         return PushResult(repo_id, url, files, total, True, private, None, found)
 
@@ -959,7 +951,7 @@ def push(bundle_dir, repo_id, private: bool = False, dry_run: bool = False, toke
         run.progress(0, 2, f"creating {repo_id}")
         repo_url = huggingface_hub.create_repo(repo_id, token=token, private=private, repo_type="model",
                                                exist_ok=True)
-        run.progress(1, 2, f"uploading {len(files)} files ({_human_bytes(total)})")
+        run.progress(1, 2, f"uploading {len(files)} files ({human_bytes(total)})")
         commit = huggingface_hub.upload_folder(
             repo_id=repo_id, folder_path=str(bundle), token=token, repo_type="model",
             commit_message=commit_message or f"Upload {bundle.name} with Humanizer Studio",

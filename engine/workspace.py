@@ -72,12 +72,18 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return None
 
 
-def _size(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+def human_bytes(n: float | None, missing: str = "?") -> str:
+    """A size as people read it, in decimal units (as disks and Hub pages give them):
+    "8 B", "108.0 KB", "540.3 MB", "1.23 GB" (two decimals from GB on: sizes that differ by a
+    tenth of a GB are worth telling apart)."""
+    if n is None:
+        return missing
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{2 if unit in ('GB', 'TB') else 1}f} {unit}"
         n /= 1000
-    return f"{n:.1f} TB"
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @contextlib.contextmanager
@@ -90,8 +96,8 @@ def disk_errors(path: str | os.PathLike, need_bytes: int | None = None, hint: st
         if not _is_write_failure(e):
             raise
         free = free_bytes(path)
-        need = f"about {_size(need_bytes)} needed, " if need_bytes else ""
-        have = f"{_size(free)} free" if free is not None else "free space unknown"
+        need = f"about {human_bytes(need_bytes)} needed, " if need_bytes else ""
+        have = f"{human_bytes(free)} free" if free is not None else "free space unknown"
         raise HumanizerError(
             f"can't write {path}: the disk is full ({need}{have}; {e})",
             hint or "free space on that disk, or write to another one; nothing half-written was left",

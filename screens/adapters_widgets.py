@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.text import Text
 from textual.binding import Binding
 
+from engine.workspace import human_bytes
 from screens.widgets import LiveTable, display_path
 
 
@@ -15,14 +16,6 @@ def engine_adapters():
     from engine import adapters as A  # imported late: the app starts fast
 
     return A
-
-
-def fmt_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def safe_name(text: str) -> str | None:
@@ -128,18 +121,18 @@ def adapter_details(info, home: Path, model_dir: Path | None, parent_here: bool,
                                                                      else ""),
             "" if info.fits else "red")
     row("server", server)
-    row("size", fmt_size(info.size_bytes))
+    row("size", human_bytes(info.size_bytes))
     row("print", info.fingerprint, "dim")
     return t
 
 
 def dry_run_listing(result) -> Text:
     """What a push dry run would upload."""
-    t = Text(f"dry run: {len(result.files)} files ({fmt_size(result.total_bytes)}) to {result.url} "
+    t = Text(f"dry run: {len(result.files)} files ({human_bytes(result.total_bytes)}) to {result.url} "
              f"({'private' if result.private else 'public'}); nothing was sent\n", style="bold")
     for path, size in result.files:
         t.append(f"  {path}  ", style="")
-        t.append(f"{fmt_size(size)}\n", style="dim")
+        t.append(f"{human_bytes(size)}\n", style="dim")
     if not result.token_found:
         t.append("no Hugging Face token found: `hf auth login` or HF_TOKEN before pushing\n", style="italic")
     return t

@@ -14,6 +14,7 @@ import math
 from rich.text import Text
 
 from engine.jobs import JobInfo
+from engine.workspace import human_bytes
 from screens.runs import JobHistory
 from screens.widgets import parse_verb_argv
 
@@ -191,13 +192,7 @@ def legend(bits: list[int]) -> Text:
 
 
 def fmt_size(n: float | None) -> str:
-    if n is None:
-        return "—"
-    if n >= 1e9:
-        return f"{n / 1e9:.2f} GB"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f} MB"
-    return f"{n / 1e3:.1f} KB"
+    return human_bytes(n, missing="—")
 
 
 def fmt_sci(v: float | None) -> str:

@@ -21,7 +21,7 @@ from typing import AsyncIterator
 
 from rich.text import Text
 
-from engine.events import TERMINAL, read_events
+from engine.events import read_events
 from engine.jobs import JobInfo, humanizer_argv, start_job
 
 SERVE_KIND = "serve"
@@ -364,10 +364,6 @@ def first_choice(monitor: ServerMonitor) -> str | None:
     from engine.adapters import deepest_stack
 
     return deepest_stack(monitor.models) if monitor.models else None
-
-
-def job_ended(job: JobInfo | None) -> bool:
-    return job is not None and job.status in TERMINAL
 
 
 # mounting over HTTP ----------------------------------------------------------------------

@@ -301,7 +301,7 @@ def test_atomic_write_text_on_a_full_disk(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(HumanizerError, match=r"can't write .*config.toml: the disk is full \(about 8 bytes needed"):
+    with pytest.raises(HumanizerError, match=r"can't write .*config.toml: the disk is full \(about 8 B needed"):
         atomic_write_text(target, "new = 2\n")
     assert target.read_text() == "old = 1\n" and [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 

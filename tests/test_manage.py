@@ -544,3 +544,11 @@ def test_cli_verbs(cli, ws, base, sft, dpo, tmp_path, monkeypatch):
     monkeypatch.setattr(C, "cmd_lora", lambda ws, args, argv: seen.append(args.action) or 0)
     code, _, _ = cli("lora", "train", base, "--data", tmp_path, "--output", tmp_path / "t")
     assert code == 0 and seen == ["train"]
+
+
+def test_one_byte_formatter():
+    from engine.workspace import human_bytes
+
+    assert [human_bytes(n) for n in (8, 108_000, 540_300_000, 1_234_000_000)] == [
+        "8 B", "108.0 KB", "540.3 MB", "1.23 GB"]
+    assert human_bytes(None) == "?" and human_bytes(None, missing="—") == "—"

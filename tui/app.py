@@ -227,14 +227,6 @@ class HumanizerApp(App):
         title = self.screen.sub_title or self.current_mode
         self.push_screen(HelpScreen(title, help_rows(self.screen)))
 
-    async def _in_models(self, action: str) -> None:
-        await self.switch_mode("models")
-        await self.screen.run_action(action)
-
-    async def _in_train(self, action: str) -> None:
-        await self.switch_mode("train")
-        await self.screen.run_action(action)
-
     async def _in_mode(self, mode: str, action: str) -> None:
         await self.switch_mode(mode)
         await self.screen.run_action(action)
@@ -246,12 +238,12 @@ class HumanizerApp(App):
                 yield (f"Mode: {title}", f"switch to {title} (key {keys[mode]})", lambda m=mode: self.switch_mode(m))
         yield (f"Pull embedded model {EMBEDDED}",
                f"SmolLM2-135M-Instruct, as a job (key {key_of(self, 'models_pull', 'p')} in Models)",
-               lambda: self._in_models("pull"))
+               lambda: self._in_mode("models", "pull"))
         yield ("Import GGUF model…",
                f"convert a llama-family .gguf into models/ (key {key_of(self, 'models_import', 'i')} in Models)",
-               lambda: self._in_models("import_gguf"))
+               lambda: self._in_mode("models", "import_gguf"))
         yield ("Train a LoRA adapter…", f"SFT or DPO, as a job, with live curves (Train mode, key {keys['train']})",
-               lambda: self._in_train("new_run"))
+               lambda: self._in_mode("train", "new_run"))
         yield ("Start a server…", f"humanizer serve as a background job (Server mode, key {keys['server']})",
                lambda: self._in_mode("server", "start"))
         yield ("New chat", f"a new conversation with the running server (Chat mode, key {keys['chat']})",

@@ -276,7 +276,8 @@ def cmd_export(ws, args, argv) -> int:
 
 
 def cmd_push(ws, args, argv) -> int:
-    from engine.manage import _human_bytes, push
+    from engine.manage import push
+    from engine.workspace import human_bytes
 
     if args.dry_run:
         result = push(args.bundle, args.repo, private=args.private, dry_run=True, commit_message=args.message)
@@ -285,8 +286,8 @@ def cmd_push(ws, args, argv) -> int:
             return 0
         from tui.progress import print_table
 
-        print_table(["file", "size"], [[p, _human_bytes(n)] for p, n in result.files])
-        print(f"dry run: would upload {len(result.files)} files ({_human_bytes(result.total_bytes)}) to "
+        print_table(["file", "size"], [[p, human_bytes(n)] for p, n in result.files])
+        print(f"dry run: would upload {len(result.files)} files ({human_bytes(result.total_bytes)}) to "
               f"{result.url} ({'private' if result.private else 'public'}); nothing was sent")
         if not result.token_found:
             print("note: no Hugging Face token found; log in with `hf auth login` or set HF_TOKEN before pushing")
