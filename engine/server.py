@@ -734,21 +734,6 @@ async def shutdown(app: web.Application, runner: web.AppRunner, site, grace: flo
     await runner.cleanup()
 
 
-def resolve_adapter_dirs(specs, ws) -> list[Path]:
-    """--adapter values: a folder, or the name of an adapter in the workspace's adapters/."""
-    out = []
-    for spec in specs or []:
-        p = Path(spec).expanduser()
-        if not p.is_dir() and ws is not None and (ws.adapters_dir / spec).is_dir():
-            p = ws.adapters_dir / spec
-        if not p.is_dir():
-            where = f" or {ws.adapters_dir / spec}" if ws is not None else ""
-            raise HumanizerError(f"no adapter folder {p}{where}",
-                                 "pass an adapter folder, or the name of one in the workspace's adapters/")
-        out.append(p)
-    return out
-
-
 def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           api_key: str | None = None, max_concurrent: int = 8, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
           dequantize: bool | None = None, grace: float = 5.0, ready: Callable[[str], None] | None = None,
@@ -772,7 +757,7 @@ def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: i
     conn = {"header_timeout": header_timeout, "body_timeout": body_timeout, "keepalive_timeout": keepalive_timeout,
             "max_connections": max_connections}
     Limits(**conn, notify=run.log)  # checks the values before the model loads
-    dirs = resolve_adapter_dirs(adapters, ws)
+    dirs = [A.resolve_adapter(spec, ws) for spec in adapters or []]  # a folder or a workspace name
     model_dir = resolve_model(model, ws, run)
     run.log(f"loading {model_dir}" + (f" with {len(dirs)} adapter(s)" if dirs else ""))
     engine = Engine.load(model_dir, adapters=dirs, dequantize=dequantize, max_rows=max_concurrent)
