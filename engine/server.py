@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -48,17 +47,14 @@ from aiohttp import web
 from engine import adapters as A
 from engine.errors import HumanizerError
 from engine.generate import BASE, Engine, EngineError, SamplingParams, combination_id
-from engine.server_http import (DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT, ApiError,
-                                GuardedSite, Limits, check_port, default_max_connections, one_line)
+from engine.server_http import ApiError, GuardedSite, Limits, check_port, default_max_connections, one_line
+from engine.server_settings import (  # noqa: F401 (re-exported: engine.server.DEFAULT_PORT etc.)
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_HOST, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_BODY,
+    DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS_LIMIT, DEFAULT_PORT, is_loopback,
+)
 
 log = logging.getLogger("humanizer.server")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
-DEFAULT_MAX_TOKENS = 512  # when a request gives none
-DEFAULT_MAX_TOKENS_LIMIT = 4096
-DEFAULT_MAX_PROMPT_TOKENS = 4096  # a 2-core CPU prefills ~40-300 tok/s: this many already take over a minute
-DEFAULT_MAX_BODY = 1 << 20  # bytes
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4
 DISCONNECT_POLL_S = 0.25
@@ -677,15 +673,6 @@ def create_app(engine: Engine, *, api_key: str | None = None, adapters_root: Pat
 
 
 # --- serving ----------------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, api_key: str | None) -> None:

@@ -28,12 +28,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.errors import HumanizerError
+from engine.server_settings import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
 
 log = logging.getLogger("humanizer.server")
 
-DEFAULT_HEADER_TIMEOUT = 30.0  # seconds for a request's headers
-DEFAULT_BODY_TIMEOUT = 30.0  # seconds for its whole body, after the headers
-DEFAULT_KEEPALIVE_TIMEOUT = 75.0  # an idle keep-alive connection (nginx's default)
 MAX_CONNECTIONS_CEILING = 512
 LINGER_S = 10.0  # reading the rest of an unread body so the client gets its answer (aiohttp's default)
 REFUSED_LINGER_S = 1.0  # a refused connection is read (and dropped) this long before it is closed

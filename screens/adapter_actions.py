@@ -261,7 +261,7 @@ class AdapterActions:
                 bundle_files(bundle)
                 push_token()
         except HumanizerError as e:
-            self.app.call_from_thread(self.notify, e.message + (f"\nhint: {e.hint}" if e.hint else ""),
+            self.app.call_from_thread(self.notify, str(e),
                                       title="push", severity="error", timeout=12)
             return
         if not dry_run:

@@ -39,8 +39,9 @@ from screens.chat_conversations import ChatConversations
 from screens.chat_judge import JUDGE_BINDINGS, ChatJudge
 from screens.chat_widgets import Conversation, Message, PairView, Reply, ReplyView, UserView, chat_bar, stream_reply
 from screens.server_widgets import server_defaults
+from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
 from screens.serving import (
-    DEFAULT_PORT, ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, start_server,
+    ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, start_server,
 )
 from screens.widgets import ConfirmDialog, FitFooter, ModeHeader, StatusBar, action_key, mode_ref
 
@@ -342,7 +343,7 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
             ordered = A.mountable_together([a for a in A.list_adapters(ws, model.path) if a.fits])
             defaults = server_defaults(ws)
             job = start_server(ws, str(model.path), [str(a.path) for a in ordered],
-                               defaults.get("host", "127.0.0.1"), defaults.get("port", DEFAULT_PORT),
+                               defaults.get("host", DEFAULT_HOST), defaults.get("port", DEFAULT_PORT),
                                max_concurrent=defaults.get("max_concurrent"))
         except (HumanizerError, OSError) as e:
             msg = getattr(e, "message", str(e))

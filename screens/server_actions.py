@@ -10,14 +10,14 @@ from rich.text import Text
 
 from engine import adapters as A
 from engine.errors import HumanizerError
+from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT, is_loopback
 from engine.jobs import JobInfo, cancel_job
 from screens.adapter_mounting import mount_reported, unmount_reported
 from screens.forms import Field, FormDialog, PickDialog
 from screens.server_widgets import describe_mounted, server_defaults
-from screens.serving import DEFAULT_HOST, DEFAULT_PORT, mounted_names, start_server
+from screens.serving import mounted_names, start_server
 from screens.widgets import ConfirmDialog, key_of, mode_ref
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class ServerActions:
@@ -83,7 +83,7 @@ class ServerActions:
             host = v["host"] or DEFAULT_HOST
             if not v["port"].isdigit() or int(v["port"]) > 65535:
                 errors.append(("port", "port: a number from 0 (any free port) to 65535"))
-            if host not in LOOPBACK and not v["api_key"]:
+            if not is_loopback(host) and not v["api_key"]:
                 errors.append(("api_key", f"API key: required to serve on {host} (anyone on the network "
                                           "could use it otherwise)"))
             if not v["max_concurrent"].isdigit() or int(v["max_concurrent"]) < 1:

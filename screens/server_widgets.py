@@ -11,7 +11,8 @@ from rich.text import Text
 
 from engine.events import read_events
 from engine.jobs import JobInfo
-from screens.serving import DEFAULT_HOST, DEFAULT_PORT, parse_serve_argv
+from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
+from screens.serving import parse_serve_argv
 from screens.widgets import fmt_duration, key_of, status_text
 
 STATUS_LOOK = {  # request status -> (symbol, style); a symbol too, so NO_COLOR tells them apart

@@ -23,13 +23,12 @@ from rich.text import Text
 
 from engine.events import read_events
 from engine.jobs import JobInfo, humanizer_argv, start_job
+from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
 
 SERVE_KIND = "serve"
 POLL_S = 1.0
 HTTP_TIMEOUT_S = 5.0
 STREAM_READ_TIMEOUT_S = 300.0
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
 API_KEY_ENV = "HUMANIZER_API_KEY"
 
 

@@ -319,7 +319,7 @@ class TrainForm:
             rows, total, issues = preview(spec, method, limit=PREVIEW_ROWS, ws=self.app.ws)
             result = (spec, method, rows, total, issues, None)
         except HumanizerError as e:
-            result = (spec, method, [], 0, [], e.message + (f"\n  hint: {e.hint}" if e.hint else ""))
+            result = (spec, method, [], 0, [], str(e))  # the message, and its hint on a line
         except Exception as e:  # an unreadable file must not take the screen down
             result = (spec, method, [], 0, [], f"{type(e).__name__}: {e}")
         self.app.call_from_thread(self._previewed, result)
