@@ -128,8 +128,8 @@ KAPPA_FROM_BITS = 4
 ESTIMATE_EVERY, ESTIMATE_SHARE = 30.0, 0.05  # layer estimates during the calibration pass: how often, what cost
 MAX_CHECK_SAMPLES = 2  # calibration windows held back to compare the candidate allocations' real KL
 
-CALIBRATION_FILE = Path(__file__).with_name("calibration.txt")
-HELDOUT_FILE = Path(__file__).with_name("calibration_heldout.txt")
+CALIBRATION_FILE = Path(__file__).parent.parent / "calibration.txt"  # engine/: the paths the docs name
+HELDOUT_FILE = Path(__file__).parent.parent / "calibration_heldout.txt"
 DOC_SEPARATOR = re.compile(r"\n-{3}[ \t]*\n")
 
 # leaf module name -> the short name the Convert screen's grid uses
