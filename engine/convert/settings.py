@@ -131,7 +131,7 @@ class ConvertSettings:
 
     def check(self) -> ConvertSettings:
         """These settings checked (check_settings, then the rounding) and normalised; raises
-        HumanizerError naming the flag."""
+        HumanizerError."""
         target, bits, group_size = check_settings(self.target_bpw, self.candidate_bits, self.group_size,
                                                   self.samples, self.seq_len)
         if self.rounding not in ROUNDINGS:
