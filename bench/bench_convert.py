@@ -1,4 +1,4 @@
-"""Benchmark of `humanizer convert` (engine/convert.py) against uniform quantization and
+"""Benchmark of `humanizer convert` (engine/convert/) against uniform quantization and
 mlx-lm's dynamic_quant, on the embedded SmolLM2-135M.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 \
@@ -25,7 +25,7 @@ import, dequantized to float32; every number is measured against that float mode
   candidate widths below and above the budget (--dq-pairs to change).
 
 Every quantized model is evaluated dequantized to float32 (the same function as the
-quantized kernels, which are slow on CPU) on the same held-out tokens: engine/convert.py's
+quantized kernels, which are slow on CPU) on the same held-out tokens: engine.convert's
 default held-out text (engine/calibration_heldout.txt, not the calibration text), cut
 exactly as convert cuts it. bpw is counted for every method the way convert counts it:
 bits + 32/group_size per quantized weight, 16 for every other parameter, over all params.

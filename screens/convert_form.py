@@ -13,7 +13,8 @@ from textual.containers import Horizontal
 from textual.timer import Timer
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
-from engine.convert import DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, GROUP_SIZES, check_settings, parse_bits
+from engine.convert.settings import (DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, GROUP_SIZES,
+                                     check_settings, parse_bits)
 from engine.errors import HumanizerError
 from screens.convert_widgets import fmt_size
 from screens.runs import form_head

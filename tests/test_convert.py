@@ -682,3 +682,33 @@ def test_layers_are_estimated_while_the_calibration_pass_runs(tiny_model, tmp_pa
     assert all(e["chosen_bits"] in (4, 8) and e["sensitivity"]["4"] > e["sensitivity"]["8"] >= 0 for e in first)
     assert first[0]["of"] == FAST["samples"] and 1 <= first[0]["samples"] < first[0]["of"]
     assert not [e for e in events[first_measured:] if e.get("phase") == "estimate"]
+
+
+def test_convert_settings_restate_every_cli_flag():
+    """engine.convert.settings.ConvertSettings is what the CLI flags and the form are built from:
+    one field per `humanizer convert` flag, with the flag's default, choices and requiredness."""
+    from dataclasses import MISSING
+
+    from engine.convert.settings import ConvertSettings, setting_fields
+    from tui.cli_convert import register
+
+    parser = argparse.ArgumentParser(prog="humanizer")
+    register(parser.add_subparsers(dest="command"))
+    sub = parser._subparsers._group_actions[0].choices["convert"]
+    flags = {a.dest: a for a in sub._actions if a.option_strings and a.dest not in ("help", "json")}
+    fields = {f.name: f for f in setting_fields()}
+    assert set(fields) == set(flags)
+    for name, action in flags.items():
+        f = fields[name]
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        assert action.required == (f.default is MISSING), name
+        if not action.required:
+            assert action.default == f.default, name
+        assert list(action.choices or []) == list(f.metadata["choices"] or []), name
+        assert (f.type == "bool") == (action.nargs == 0), name
+    assert {f.name for f in setting_fields(form_only=True)} == {"target_bpw", "candidate_bits", "group_size",
+                                                                "output", "samples", "seq_len", "resume"}
+    s = ConvertSettings(target_bpw="4.5", candidate_bits="8,4", output="x").check()
+    assert (s.target_bpw, s.candidate_bits, s.group_size) == (4.5, [4, 8], 64)
+    with pytest.raises(HumanizerError, match="unknown rounding"):
+        ConvertSettings(target_bpw=5, output="x", rounding="nearest").check()
