@@ -473,14 +473,14 @@ def test_push_missing_bundle_names_the_path(tmp_path):
 def cli(ws, monkeypatch, capsys):
     """tui.cli.main with the verbs registered as the lead wires them: COMMANDS.update(register(sub))."""
     import tui.cli as C
-    from tui import cli_adapters
+    from tui.cli import adapters as cli_adapters
 
     original = C.build_parser
 
     def build():
         parser = original()
         sub = cli_adapters._subparsers_of(parser)
-        if "export" not in sub.choices:  # not wired into tui/cli.py yet
+        if "export" not in sub.choices:  # not wired into tui/cli/__init__.py yet
             for name, handler in cli_adapters.register(sub).items():
                 monkeypatch.setitem(C.COMMANDS, name, handler)
         return parser

@@ -9,9 +9,9 @@
 
 Adapters are given as folders or as names of adapters in the workspace.
 
-Wiring into tui/cli.py, after the `lora` group exists (in build_parser):
+Wiring into tui/cli/__init__.py, after the `lora` group exists (in build_parser):
 
-    from tui.cli_adapters import register
+    from tui.cli.adapters import register
     COMMANDS.update(register(sub))
 
 `register` adds list/info/combine/fuse to the existing `lora` group and returns handlers

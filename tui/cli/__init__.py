@@ -81,20 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action="store_true", help="drop rows with errors instead of stopping")
     _add_json(p)
 
-    from tui.cli_adapters import register  # lora list/info/combine/fuse, export, push
+    from tui.cli.adapters import register  # lora list/info/combine/fuse, export, push
 
     COMMANDS.update(register(sub))
-    from tui.cli_convert import register as register_convert
+    from tui.cli.convert import register as register_convert
 
     COMMANDS.update(register_convert(sub))
-    from tui.cli_data import register as register_data
+    from tui.cli.data import register as register_data
 
     COMMANDS.update(register_data(sub))
-    from tui.cli_detect import register as register_detect  # detect FILE..., detect calibrate/train/list
+    from tui.cli.detect import register as register_detect  # detect FILE..., detect calibrate/train/list
     COMMANDS.update(register_detect(sub))
-    from tui.cli_eval import register as register_eval  # eval MODEL --adapter A --data DATASET: the table
+    from tui.cli.eval import register as register_eval  # eval MODEL --adapter A --data DATASET: the table
     COMMANDS.update(register_eval(sub))
-    from tui.cli_demo import register as register_demo  # demo [--quick]: the whole pipeline, each stage a job
+    from tui.cli.demo import register as register_demo  # demo [--quick]: the whole pipeline, each stage a job
     COMMANDS.update(register_demo(sub))
 
     p = sub.add_parser("serve", help="OpenAI-compatible server: one model, several adapters, each request picks its own",
@@ -334,6 +334,3 @@ def cmd_doctor(ws, args, argv) -> int:
 
 
 COMMANDS = {"models": cmd_models, "jobs": cmd_jobs, "lora": cmd_lora, "serve": cmd_serve, "doctor": cmd_doctor}
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,7 +31,7 @@ def _epilog() -> str:
 def register(sub) -> dict:
     from engine.demo.settings import DemoSettings
     from tui.cli import _add_json
-    from tui.cli_data import add_settings_arguments
+    from tui.cli.data import add_settings_arguments
 
     p = sub.add_parser("demo", help="the whole pipeline offline on the embedded model: data, SFT, DPO, eval",
                        description="Run the humanizer pipeline end to end on the embedded model, offline: corpus, "
@@ -48,7 +48,7 @@ def cmd_demo(ws, args, argv) -> int:
     from engine.demo.run import run_demo
     from engine.demo.settings import DemoSettings
     from tui.cli import _run_long
-    from tui.cli_eval import print_report
+    from tui.cli.eval import print_report
 
     settings = DemoSettings(**{f.name: getattr(args, f.name) for f in fields(DemoSettings)}).check()
     path = _run_long(ws, "demo", argv, args.json, lambda run: run_demo(settings, ws, run))

@@ -3,9 +3,9 @@
     humanizer convert MODEL --target-bpw 5.0 --candidate-bits 4,8 [--group-size 64] --output DIR
         [--calibration FILE|DATASET] [--samples N] [--seq-len L] [--resume] [--json]
 
-Wiring into tui/cli.py (in build_parser, once `sub` exists):
+Wiring into tui/cli/__init__.py (in build_parser, once `sub` exists):
 
-    from tui.cli_convert import register as register_convert
+    from tui.cli.convert import register as register_convert
     COMMANDS.update(register_convert(sub))
 
 `register(sub)` adds the `convert` parser and returns {"convert": cmd_convert}; the

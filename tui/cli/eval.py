@@ -3,7 +3,7 @@
     humanizer eval MODEL --adapter A [--adapter B] --data DATASET [--choices base,A,A+B] [--detector ...]
                    [--samples N] [--seed S] [--resume] [--json]
 
-The flags are made from engine.eval.settings.EvalSettings (with tui.cli_data's
+The flags are made from engine.eval.settings.EvalSettings (with tui.cli.data's
 add_settings_arguments); MODEL and the repeated --adapter are this verb's own. The eval is a
 recorded run: its events, report.json and samples.jsonl are in the run folder; the table is
 printed at the end (with --json: the events, then the report as one JSON line)."""
@@ -29,7 +29,7 @@ def _epilog() -> str:
 def register(sub) -> dict:
     from engine.eval.settings import EvalSettings
     from tui.cli import _add_json
-    from tui.cli_data import add_settings_arguments
+    from tui.cli.data import add_settings_arguments
 
     p = sub.add_parser("eval", help="rewrite held-out drafts with every choice, score them all: the table",
                        description="Rewrite every held-out draft of --data with every model choice (base, an "

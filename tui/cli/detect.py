@@ -5,7 +5,7 @@
     humanizer detect train --dataset NAME --name NAME [--encoder FOLDER]
     humanizer detect list [--json]
 
-The flags are made from engine.eval.settings.DetectSettings (with tui.cli_data's
+The flags are made from engine.eval.settings.DetectSettings (with tui.cli.data's
 add_settings_arguments). `detect FILE...` and `detect calibrate|train|list` share one
 parser name: the first word after `detect` picks (see _DetectParser)."""
 
@@ -55,7 +55,7 @@ def _epilog() -> str:
 
 def register(sub) -> dict:
     from engine.eval.settings import setting_fields
-    from tui.cli_data import add_settings_arguments
+    from tui.cli.data import add_settings_arguments
 
     p = sub.add_parser("detect", help="score texts for AI (4 detectors); calibrate, train, list detectors",
                        description="Score .txt files (one text each) or .jsonl rows (--text-column): one line per "
