@@ -488,11 +488,11 @@ def _cli(ws, argv):
     from tui.cli.convert import register
 
     parser = argparse.ArgumentParser(prog="humanizer")
-    handlers = register(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     out = io.StringIO()
     with redirect_stdout(out):
-        code = handlers[args.command](ws, args, argv)
+        code = args.handler(ws, args, argv)
     return code, out.getvalue()
 
 
