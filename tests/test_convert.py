@@ -485,14 +485,14 @@ def test_quantized_source_is_dequantized_and_reported(tiny_model, tmp_path):
 
 
 def _cli(ws, argv):
-    from tui.cli_convert import register
+    from tui.cli.convert import register
 
     parser = argparse.ArgumentParser(prog="humanizer")
-    handlers = register(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     out = io.StringIO()
     with redirect_stdout(out):
-        code = handlers[args.command](ws, args, argv)
+        code = args.handler(ws, args, argv)
     return code, out.getvalue()
 
 
@@ -526,7 +526,7 @@ def test_cli_is_wired_into_humanizer():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if "convert" not in sub.choices:
-        pytest.skip("tui/cli.py does not register tui.cli_convert yet")
+        pytest.skip("tui/cli/__init__.py does not register tui.cli.convert yet")
     args = parser.parse_args(["convert", "m", "--target-bpw", "5", "--output", "o"])
     assert args.candidate_bits == "4,8" and args.group_size == 64
 

@@ -214,7 +214,7 @@ def test_bom_data_build_sources_detect_and_heldout(tmp_path):
     from engine.data.prefs import _read_rows
     from engine.data.sources import read_table
     from engine.eval.run import read_heldout
-    from tui.cli_detect import read_inputs
+    from tui.cli.detect import read_inputs
 
     rows = [{"text": "A person wrote this.", "draft": "An AI wrote this.", "human": "A person wrote this."}]
     table = _bom_jsonl(tmp_path / "src.jsonl", rows)

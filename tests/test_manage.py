@@ -471,21 +471,9 @@ def test_push_missing_bundle_names_the_path(tmp_path):
 
 @pytest.fixture
 def cli(ws, monkeypatch, capsys):
-    """tui.cli.main with the verbs registered as the lead wires them: COMMANDS.update(register(sub))."""
+    """tui.cli.main on the test's workspace."""
     import tui.cli as C
-    from tui import cli_adapters
 
-    original = C.build_parser
-
-    def build():
-        parser = original()
-        sub = cli_adapters._subparsers_of(parser)
-        if "export" not in sub.choices:  # not wired into tui/cli.py yet
-            for name, handler in cli_adapters.register(sub).items():
-                monkeypatch.setitem(C.COMMANDS, name, handler)
-        return parser
-
-    monkeypatch.setattr(C, "build_parser", build)
     monkeypatch.setenv("HUMANIZER_NO_FAST_BLAS", "1")  # no re-exec of the test process
 
     def run(*argv):
@@ -537,11 +525,11 @@ def test_cli_verbs(cli, ws, base, sft, dpo, tmp_path, monkeypatch):
     runs = json.loads(cli("jobs", "list", "--json")[1])
     assert {r["kind"] for r in runs} >= {"lora combine", "lora fuse", "export"}
 
-    # `lora train` still goes to tui.cli's handler
-    import tui.cli as C
+    # `lora train` still goes to the trainer's handler
+    import tui.cli.train as T
 
     seen = []
-    monkeypatch.setattr(C, "cmd_lora", lambda ws, args, argv: seen.append(args.action) or 0)
+    monkeypatch.setattr(T, "cmd_train", lambda ws, args, argv: seen.append(args.action) or 0)
     code, _, _ = cli("lora", "train", base, "--data", tmp_path, "--output", tmp_path / "t")
     assert code == 0 and seen == ["train"]
 

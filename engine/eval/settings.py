@@ -1,5 +1,5 @@
 """Settings of `humanizer detect`: one dataclass the CLI flags are built from (with
-tui.cli_data.add_settings_arguments, as `data build`'s are from BuildSettings). Imports no
+tui.cli.common.add_settings_arguments, as `data build`'s are from BuildSettings). Imports no
 MLX, so --help loads fast.
 
 Each field says which actions take it (`actions` in its metadata): `score` (detect FILE...),

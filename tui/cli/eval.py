@@ -3,16 +3,19 @@
     humanizer eval MODEL --adapter A [--adapter B] --data DATASET [--choices base,A,A+B] [--detector ...]
                    [--samples N] [--seed S] [--resume] [--json]
 
-The flags are made from engine.eval.settings.EvalSettings (with tui.cli_data's
-add_settings_arguments); MODEL and the repeated --adapter are this verb's own. The eval is a
-recorded run: its events, report.json and samples.jsonl are in the run folder; the table is
-printed at the end (with --json: the events, then the report as one JSON line)."""
+The flags are made from engine.eval.settings.EvalSettings (with
+tui.cli.common.add_settings_arguments); MODEL and the repeated --adapter are this verb's
+own. The eval is a recorded run: its events, report.json and samples.jsonl are in the run
+folder; the table is printed at the end (with --json: the events, then the report as one
+JSON line)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from tui.cli.common import add_json, add_settings_arguments, run_long
 
 
 def _epilog() -> str:
@@ -26,24 +29,22 @@ def _epilog() -> str:
             "continues from).")
 
 
-def register(sub) -> dict:
+def register(sub) -> None:
     from engine.eval.settings import EvalSettings
-    from tui.cli import _add_json
-    from tui.cli_data import add_settings_arguments
 
     p = sub.add_parser("eval", help="rewrite held-out drafts with every choice, score them all: the table",
                        description="Rewrite every held-out draft of --data with every model choice (base, an "
                        "adapter, a stack) in one batched run, score drafts, rewrites and human references with "
                        "every detector at hand, and print the table.", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=cmd_eval)
     p.add_argument("model", metavar="MODEL", help="the model to evaluate: smollm2-135m, a model folder, a .gguf, "
                    "a workspace model, an HF repo id")
     p.add_argument("--adapter", action="append", default=[], metavar="ADAPTER", dest="adapters",
                    help="adapter folder or workspace adapter name to mount; repeat for more (a DPO delta after its "
                    "parent); a choice names it by its folder name")
     add_settings_arguments(p, EvalSettings.flag_fields())
-    _add_json(p)
-    return {"eval": cmd_eval}
+    add_json(p)
 
 
 def cmd_eval(ws, args, argv) -> int:
@@ -51,12 +52,11 @@ def cmd_eval(ws, args, argv) -> int:
 
     from engine.eval.run import run_eval
     from engine.eval.settings import EvalSettings
-    from tui.cli import _run_long
 
     values = {f.name: getattr(args, f.name) for f in fields(EvalSettings) if getattr(args, f.name, None) is not None}
     values["adapters"] = tuple(args.adapters or ())
     settings = EvalSettings(**values).check()
-    path = _run_long(ws, "eval", argv, args.json, lambda run: run_eval(settings, ws, run))
+    path = run_long(ws, "eval", argv, args.json, lambda run: run_eval(settings, ws, run))
     return print_report(path, args.json)
 
 

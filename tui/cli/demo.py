@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from tui.cli.common import add_json, add_settings_arguments, run_long
+
 
 def _epilog() -> str:
     from engine.demo.settings import SIZES
@@ -28,18 +30,16 @@ def _epilog() -> str:
     return "\n".join(lines)
 
 
-def register(sub) -> dict:
+def register(sub) -> None:
     from engine.demo.settings import DemoSettings
-    from tui.cli import _add_json
-    from tui.cli_data import add_settings_arguments
 
     p = sub.add_parser("demo", help="the whole pipeline offline on the embedded model: data, SFT, DPO, eval",
                        description="Run the humanizer pipeline end to end on the embedded model, offline: corpus, "
                        "dataset, SFT, on-policy DPO pairs, DPO on SFT, detectors, eval; then print the table.",
                        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=cmd_demo)
     add_settings_arguments(p, DemoSettings.flag_fields())
-    _add_json(p)
-    return {"demo": cmd_demo}
+    add_json(p)
 
 
 def cmd_demo(ws, args, argv) -> int:
@@ -47,9 +47,8 @@ def cmd_demo(ws, args, argv) -> int:
 
     from engine.demo.run import run_demo
     from engine.demo.settings import DemoSettings
-    from tui.cli import _run_long
-    from tui.cli_eval import print_report
+    from tui.cli.eval import print_report
 
     settings = DemoSettings(**{f.name: getattr(args, f.name) for f in fields(DemoSettings)}).check()
-    path = _run_long(ws, "demo", argv, args.json, lambda run: run_demo(settings, ws, run))
+    path = run_long(ws, "demo", argv, args.json, lambda run: run_demo(settings, ws, run))
     return print_report(path, args.json)

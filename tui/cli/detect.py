@@ -5,9 +5,9 @@
     humanizer detect train --dataset NAME --name NAME [--encoder FOLDER]
     humanizer detect list [--json]
 
-The flags are made from engine.eval.settings.DetectSettings (with tui.cli_data's
-add_settings_arguments). `detect FILE...` and `detect calibrate|train|list` share one
-parser name: the first word after `detect` picks (see _DetectParser)."""
+The flags are made from engine.eval.settings.DetectSettings (with
+tui.cli.common.add_settings_arguments). `detect FILE...` and `detect calibrate|train|list`
+share one parser name: the first word after `detect` picks (tui.cli.common.VerbParser)."""
 
 from __future__ import annotations
 
@@ -17,29 +17,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-VERBS = ("calibrate", "train", "list")
+from tui.cli.common import VerbParser, add_json, add_settings_arguments, run_long
+
 TEXT_SUFFIXES = (".txt", ".md")
-
-
-def _add_json(p: argparse.ArgumentParser) -> None:
-    from tui.cli import _add_json as add
-
-    add(p)
-
-
-class _DetectParser(argparse.ArgumentParser):
-    """`detect FILE...` or `detect VERB ...`: when the first argument is one of VERBS the rest
-    is parsed by that verb's own parser (its own flags and --help), else as files to score."""
-
-    verbs: dict[str, argparse.ArgumentParser]
-
-    def parse_known_args(self, args=None, namespace=None):
-        args = list(args or [])
-        if args and args[0] in getattr(self, "verbs", {}):
-            ns, rest = self.verbs[args[0]].parse_known_args(args[1:], namespace)
-            ns.action = args[0]
-            return ns, rest
-        return super().parse_known_args(args, namespace)
 
 
 def _epilog() -> str:
@@ -53,9 +33,9 @@ def _epilog() -> str:
             "  humanizer detect list   profiles and classifiers, with what they were made on")
 
 
-def register(sub) -> dict:
+def register(sub) -> None:
+    """Add `detect` to the top-level subparsers `sub`, whose parser class must be VerbParser."""
     from engine.eval.settings import setting_fields
-    from tui.cli_data import add_settings_arguments
 
     p = sub.add_parser("detect", help="score texts for AI (4 detectors); calibrate, train, list detectors",
                        description="Score .txt files (one text each) or .jsonl rows (--text-column): one line per "
@@ -63,11 +43,11 @@ def register(sub) -> dict:
                        "was cut to the model's context.", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        usage="humanizer detect FILE... [options]\n       humanizer detect {calibrate,train,list} ...")
-    p.__class__ = _DetectParser  # argparse builds sub-parsers of its own class; this one picks its verb first
+    assert isinstance(p, VerbParser), "build the subparsers with parser_class=VerbParser"
     p.add_argument("files", nargs="+", metavar="FILE", help=".txt / .md files (one text each) or .jsonl files")
     add_settings_arguments(p, setting_fields("score"))
-    _add_json(p)
-    p.set_defaults(action="score")
+    add_json(p)
+    p.set_defaults(action="score", handler=cmd_detect)
     verbs = {}
     v = argparse.ArgumentParser(
         prog="humanizer detect calibrate", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -75,7 +55,7 @@ def register(sub) -> dict:
         "split: human = its sft/train completions, AI = their drafts (the held-out split is never read). Writes "
         "the profile (a logistic fit of the scores) and prints its AUROC and TPR at 1% FPR.", epilog=_epilog())
     add_settings_arguments(v, setting_fields("calibrate"))
-    _add_json(v)
+    add_json(v)
     verbs["calibrate"] = v
     v = argparse.ArgumentParser(
         prog="humanizer detect train", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -84,14 +64,15 @@ def register(sub) -> dict:
         "never the held-out split). 20% of the texts are held back for its AUROC and TPR at 1% FPR.",
         epilog="Written to detectors/NAME/classifier.json with what it was trained on.")
     add_settings_arguments(v, setting_fields("train"))
-    _add_json(v)
+    add_json(v)
     verbs["train"] = v
     v = argparse.ArgumentParser(prog="humanizer detect list",
                                 description="Calibration profiles and classifiers, with what each was made on.")
-    _add_json(v)
+    add_json(v)
     verbs["list"] = v
+    for name, v in verbs.items():
+        v.set_defaults(action=name, handler=cmd_detect)
     p.verbs = verbs
-    return {"detect": cmd_detect}
 
 
 # --- reading texts -----------------------------------------------------------------------------------
@@ -190,7 +171,6 @@ def _num(x) -> float | None:
 
 def _score(ws, settings, args, argv) -> int:
     from engine.eval.registry import open_detector
-    from tui.cli import _run_long
 
     items, empty_files = read_inputs(args.files, settings.text_column)
     texts = [it for it in items if it.text is not None]
@@ -205,7 +185,7 @@ def _score(ws, settings, args, argv) -> int:
         return f"{int(scores.scored.sum())} of {len(items)} texts scored"
 
     if texts:
-        _run_long(ws, f"detect {settings.detector}", argv, args.json, work)
+        run_long(ws, f"detect {settings.detector}", argv, args.json, work)
     scores, det = result.get("scores"), result.get("detector")
     by_item: dict[int, tuple] = {}
     for k, it in enumerate(texts):
@@ -273,10 +253,9 @@ def _score(ws, settings, args, argv) -> int:
 def _calibrate(ws, settings, args, argv) -> int:
     from engine.eval import calibrate
     from engine.eval.registry import calibrate_on_dataset
-    from tui.cli import _run_long
 
-    path = _run_long(ws, f"detect calibrate {settings.detector}", argv, args.json,
-                     lambda run: calibrate_on_dataset(settings, ws, run))
+    path = run_long(ws, f"detect calibrate {settings.detector}", argv, args.json,
+                    lambda run: calibrate_on_dataset(settings, ws, run))
     p = calibrate.load_profile(path)
     if args.json:
         print(json.dumps({"type": "profile", "path": str(path), "detector": p.detector, "auroc": p.auroc,
@@ -291,12 +270,11 @@ def _calibrate(ws, settings, args, argv) -> int:
 
 def _train(ws, settings, args, argv) -> int:
     from engine.eval.classifier import train_classifier
-    from tui.cli import _run_long
 
-    path = _run_long(ws, "detect train", argv, args.json,
-                     lambda run: train_classifier(ws, settings.dataset, settings.name, run,
-                                                  encoder=settings.encoder or None, limit=settings.limit,
-                                                  seed=settings.seed, batch_size=settings.batch("train")))
+    path = run_long(ws, "detect train", argv, args.json,
+                    lambda run: train_classifier(ws, settings.dataset, settings.name, run,
+                                                 encoder=settings.encoder or None, limit=settings.limit,
+                                                 seed=settings.seed, batch_size=settings.batch("train")))
     record = json.loads(Path(path).read_text(encoding="utf-8"))
     ev = record["evaluation"]
     if args.json:

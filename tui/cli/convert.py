@@ -1,25 +1,13 @@
 """CLI verb of the converter:
 
     humanizer convert MODEL --target-bpw 5.0 --candidate-bits 4,8 [--group-size 64] --output DIR
-        [--calibration FILE|DATASET] [--samples N] [--seq-len L] [--resume] [--json]
-
-Wiring into tui/cli.py (in build_parser, once `sub` exists):
-
-    from tui.cli_convert import register as register_convert
-    COMMANDS.update(register_convert(sub))
-
-`register(sub)` adds the `convert` parser and returns {"convert": cmd_convert}; the
-handler has tui.cli's signature handler(ws, args, argv) -> int."""
+        [--calibration FILE|DATASET] [--samples N] [--seq-len L] [--resume] [--json]"""
 
 from __future__ import annotations
 
 import argparse
 
-
-def _add_json(p: argparse.ArgumentParser) -> None:
-    from tui.cli import _add_json as add
-
-    add(p)
+from tui.cli.common import add_json, run_long
 
 
 class HumanView:
@@ -88,13 +76,14 @@ EPILOG = (
 )
 
 
-def register(sub) -> dict:
-    """Add `convert` to the top-level subparsers `sub`; returns {"convert": handler}."""
+def register(sub) -> None:
+    """Add `convert` to the top-level subparsers `sub`."""
     from engine.convert import DEFAULT_GROUP_SIZE, DEFAULT_HELDOUT_TOKENS, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, \
         GROUP_SIZES
 
     p = sub.add_parser("convert", help="mixed-precision quantization within a bits-per-weight budget",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=cmd_convert)
     p.add_argument("model", help="model spec: smollm2-135m, a model folder, a .gguf, a workspace model, an HF repo id")
     p.add_argument("--target-bpw", type=float, required=True, metavar="BPW",
                    help="bits per weight to reach, over the whole model (e.g. 5.0)")
@@ -124,16 +113,14 @@ def register(sub) -> dict:
     p.add_argument("--reuse-measurements", metavar="FILE",
                    help="the humanizer_quant.json (or folder) of an earlier convert of the same model and "
                    "calibration: reuse its sensitivities instead of measuring, e.g. for another --target-bpw")
-    _add_json(p)
-    return {"convert": cmd_convert}
+    add_json(p)
 
 
 def cmd_convert(ws, args, argv) -> int:
     from engine.convert import check_settings, convert
-    from tui.cli import _run_long
 
     check_settings(args.target_bpw, args.candidate_bits, args.group_size, args.samples, args.seq_len)  # before a run
-    result = _run_long(
+    result = run_long(
         ws, "convert", argv, args.json,
         lambda run: convert(args.model, args.output, target_bpw=args.target_bpw,
                             candidate_bits=args.candidate_bits, group_size=args.group_size,
