@@ -685,12 +685,13 @@ def test_layers_are_estimated_while_the_calibration_pass_runs(tiny_model, tmp_pa
 
 
 def test_convert_settings_restate_every_cli_flag():
-    """engine.convert.settings.ConvertSettings is what the CLI flags and the form are built from:
-    one field per `humanizer convert` flag, with the flag's default, choices and requiredness."""
+    """engine.convert.settings.ConvertSettings restates the `humanizer convert` flags (the CLI
+    does not build them from it yet): one field per flag, with its default, choices and
+    requiredness, so the two cannot drift apart."""
     from dataclasses import MISSING
 
     from engine.convert.settings import ConvertSettings, setting_fields
-    from tui.cli_convert import register
+    from tui.cli.convert import register
 
     parser = argparse.ArgumentParser(prog="humanizer")
     register(parser.add_subparsers(dest="command"))
