@@ -19,7 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from engine.errors import HumanizerError
-from engine.events import NullRun, Run
+from engine.events import NullRun, Run, write_json
 from engine.workspace import atomic_dir
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -92,10 +92,6 @@ def import_gguf(gguf_path, output_dir, run: Run = NullRun()) -> Path:
         )
     run.artifact(output_dir)
     return output_dir
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 # ggml tensor types: id -> (name, values per block, bytes per block)
