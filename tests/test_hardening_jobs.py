@@ -1,5 +1,6 @@
 """Hardening of jobs and runs: cancel reaches a run whatever started it, and says so when it cannot."""
 
+import csv
 import json
 import os
 import shlex
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -216,17 +218,22 @@ def test_bom_data_build_sources_detect_and_heldout(tmp_path):
     from engine.eval.run import read_heldout
     from tui.cli.detect import read_inputs
 
-    rows = [{"text": "A person wrote this.", "draft": "An AI wrote this.", "human": "A person wrote this."}]
+    # human text from the test corpus (Wikipedia, CC BY-SA 3.0: tests/fixtures/human/README.md), never ours
+    person = json.loads((Path(__file__).parent / "fixtures" / "human" / "wikipedia.jsonl")
+                        .read_text(encoding="utf-8").splitlines()[0])["text"]
+    rows = [{"text": person, "draft": "An AI wrote this.", "human": person}]
     table = _bom_jsonl(tmp_path / "src.jsonl", rows)
     assert [r for _, r in read_table(table)] == rows
-    csv = tmp_path / "src.csv"
-    csv.write_bytes(BOM + b"text,source\nA person wrote this.,x\n")
-    assert [r for _, r in read_table(csv)] == [{"text": "A person wrote this.", "source": "x"}]
+    csv_path = tmp_path / "src.csv"
+    with open(csv_path, "w", encoding="utf-8-sig", newline="") as f:  # utf-8-sig: the BOM first
+        csv.writer(f).writerows([["text", "source"], [person, "x"]])
+    assert csv_path.read_bytes().startswith(BOM)
+    assert [r for _, r in read_table(csv_path)] == [{"text": person, "source": "x"}]
     items, _ = read_inputs([str(table)], "text")
-    assert [i.text for i in items] == ["A person wrote this."]
+    assert [i.text for i in items] == [person]
     txt = tmp_path / "one.txt"
-    txt.write_bytes(BOM + b"A person wrote this.")
-    assert [i.text for i in read_inputs([str(txt)], "text")[0]] == ["A person wrote this."]
+    txt.write_bytes(BOM + person.encode("utf-8"))
+    assert [i.text for i in read_inputs([str(txt)], "text")[0]] == [person]
     assert [s.draft for s in read_heldout(table)] == ["An AI wrote this."]
     _bom_jsonl(tmp_path / "heldout.jsonl", rows)
     assert read_part(tmp_path, "heldout") == (rows, [])
