@@ -12,6 +12,15 @@ async def until(pilot, condition, timeout: float = 20.0, what: str = "condition"
         await pilot.pause(0.05)
 
 
+def notifications(app) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+def screen_text(app) -> list[str]:
+    """The screen as plain text lines, as the terminal shows them."""
+    return ["".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips()]
+
+
 def text_of(screen, selector: str) -> str:
     return str(screen.query_one(selector).render())
 

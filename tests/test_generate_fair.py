@@ -14,7 +14,8 @@ import pytest
 
 from engine.errors import HumanizerError
 from engine.generate import Engine, SamplingParams
-from tests.test_generate import DPO, PROMPTS, SFT, make_adapters, make_lively_llama
+from tests import test_generate
+from tests.test_generate import DPO, PROMPTS, SFT
 from tests.test_server import CHAT, ServerThread, assert_error, call
 
 CHUNK = 8
@@ -23,12 +24,7 @@ MEDIUM = [5 + (11 * i + 1) % 300 for i in range(90)]
 SHORT = [40, 7, 99, 12, 250, 31]  # one chunk of prefill
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fair")
-    base = make_lively_llama(root / "model")
-    sft, dpo = make_adapters(base, root / "adapters")
-    return base, sft, dpo
+tiny = test_generate.tiny  # the same fixture (a lively tiny llama, SFT and DPO adapters), this module's own copy
 
 
 class PrefillTrace:

@@ -14,7 +14,7 @@ from engine.jobs import find_job, start_job
 from screens.jobs import JobsScreen
 from screens.models import ModelsScreen
 from screens.widgets import ConfirmDialog, InputDialog, JobProgress, StatusBar
-from tests.pilot import until
+from tests.pilot import notifications, until
 from tests.tiny import write_tiny_gguf
 from tui.app import HumanizerApp
 from tui.config import dumps, load_config, set_value
@@ -41,10 +41,6 @@ def fake_model(ws, name: str, **config) -> None:
     d = ws.models_dir / name
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
-
-
-def notifications(app) -> list[str]:
-    return [n.message for n in app._notifications]
 
 
 # modes and the palette ------------------------------------------------------------

@@ -13,20 +13,11 @@ import tomllib
 import pytest
 from textual.widgets import SelectionList
 
-from tests.pilot import until
+from tests.pilot import notifications, screen_text, until
 from tui.app import HumanizerApp
 from tui.keymap import MODES
 
 SIZE = (80, 24)
-
-
-def notifications(app) -> list[str]:
-    return [str(n.message) for n in app._notifications]
-
-
-def screen_text(app) -> list[str]:
-    """The screen as plain text lines, as the terminal shows them."""
-    return ["".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips()]
 
 
 # the footer and the help -------------------------------------------------------------------
