@@ -4,7 +4,8 @@ its outcome notified on the screen, then the screen's ServerMonitor refreshed.""
 
 from __future__ import annotations
 
-from screens.serving import ServerError, mount_adapter, unmount_adapter
+from engine.serve.client import ServerError
+from screens.serving import mount_adapter, unmount_adapter
 
 
 async def mount_reported(screen, name: str, parent: str | None) -> None:

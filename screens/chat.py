@@ -39,7 +39,7 @@ from screens.chat_conversations import ChatConversations
 from screens.chat_judge import JUDGE_BINDINGS, ChatJudge
 from screens.chat_widgets import Conversation, Message, PairView, Reply, ReplyView, UserView, chat_bar, stream_reply
 from screens.server_widgets import server_defaults
-from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
+from engine.serve.settings import DEFAULT_HOST, DEFAULT_PORT
 from screens.serving import (
     ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, start_server,
 )

@@ -19,13 +19,15 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
 from engine.data.prefs import DEFAULT_SET
+from engine.serve.client import ServerError
+from engine.serve.settings import DEFAULT_MAX_TOKENS_LIMIT
 from engine.workspace import atomic_write_text
-from screens.serving import ServerError, fit_lines
+from screens.serving import fit_lines
 
 FORMAT = 1
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_MAX_TOKENS = 256
-MAX_TOKENS_LIMIT = 4096
+MAX_TOKENS_LIMIT = DEFAULT_MAX_TOKENS_LIMIT  # what a default server allows: the form asks for no more
 TITLE_CHARS = 48
 FINISHED = ("stop", "length", "stopped", "error")
 

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from engine import adapters as A
 from engine.errors import HumanizerError
-from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT, is_loopback
+from engine.serve.settings import DEFAULT_HOST, DEFAULT_PORT, is_loopback
 from engine.jobs import JobInfo, cancel_job
 from screens.adapter_mounting import mount_reported, unmount_reported
 from screens.forms import Field, FormDialog, PickDialog

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from engine.events import read_events
 from engine.jobs import JobInfo
-from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
+from engine.serve.settings import DEFAULT_HOST, DEFAULT_PORT
 from screens.serving import parse_serve_argv
 from screens.widgets import fmt_duration, key_of, status_text
 

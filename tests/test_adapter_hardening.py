@@ -102,7 +102,7 @@ def test_serve_cli_refuses_a_mismatched_adapter(setup, tmp_path, monkeypatch, ca
     async def never_serve(*a, **k):  # if the adapter were accepted, fail instead of serving forever
         raise AssertionError("the mismatched adapter was mounted")
 
-    monkeypatch.setattr("engine.server._serve_async", never_serve)
+    monkeypatch.setattr("engine.serve.server._serve_async", never_serve)
     bad = copy_adapter(sft, tmp_path / "bad-rank", rank=16)
     rc = main(["--home", str(tmp_path / "h"), "serve", "--model", str(base), "--adapter", str(bad), "--port", "0"])
     out = capsys.readouterr()

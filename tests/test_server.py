@@ -1,4 +1,4 @@
-"""engine/server.py: the OpenAI-compatible server, in-process on 127.0.0.1 (a free port),
+"""engine/serve/: the OpenAI-compatible server, in-process on 127.0.0.1 (a free port),
 driven by the official `openai` client and by raw HTTP for the error cases."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 
 from engine.errors import HumanizerError
 from engine.generate import Engine
-from engine.server import check_bind, create_app, is_loopback, start_site
+from engine.serve import check_bind, create_app, is_loopback, start_site
 from engine.workspace import Workspace
 from tests.test_generate import DPO, SFT, make_adapters, make_lively_llama, smollm2_dir
 from tests.tiny import make_tiny_llama
@@ -546,7 +546,7 @@ def test_smollm2_served(tmp_path_factory):
 def test_graceful_shutdown_ends_running_streams(setup):
     """Shutdown stops listening, gives running requests `grace` seconds, then ends them with
     an error event and [DONE], and closes the engine."""
-    from engine.server import shutdown
+    from engine.serve import shutdown
 
     ws, base, sft, dpo = setup
     engine = Engine.load(base, max_rows=2).start()

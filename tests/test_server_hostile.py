@@ -18,7 +18,7 @@ import pytest
 
 from engine.errors import HumanizerError
 from engine.generate import Engine
-from engine.server import check_port, default_max_connections
+from engine.serve import check_port, default_max_connections
 from tests.test_server import CHAT, ServerThread, setup  # noqa: F401 - setup is a fixture
 
 ROOT = Path(__file__).parent.parent
@@ -240,7 +240,7 @@ def test_non_utf8_authorization_is_a_401(engine):
 
 
 def test_a_broken_body_or_a_client_leaving_mid_body_is_no_server_error(quick, caplog):
-    from engine.server import LIMITS
+    from engine.serve import LIMITS
 
     head = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\n"
     err = openai_error(exchange(quick.port, head + b"abcde"), 400, "invalid_body")

@@ -21,13 +21,14 @@ import pytest
 
 from engine.events import process_start_time, read_events
 from engine.jobs import cancel_job, find_job, job_info, list_jobs
+from engine.serve.client import ServerClient
 from engine.workspace import Workspace
 from screens.adapters import AdaptersScreen
 from screens.chat import ChatScreen
 from screens.chat_widgets import Conversation, PairView, ReplyView, list_conversations, printable
 from screens.forms import FormDialog, PickDialog
 from screens.server import ServerScreen, request_summary
-from screens.serving import ServerClient, ServerMonitor, parse_serve_argv, start_server
+from screens.serving import ServerMonitor, parse_serve_argv, start_server
 from screens.widgets import ConfirmDialog, JobProgress, StatusBar
 from tests.test_generate import make_adapters, make_lively_llama
 from tests.pilot import steady_cursors, text_of, until

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from engine import server_settings as S  # light: no aiohttp, no MLX
+from engine.serve import settings as S  # light: no aiohttp, no MLX
 from tui.cli.common import add_json, run_long
 
 
@@ -53,7 +53,7 @@ def register(sub) -> None:
 
 def cmd_serve(ws, args, argv) -> int:
     from engine.events import Cancelled
-    from engine.server import check_bind, check_port, serve
+    from engine.serve import check_bind, check_port, serve
 
     check_bind(args.host, args.api_key)  # before loading anything
     check_port(args.host, args.port)

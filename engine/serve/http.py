@@ -1,9 +1,9 @@
-"""The connection layer under engine/server.py: what keeps hostile or broken clients from
-taking the server down, and what makes every error it sends an OpenAI error object.
+"""The server's connection layer: what keeps hostile or broken clients from taking the
+server down, and what makes every error it sends an OpenAI error object (ApiError).
 
 - A request's headers must arrive within `header_timeout` of its first byte (of the
   connection's opening for the first request); a late one is answered 408 and closed.
-  (The body's deadline, `body_timeout`, is kept by the server's read_json.)
+  (The body's deadline, `body_timeout`, is kept by engine/serve/request.py's read_json.)
 - A keep-alive connection idle for `keepalive_timeout` is closed.
 - At most `max_connections` connections are open; one beyond them is answered 503 at
   once and closed, and running out of file handles anyway (EMFILE on accept) is one
@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.errors import HumanizerError
-from engine.server_settings import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
+from engine.serve.settings import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
 
 log = logging.getLogger("humanizer.server")
 
