@@ -1,4 +1,4 @@
-"""engine/server.py against hostile or broken clients, over real sockets: stalled and idle
+"""The server (engine/serve/) against hostile or broken clients, over real sockets: stalled and idle
 connections, a flood of them, malformed HTTP, deep JSON, odd header bytes, bad ports."""
 
 from __future__ import annotations
