@@ -15,9 +15,8 @@ from pathlib import Path
 
 from engine import adapters as A
 from engine.adapters.card import model_card
-from engine.adapters.common import BUNDLE_RECORD, IMPORT_RECORD, adapter_infos, check_output
+from engine.adapters.common import BUNDLE_RECORD, IMPORT_RECORD, model_adapters_output
 from engine.events import NullRun, Run
-from engine.models import resolve_model
 from engine.workspace import atomic_dir
 
 
@@ -80,12 +79,7 @@ def export(model_spec_dir, adapter_dirs, out_dir, run: Run = NullRun(), ws=None,
     among them. Returns `out_dir`."""
     from engine.models import model_info
 
-    model_dir = resolve_model(model_spec_dir, ws, run)
-    infos = adapter_infos(adapter_dirs, ws)
-    out = Path(out_dir).expanduser()
-    check_output(out, [model_dir, *[i.path for i in infos]], lambda d: (d / BUNDLE_RECORD).is_file(), "bundle")
-    for info in infos:
-        A.check_fits(info, model_dir)
+    model_dir, infos, out = model_adapters_output(model_spec_dir, adapter_dirs, out_dir, BUNDLE_RECORD, "bundle", ws, run)
     names = _bundle_names(infos)
     by_fp = {i.fingerprint: n for i, n in zip(infos, names)}
     minfo = model_info(model_dir)

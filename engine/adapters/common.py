@@ -11,12 +11,14 @@ from pathlib import Path
 
 from engine import adapters as A
 from engine.errors import HumanizerError
+from engine.events import Run
 
 BUNDLE_RECORD = "humanizer_bundle.json"
 IMPORT_RECORD = "gguf_import.json"  # engine.gguf's import record: a local path, not part of a fused model or bundle
 
 
 def adapter_infos(adapter_dirs, ws=None) -> list[A.AdapterInfo]:
+    """The adapters given (folders or workspace names), read, parents before their deltas."""
     if isinstance(adapter_dirs, (str, os.PathLike)):
         adapter_dirs = [adapter_dirs]
     infos = [A.read_adapter(A.resolve_adapter(d, ws)) for d in adapter_dirs or []]
@@ -63,3 +65,18 @@ def source_record(info: A.AdapterInfo) -> dict:
 
 def natural_key(path: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def model_adapters_output(model_spec, adapter_dirs, out_dir, record: str, what: str, ws, run: Run):
+    """fuse's and export's inputs, checked: (the model folder, the adapters in stack order, each
+    fitting it, the output folder, which must not overlap them nor be anything but a `what`
+    holding the marker file `record`)."""
+    from engine.models import resolve_model  # late: engine.models loads MLX (engine.gguf)
+
+    model_dir = resolve_model(model_spec, ws, run)
+    infos = adapter_infos(adapter_dirs, ws)
+    out = Path(out_dir).expanduser()
+    check_output(out, [model_dir, *[i.path for i in infos]], lambda d: (d / record).is_file(), what)
+    for info in infos:
+        A.check_fits(info, model_dir)
+    return model_dir, infos, out

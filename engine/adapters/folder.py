@@ -169,7 +169,7 @@ def adapter_config(config: Mapping, metadata: Mapping) -> dict:
 
 def write_adapter_files(folder: Path, weights: Mapping, config: dict) -> None:
     """Write the two files into an existing (temp) folder. A delta's tensor names get
-    DELTA_PREFIX (see the module docstring)."""
+    DELTA_PREFIX (see the package docstring)."""
     import mlx.core as mx
 
     if not weights:

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import adapters as A
-from engine.adapters.common import IMPORT_RECORD, adapter_infos, check_output, folder_bytes, source_record
+from engine.adapters.common import IMPORT_RECORD, folder_bytes, model_adapters_output, source_record
 from engine.errors import HumanizerError
 from engine.events import NullRun, Run
-from engine.models import resolve_model
 from engine.workspace import atomic_dir, human_bytes
 
 FUSE_RECORD = "humanizer_fuse.json"
@@ -157,12 +156,7 @@ def fuse(model_dir, adapter_dirs, out_dir, requantize: bool | None = None, run: 
     from engine.adapters import layers as lora
 
     t0 = time.perf_counter()
-    model_dir = resolve_model(model_dir, ws, run)
-    infos = adapter_infos(adapter_dirs, ws)
-    out = Path(out_dir).expanduser()
-    check_output(out, [model_dir, *[i.path for i in infos]], lambda d: (d / FUSE_RECORD).is_file(), "fused model")
-    for info in infos:
-        A.check_fits(info, model_dir)
+    model_dir, infos, out = model_adapters_output(model_dir, adapter_dirs, out_dir, FUSE_RECORD, "fused model", ws, run)
     was_quantized = bool(quantized_layers(model_dir))
     if requantize and not was_quantized:
         raise HumanizerError(
