@@ -1,7 +1,5 @@
 """Adapters: LoRA adapter folders, checking and stacking them, the LoRA layers, and the manager's steps.
 
-An adapter folder holds
-
 An adapter is a folder with
 
     adapters.safetensors   the LoRA weights, mlx-lm names: model.layers.N.<key>.lora_a (in, r)
@@ -41,7 +39,8 @@ names import fast and the UI can list adapters without loading MLX):
     fuse.py      bake adapters into the base weights, measured on probe prompts
     bundle.py    export a bundle folder (model, adapters, card, record)
     card.py      the bundle's README.md model card
-    push.py      upload a bundle to the Hugging Face Hub
+    common.py    what combine, fuse and export share: their inputs, safe outputs
+    push.py      upload a bundle to the Hugging Face Hub (errors: engine.hub)
 """
 
 from engine.adapters.catalog import (
