@@ -134,7 +134,7 @@ def main() -> int:
 
     from engine import convert as C
     from engine.blas import blas_in_use
-    from engine.lora import load_model
+    from engine.adapters.layers import load_model
     from engine.models import resolve_model
     from engine.workspace import Workspace
 

@@ -8,7 +8,7 @@
 
 Same weights on both sides: the embedded `smollm2-135m` (4-bit GGUF import). Our engine
 and server load it as they do by default on CPU (dequantized to float32 in memory,
-`engine.lora.load_model`); mlx-lm loads a float32 copy of the very same dequantized
+`engine.adapters.layers.load_model`); mlx-lm loads a float32 copy of the very same dequantized
 weights saved once to disk (`bench/common.py: prepare_f32_model`), so no side runs a
 quantized matmul. Same BLAS: every process (children and both servers) runs with
 OpenBLAS preloaded (`engine.blas.fast_blas_env(True)`); each reports what it mapped.

@@ -129,7 +129,7 @@ def prepare_f32_model(model_spec: str, cache_dir: Path, log=print) -> tuple[Path
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from engine import lora
+    from engine.adapters import layers as lora
 
     model, _ = lora.load_model(src, dequantize=True)
     weights = dict(tree_flatten(model.parameters()))
@@ -153,7 +153,7 @@ def resolve_layout(model_dir: Path, s: dict) -> None:
     """Full block-relative key paths (mlx-lm wants 'self_attn.q_proj') and a concrete block count."""
     from mlx_lm import load
 
-    from engine import lora
+    from engine.adapters import layers as lora
 
     model, _ = load(str(model_dir), lazy=True)
     s["keys"] = lora.resolve_keys(model, s["keys"])

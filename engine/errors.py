@@ -11,3 +11,11 @@ class HumanizerError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class AdapterConfigError(HumanizerError):
+    """adapter_config.json does not describe the weights in adapters.safetensors (or the model)."""
+
+
+class NeedsParent(HumanizerError):
+    """A delta whose recorded parent is not among the adapters it would stack on."""

@@ -82,7 +82,7 @@ import mlx.core as mx
 import numpy as np
 
 from engine import adapters as A
-from engine import lora
+from engine.adapters import layers as lora
 from engine.fastops import cpu_fast_ops
 from engine.errors import HumanizerError
 

@@ -21,6 +21,7 @@ from engine.adapters import WEIGHT_FILES
 from engine.errors import HumanizerError
 from engine.events import NullRun, Run
 from engine.gguf import gguf_import_info, import_gguf, same_source
+from engine.hub import snapshot as hf_snapshot
 from engine.workspace import Workspace
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -134,8 +135,10 @@ def describe_source(folder: Path) -> str:
 # --- resolving -----------------------------------------------------------------------
 
 
-def resolve_model(spec, ws: Workspace, run: Run = NullRun()) -> Path:
-    """A local MLX model folder for `spec` (see the module docstring for the kinds)."""
+def resolve_model(spec, ws: Workspace | None = None, run: Run = NullRun()) -> Path:
+    """A local MLX model folder for `spec` (see the module docstring for the kinds): the one
+    resolver of model specs. A folder needs no workspace; for a workspace name, a .gguf file
+    or the embedded default, `ws` None means the default workspace (Workspace.open())."""
     text = str(spec).strip()
     if not text:
         raise HumanizerError("no model given", KINDS_HINT)
@@ -144,21 +147,24 @@ def resolve_model(spec, ws: Workspace, run: Run = NullRun()) -> Path:
     if text.lower().endswith(".gguf"):
         if not path.is_file():
             raise HumanizerError(f"no such file: {path}", "check the path of the .gguf file")
-        return import_into_workspace(path, ws, run)
+        return import_into_workspace(path, ws or Workspace.open(), run)
     if path.is_dir():
         return check_model_dir(path)
     if path.exists():
         raise HumanizerError(f"{path} is a file, not a model", KINDS_HINT)
 
-    local = ws.models_dir / text
-    if "/" not in text and not text.startswith(".") and local.is_dir():
-        return check_model_dir(local)
-    if text in EMBEDDED_MODELS:
-        return pull_default(ws, text, run)
+    if "/" not in text and not text.startswith("."):  # could be a workspace or embedded name
+        ws = ws or Workspace.open()
+        local = ws.models_dir / text
+        if local.is_dir():
+            return check_model_dir(local)
+        if text in EMBEDDED_MODELS:
+            return pull_default(ws, text, run)
     if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
-        raise HumanizerError(f"no such file or folder: {path}", "check the path; " + KINDS_HINT)
+        raise HumanizerError(f"no such model folder: {path} (no such file or folder)", "check the path; " + KINDS_HINT)
     if REPO_ID.match(text):
         return hf_download(text, run)
+    ws = ws or Workspace.open()
     available = [m.name for m in list_models(ws)]
     available += [f"{n} (embedded)" for n in EMBEDDED_MODELS if n not in available]
     raise HumanizerError(
@@ -198,41 +204,6 @@ def import_into_workspace(gguf: Path, ws: Workspace, run: Run = NullRun()) -> Pa
             )
         run.log(f"{gguf} changed since it was imported; importing it again")
     return import_gguf(gguf, dest, run)
-
-
-def hf_snapshot(repo_id: str, patterns: list[str], run: Run = NullRun(), offline_hint: str | None = None) -> Path:
-    """snapshot_download of `patterns` from a Hub repo (the local HF cache answers when offline),
-    every Hub failure as a HumanizerError that says what to do."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    run.log(f"fetching {repo_id} from the Hugging Face Hub (or the local cache)")
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except GatedRepoError:
-        raise HumanizerError(
-            f"the Hugging Face repo '{repo_id}' is gated",
-            "accept its terms on huggingface.co and log in (huggingface-cli login or HF_TOKEN)",
-        ) from None
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise HumanizerError(
-            f"no model '{repo_id}' on the Hugging Face Hub (or it is private)",
-            "check the repo id; for a private repo log in (huggingface-cli login or HF_TOKEN)",
-        ) from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
-        raise HumanizerError(
-            f"cannot reach the Hugging Face Hub to download '{repo_id}', and it is not in the local "
-            f"Hugging Face cache ({type(e).__name__})",
-            offline_hint or "connect to the network, or set HF_HUB_OFFLINE=1 and use a model already in the "
-            "cache, or use a local folder or .gguf file",
-        ) from None
 
 
 def hf_download(repo_id: str, run: Run = NullRun()) -> Path:

@@ -60,7 +60,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from engine import adapters as A
-from engine import lora
+from engine.adapters import layers as lora
 from engine.errors import HumanizerError
 from engine.events import Cancelled, NullRun, Run
 from engine.fastops import cpu_fast_ops
@@ -530,13 +530,9 @@ class _StopRequest:
 
 
 def _resolve_model_dir(model_spec, ws, run) -> Path:
-    p = Path(str(model_spec)).expanduser()
-    if p.is_dir() and (p / "config.json").is_file():
-        return p.resolve()
     from engine.models import resolve_model
-    from engine.workspace import Workspace
 
-    return Path(resolve_model(model_spec, ws or Workspace.open(), run)).resolve()
+    return Path(resolve_model(model_spec, ws, run)).resolve()
 
 
 def _load_dataset(data_spec, method, tokenizer, cfg, skip_bad_rows, ws, run):

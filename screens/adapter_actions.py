@@ -251,7 +251,7 @@ class AdapterActions:
         """In a worker thread, no network: the quick checks (repo id, bundle, token) before a
         push job starts, so their errors come here and not as a failed job; a dry run
         lists the files a push would upload."""
-        from engine.manage import bundle_files, check_repo_id, push, push_token
+        from engine.adapters.push import bundle_files, check_repo_id, push, push_token
 
         try:
             if dry_run:

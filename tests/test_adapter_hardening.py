@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine import adapters as A
-from engine import lora
+from engine.adapters import layers as lora
 from engine.errors import HumanizerError
 from engine.generate import Engine, EngineError
 from tests.test_generate import DPO, SFT, make_adapters
@@ -189,7 +189,7 @@ def test_stack_order_uses_the_recorded_parent(setup, tmp_path):
 
 
 def test_no_stack_repeats_weights_and_the_deepest_is_offered(setup, server):
-    from engine.manage import combine
+    from engine.adapters.combine import combine
 
     ws, _, sft, dpo = setup
     combined = ws.adapters_dir / "sft-dpo"

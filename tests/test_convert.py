@@ -64,7 +64,7 @@ def converted(tiny_model, tmp_path_factory):
 
 
 def test_budget_holds_for_several_targets(converted, tiny_model):
-    from engine.lora import load_model
+    from engine.adapters.layers import load_model
 
     _, _, meta = converted
 
@@ -193,7 +193,7 @@ def test_sensitivity_tracks_the_kl_of_quantizing_one_layer(tmp_path):
     """The diagonal-Fisher estimate against the real KL increase of quantizing one layer alone."""
     from mlx.utils import tree_flatten
 
-    from engine.lora import load_model
+    from engine.adapters.layers import load_model
 
     folder = make_tiny_llama(tmp_path / "soft")
     w = mx.load(str(folder / "model.safetensors"))

@@ -7,7 +7,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from engine import fastops, lora
+from engine import fastops
+from engine.adapters import layers as lora
 from tests.tiny import make_tiny_llama
 
 

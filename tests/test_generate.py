@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine import adapters as A
-from engine import lora
+from engine.adapters import layers as lora
 from engine.generate import AdapterInUse, Engine, EngineError, SamplingParams, UnknownAdapter, sample_token
 from tests.tiny import make_tiny_llama
 

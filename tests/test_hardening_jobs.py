@@ -153,7 +153,7 @@ GOOD_ROWS = [{"prompt": f"Say fact {i}", "completion": "The capital of France is
 
 
 def test_bad_data_stops_the_run_before_the_model_loads_and_leaves_nothing(tiny, tmp_path, monkeypatch):
-    from engine import lora
+    from engine.adapters import layers as lora
     from engine import train as T
     from engine.data import DataError
 
@@ -177,7 +177,7 @@ def test_bad_data_stops_the_run_before_the_model_loads_and_leaves_nothing(tiny, 
 
 
 def test_a_run_failing_on_its_model_leaves_no_folder(tiny, tmp_path, monkeypatch):
-    from engine import lora
+    from engine.adapters import layers as lora
     from engine import train as T
 
     def broken(*a, **k):

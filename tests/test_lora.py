@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine import adapters as A
-from engine import lora
+from engine.adapters import layers as lora
 from engine.errors import HumanizerError
 from tests.tiny import make_tiny_llama
 
@@ -281,7 +281,7 @@ def test_dropout_lora_gradients_equal_plain_autodiff():
 def test_dpo_delta_is_refused_by_stock_mlx_lm_and_combined_loads(base, sft_dir, dpo_dir, tmp_path):
     from mlx_lm import load
 
-    from engine.manage import combine
+    from engine.adapters.combine import combine
 
     path, training = dpo_dir
     stored = mx.load(str(path / A.ADAPTER_FILE))

@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 
 from engine import adapters as A
-from engine import lora
-from engine import manage as M
+from engine.adapters import layers as lora
+from engine.adapters.bundle import export
+from engine.adapters.combine import combine
+from engine.adapters.common import BUNDLE_RECORD
+from engine.adapters.fuse import FUSE_RECORD, compare_logits, fuse, probe_logits, probe_tokens
+from engine.adapters.push import push
 from engine.errors import HumanizerError
 from engine.events import NullRun
 from tests.tiny import make_tiny_llama
@@ -113,7 +117,7 @@ def test_combine_equals_stacked_and_loads_in_stock_mlx_lm(base, sft, dpo, tmp_pa
     from mlx_lm import load
 
     ev = Events()
-    out = M.combine(sft, dpo, tmp_path / "sft-dpo", run=NullRun([ev]))
+    out = combine(sft, dpo, tmp_path / "sft-dpo", run=NullRun([ev]))
     info = A.read_adapter(out)
     assert (info.method, info.rank, info.scale, info.parent, info.is_delta) == ("combined", 6, 1.0, None, False)
     assert info.base == A.read_adapter(sft).base
@@ -136,53 +140,53 @@ def test_combine_equals_stacked_and_loads_in_stock_mlx_lm(base, sft, dpo, tmp_pa
     assert ev.of("artifact")[-1]["path"] == str(out)
 
     # a combined output folder is replaced by combining again; any other folder is not
-    M.combine(sft, dpo, out)
+    combine(sft, dpo, out)
     keep = tmp_path / "precious"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
     with pytest.raises(HumanizerError, match="precious already exists and is not a combined adapter"):
-        M.combine(sft, dpo, keep)
+        combine(sft, dpo, keep)
     assert (keep / "notes.txt").read_text() == "mine"
     with pytest.raises(HumanizerError, match="overlaps the input"):
-        M.combine(sft, dpo, sft)
+        combine(sft, dpo, sft)
 
 
 def test_combine_refuses_other_bases_and_mismatched_deltas(base, sft, dpo, root, tmp_path):
     other = make_tiny_llama(tmp_path / "other-model", seed=7)  # same shapes, other weights
     foreign = make_adapter(other, tmp_path / "foreign", blocks=[1], keys=["self_attn.q_proj"], rank=2, scale=1.0, seed=3)
     with pytest.raises(HumanizerError) as e:
-        M.combine(sft, foreign, tmp_path / "x")
+        combine(sft, foreign, tmp_path / "x")
     assert "different base models" in str(e.value) and "tiny" in str(e.value) and "other-model" in str(e.value)
     assert not (tmp_path / "x").exists()
     with pytest.raises(HumanizerError, match="same adapter"):
-        M.combine(sft, root / "ad" / "humanizer-sft", tmp_path / "y")
+        combine(sft, root / "ad" / "humanizer-sft", tmp_path / "y")
     # two deltas on different parents would need both parents
     sft2 = make_adapter(base, tmp_path / "sft2", blocks=[1], keys=["self_attn.v_proj"], rank=2, scale=1.0, seed=4)
     dpo2 = make_adapter(base, tmp_path / "dpo2", blocks=[1], keys=["self_attn.v_proj"], rank=2, scale=1.0, seed=5,
                         method="dpo", parent=sft2)
     with pytest.raises(HumanizerError, match="deltas on different parents"):
-        M.combine(dpo, dpo2, tmp_path / "z")
+        combine(dpo, dpo2, tmp_path / "z")
     # a delta combined with an unrelated adapter stays a delta on its parent
-    out = M.combine(dpo, sft2, tmp_path / "still-delta")
+    out = combine(dpo, sft2, tmp_path / "still-delta")
     assert A.read_adapter(out).parent["fingerprint"] == A.read_adapter(sft).fingerprint
 
 
 def test_bad_inputs_name_the_path(base, sft, tmp_path):
     missing = tmp_path / "no-such-adapter"
     with pytest.raises(HumanizerError, match=f"no such adapter folder: {missing}"):
-        M.combine(missing, sft, tmp_path / "out")
+        combine(missing, sft, tmp_path / "out")
     empty = tmp_path / "not-an-adapter"
     empty.mkdir()
     with pytest.raises(HumanizerError, match=f"{empty} is not an adapter .missing adapters.safetensors, adapter_config"):
-        M.combine(sft, empty, tmp_path / "out")
+        combine(sft, empty, tmp_path / "out")
     with pytest.raises(HumanizerError, match=f"{empty} is not an adapter"):
-        M.fuse(base, [empty], tmp_path / "fused")
+        fuse(base, [empty], tmp_path / "fused")
     with pytest.raises(HumanizerError, match=f"no such model folder: {tmp_path / 'nope'}"):
-        M.fuse(tmp_path / "nope", [sft], tmp_path / "fused")
+        fuse(tmp_path / "nope", [sft], tmp_path / "fused")
     with pytest.raises(HumanizerError, match=f"{empty} is not a model folder"):
-        M.export(empty, [sft], tmp_path / "bundle")
+        export(empty, [sft], tmp_path / "bundle")
     with pytest.raises(HumanizerError, match="no adapters given"):
-        M.export(base, [], tmp_path / "bundle")
+        export(base, [], tmp_path / "bundle")
     f = tmp_path / "file.txt"
     f.write_text("x")
     with pytest.raises(HumanizerError, match=f"{f} is a file, not an adapter folder"):
@@ -197,7 +201,7 @@ def test_fuse_float_equals_stacked_and_loads_in_stock_mlx_lm(base, sft, dpo, tmp
     from mlx_lm import load
 
     ev = Events()
-    res = M.fuse(base, [dpo, sft], tmp_path / "fused", run=NullRun([ev]))  # order does not matter: parents first
+    res = fuse(base, [dpo, sft], tmp_path / "fused", run=NullRun([ev]))  # order does not matter: parents first
     assert res.mode == "float" and res.path == tmp_path / "fused"
     r = res.report
     assert r["adapters"] == ["humanizer-sft", "humanizer-dpo"] and r["layers_fused"] == 5
@@ -206,14 +210,14 @@ def test_fuse_float_equals_stacked_and_loads_in_stock_mlx_lm(base, sft, dpo, tmp
     fused, _ = load(str(res.path))
     assert not any(isinstance(m, nn.QuantizedLinear) for _, m in fused.named_modules())
     np.testing.assert_allclose(logits(fused), stacked_logits(base, [sft, dpo]), rtol=1e-5, atol=1e-5)
-    record = json.loads((res.path / M.FUSE_RECORD).read_text())
+    record = json.loads((res.path / FUSE_RECORD).read_text())
     assert record["base"]["fingerprint"] == A.model_fingerprint(base) and len(record["adapters"]) == 2
     assert {"tokenizer.json", "tokenizer_config.json", "config.json"} <= {p.name for p in res.path.iterdir()}
     assert ev.of("artifact")[-1]["report"]["mode"] == "float"
     with pytest.raises(HumanizerError, match="not quantized, so there is nothing to re-quantize"):
-        M.fuse(base, [sft], tmp_path / "f2", requantize=True)
+        fuse(base, [sft], tmp_path / "f2", requantize=True)
     with pytest.raises(HumanizerError, match="delta trained on top of adapter 'humanizer-sft'.*not among"):
-        M.fuse(base, [dpo], tmp_path / "f3")
+        fuse(base, [dpo], tmp_path / "f3")
 
 
 def test_fuse_quantized_requantize_reports_its_cost(qbase, tmp_path):
@@ -221,8 +225,8 @@ def test_fuse_quantized_requantize_reports_its_cost(qbase, tmp_path):
 
     ad = make_adapter(qbase, tmp_path / "q-sft", blocks=[0, 1], keys=["self_attn.q_proj", "mlp.down_proj"], rank=4,
                       scale=2.0, seed=6)
-    rq = M.fuse(qbase, [ad], tmp_path / "requantized")  # default for a quantized model: re-quantize
-    rf = M.fuse(qbase, [ad], tmp_path / "float", requantize=False)
+    rq = fuse(qbase, [ad], tmp_path / "requantized")  # default for a quantized model: re-quantize
+    rf = fuse(qbase, [ad], tmp_path / "float", requantize=False)
     assert (rq.mode, rf.mode) == ("requantized", "float")
     cost = rq.report["requantize_cost"]
     assert rq.report["quantization"] == [{"bits": 4, "group_size": 32, "mode": "affine"}]
@@ -245,8 +249,8 @@ def test_fuse_quantized_requantize_reports_its_cost(qbase, tmp_path):
     # the float fuse equals the quantized base + adapter stacked
     np.testing.assert_allclose(logits(fm), stacked_logits(qbase, [ad]), rtol=1e-4, atol=1e-4)
     # and the reported cost is what the two written models differ by on the probe prompts
-    probes = M._probe_tokens(tok)
-    measured = M.compare_logits(M._probe_logits(fm, probes), M._probe_logits(qm, probes))
+    probes = probe_tokens(tok)
+    measured = compare_logits(probe_logits(fm, probes), probe_logits(qm, probes))
     assert measured["max_abs"] == pytest.approx(cost["max_abs"], rel=1e-3, abs=1e-5)
     assert measured["mean_abs"] == pytest.approx(cost["mean_abs"], rel=1e-3, abs=1e-6)
 
@@ -280,15 +284,15 @@ def trained(base, root):
 def test_export_bundle_and_model_card(base, trained, tmp_path):
     ws = trained
     ev = Events()
-    out = M.export(base, ["t-sft", "t-dpo"], tmp_path / "bundle", run=NullRun([ev]), ws=ws)  # workspace names
-    assert {p.name for p in out.iterdir()} == {"model", "adapters", "README.md", M.BUNDLE_RECORD}
+    out = export(base, ["t-sft", "t-dpo"], tmp_path / "bundle", run=NullRun([ev]), ws=ws)  # workspace names
+    assert {p.name for p in out.iterdir()} == {"model", "adapters", "README.md", BUNDLE_RECORD}
     assert {p.name for p in (out / "model").iterdir()} == {p.name for p in base.iterdir()}
     assert os.stat(out / "model" / "model.safetensors").st_ino == os.stat(base / "model.safetensors").st_ino  # linked
     for name in ("t-sft", "t-dpo"):
         assert {p.name for p in (out / "adapters" / name).iterdir()} == {A.ADAPTER_FILE, A.CONFIG_FILE}  # no checkpoints
     dpo = A.read_adapter(out / "adapters" / "t-dpo")
     assert dpo.parent["path"] == "adapters/t-sft" and dpo.parent["fingerprint"] == A.read_adapter(out / "adapters" / "t-sft").fingerprint
-    manifest = json.loads((out / M.BUNDLE_RECORD).read_text())
+    manifest = json.loads((out / BUNDLE_RECORD).read_text())
     assert manifest["stacks"] == ["t-sft", "t-sft+t-dpo"] and manifest["model"]["fingerprint"] == A.model_fingerprint(base)
 
     card = (out / "README.md").read_text()
@@ -314,21 +318,21 @@ def test_export_bundle_and_model_card(base, trained, tmp_path):
 
     # a delta without its parent is refused; a previous bundle is replaced, other folders are not
     with pytest.raises(HumanizerError, match="'t-dpo'.*delta.*not among the adapters given"):
-        M.export(base, ["t-dpo"], tmp_path / "b2", ws=ws)
-    M.export(base, ["t-sft"], out, ws=ws, link=False)
+        export(base, ["t-dpo"], tmp_path / "b2", ws=ws)
+    export(base, ["t-sft"], out, ws=ws, link=False)
     assert not (out / "adapters" / "t-dpo").exists()
     assert os.stat(out / "model" / "model.safetensors").st_ino != os.stat(base / "model.safetensors").st_ino
     with pytest.raises(HumanizerError, match="not a bundle made by humanizer"):
-        M.export(base, ["t-sft"], tmp_path, ws=ws)
+        export(base, ["t-sft"], tmp_path, ws=ws)
 
 
 def test_export_card_for_embedded_model_and_combined(base, sft, dpo, tmp_path):
     """An embedded model's Hub repo and license go into the front matter; a combined adapter lists its sources."""
     smol = tmp_path / "smollm2-135m"
     shutil.copytree(base, smol)
-    comb = M.combine(sft, dpo, tmp_path / "sft-dpo")
+    comb = combine(sft, dpo, tmp_path / "sft-dpo")
     # the adapters were made for "tiny": same weights, so the fingerprint matches
-    out = M.export(smol, [comb], tmp_path / "bundle")
+    out = export(smol, [comb], tmp_path / "bundle")
     card = (out / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "license: apache-2.0" in card
     assert "an exact merge of `humanizer-sft` (SFT) + `humanizer-dpo` (DPO)" in card
@@ -402,7 +406,7 @@ def no_network(monkeypatch):
 
 def test_push_dry_run_lists_files_without_network(bundle, no_token, no_network):
     ev = Events()
-    res = M.push(bundle, "someone/humanizer-tiny", private=True, dry_run=True, run=NullRun([ev]))
+    res = push(bundle, "someone/humanizer-tiny", private=True, dry_run=True, run=NullRun([ev]))
     assert res.dry_run and res.private and res.token_found is False
     assert res.files == [("README.md", 7), ("adapters/a/adapters.safetensors", 1000)]
     assert res.total_bytes == 1007 and res.url.endswith("/someone/humanizer-tiny")
@@ -412,7 +416,7 @@ def test_push_dry_run_lists_files_without_network(bundle, no_token, no_network):
 
 def test_push_without_token_is_a_clear_error(bundle, no_token, no_network):
     with pytest.raises(HumanizerError) as e:
-        M.push(bundle, "someone/humanizer-tiny")
+        push(bundle, "someone/humanizer-tiny")
     assert "not logged in to the Hugging Face Hub" in e.value.message
     assert "hf auth login" in e.value.hint and "HF_TOKEN" in e.value.hint
 
@@ -420,7 +424,7 @@ def test_push_without_token_is_a_clear_error(bundle, no_token, no_network):
 def test_push_to_an_unreachable_hub_is_a_clear_error(bundle):
     assert os.environ["HF_ENDPOINT"] == "http://127.0.0.1:9"  # tests/conftest.py: a closed port
     with pytest.raises(HumanizerError) as e:
-        M.push(bundle, "someone/humanizer-tiny", token="hf_not_a_real_token")
+        push(bundle, "someone/humanizer-tiny", token="hf_not_a_real_token")
     assert "cannot reach the Hugging Face Hub at http://127.0.0.1:9" in e.value.message
     assert "--dry-run" in e.value.hint
 
@@ -428,14 +432,14 @@ def test_push_to_an_unreachable_hub_is_a_clear_error(bundle):
 def test_push_offline_mode_is_a_clear_error(bundle, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HumanizerError, match="HF_HUB_OFFLINE is set"):
-        M.push(bundle, "someone/humanizer-tiny", token="hf_x")
+        push(bundle, "someone/humanizer-tiny", token="hf_x")
 
 
 @pytest.mark.parametrize("repo", ["noslash", "a/b/c", "a/-x", "a/x--y", "a/x..y", "a/x.", "", "a/has space",
                                   "a/" + "n" * 97, "a/x.git"])
 def test_push_validates_repo_id(bundle, repo):
     with pytest.raises(HumanizerError, match="not a valid Hugging Face repo id"):
-        M.push(bundle, repo, dry_run=True)
+        push(bundle, repo, dry_run=True)
 
 
 def test_push_calls_the_hub_as_expected(bundle, monkeypatch):
@@ -451,7 +455,7 @@ def test_push_calls_the_hub_as_expected(bundle, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **k: calls.setdefault("create", (repo_id, k)) and Url())
     monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **k: calls.setdefault("upload", k) and Commit())
-    res = M.push(bundle, "someone/humanizer-tiny", private=True, token="hf_x")
+    res = push(bundle, "someone/humanizer-tiny", private=True, token="hf_x")
     assert calls["create"] == ("someone/humanizer-tiny", {"token": "hf_x", "private": True, "repo_type": "model",
                                                           "exist_ok": True})
     assert calls["upload"]["folder_path"] == str(bundle) and ".*" in calls["upload"]["ignore_patterns"]
@@ -460,10 +464,10 @@ def test_push_calls_the_hub_as_expected(bundle, monkeypatch):
 
 def test_push_missing_bundle_names_the_path(tmp_path):
     with pytest.raises(HumanizerError, match=f"no such bundle folder: {tmp_path / 'nope'}"):
-        M.push(tmp_path / "nope", "someone/x", dry_run=True)
+        push(tmp_path / "nope", "someone/x", dry_run=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(HumanizerError, match="nothing to upload"):
-        M.push(tmp_path / "empty", "someone/x", dry_run=True)
+        push(tmp_path / "empty", "someone/x", dry_run=True)
 
 
 # --- the CLI verbs --------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine import adapters as A
-from engine import lora
+from engine.adapters import layers as lora
 from engine import train as T
 from engine.data import Dataset, Example, Pair
 from engine.errors import HumanizerError

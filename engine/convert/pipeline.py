@@ -52,18 +52,6 @@ def _architecture_check(model_dir: Path) -> dict:
     return config
 
 
-def _resolve_plain(spec, run):
-    from engine.models import check_model_dir
-
-    path = Path(str(spec)).expanduser()
-    if path.is_dir():
-        return check_model_dir(path)
-    from engine.models import resolve_model
-    from engine.workspace import Workspace
-
-    return resolve_model(spec, Workspace.open(), run)
-
-
 def convert(
     model_spec,
     output,
@@ -126,7 +114,7 @@ def convert(
     from engine.models import resolve_model
 
     run.progress(0, None, "resolving the model", phase="load")
-    model_dir = Path(resolve_model(model_spec, ws, run) if ws is not None else _resolve_plain(model_spec, run))
+    model_dir = Path(resolve_model(model_spec, ws, run))
     config = _architecture_check(model_dir)
 
     job = ConvertState(settings=settings, model_spec=model_spec, model_dir=model_dir, config=config, output=output,
@@ -151,7 +139,7 @@ def _load(job: ConvertState) -> None:
     """The float32 model, its quantizable layers and the budget; the target checked against them."""
     import mlx.core as mx
 
-    from engine.lora import load_model
+    from engine.adapters.layers import load_model
 
     run, bits, target = job.run, job.bits, job.target
     run.progress(0, None, f"loading {job.model_dir.name}", phase="load")
@@ -348,7 +336,7 @@ def model_plan(model_spec, group_size: int = DEFAULT_GROUP_SIZE, candidate_bits=
     from engine.models import resolve_model
 
     bits = parse_bits(candidate_bits)
-    model_dir = Path(_resolve_plain(model_spec, NullRun()) if ws is None else resolve_model(model_spec, ws))
+    model_dir = Path(resolve_model(model_spec, ws))
     _architecture_check(model_dir)
     model, _ = mlx_load_model(model_dir, lazy=True)
     layers = quantizable_layers(model, int(group_size))

@@ -20,7 +20,7 @@ Batching: texts are sorted by length and run `batch_size` at a time, right-padde
 models are causal, so padding after a text never changes its logits; the statistics
 are then taken over each text's own positions only. One (batch, length, vocab) float32
 logits array per model is materialised per batch, and the per-position statistics are
-computed one row at a time from it. Models are loaded with `engine.lora.load_model`,
+computed one row at a time from it. Models are loaded with `engine.adapters.layers.load_model`,
 which on the CPU backend dequantizes to float32 (fast with OpenBLAS preloaded), as
 training does.
 
@@ -121,7 +121,7 @@ class LM:
     """A causal LM and its tokenizer, with where it came from (name, path, fingerprint)."""
 
     def __init__(self, model, tokenizer, info: dict | None = None, context: int | None = None):
-        from engine.lora import base_identity
+        from engine.adapters.layers import base_identity
 
         self.model = model
         self.tokenizer = tokenizer
@@ -135,7 +135,7 @@ class LM:
             return spec
         if isinstance(spec, tuple) and len(spec) == 2:
             return cls(*spec)
-        from engine.lora import load_model
+        from engine.adapters.layers import load_model
 
         folder = Path(spec)
         if not (folder / "config.json").is_file():

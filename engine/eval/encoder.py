@@ -28,7 +28,8 @@ import numpy as np
 
 from engine.errors import HumanizerError
 from engine.events import NullRun, Run
-from engine.models import REPO_ID, extract_member, hf_snapshot, wheel_for
+from engine.hub import snapshot as hf_snapshot
+from engine.models import REPO_ID, extract_member, wheel_for
 from engine.workspace import Workspace, atomic_dir
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")

@@ -152,7 +152,7 @@ def lora_info(ws, args, argv) -> int:
 
 
 def lora_combine(ws, args, argv) -> int:
-    from engine.manage import combine
+    from engine.adapters.combine import combine
 
     path = run_long(ws, "lora combine", argv, args.json,
                     lambda run: combine(args.a, args.b, args.output, run=run, ws=ws))
@@ -162,7 +162,7 @@ def lora_combine(ws, args, argv) -> int:
 
 
 def lora_fuse(ws, args, argv) -> int:
-    from engine.manage import fuse, fuse_summary
+    from engine.adapters.fuse import fuse, fuse_summary
 
     result = run_long(ws, "lora fuse", argv, args.json,
                       lambda run: fuse(args.model, args.adapter, args.output, args.requantize, run=run, ws=ws))

@@ -38,7 +38,7 @@ def register(sub) -> None:
 
 
 def cmd_export(ws, args, argv) -> int:
-    from engine.manage import export
+    from engine.adapters.bundle import export
 
     path = run_long(ws, "export", argv, args.json,
                     lambda run: export(args.model, args.adapter, args.output, run=run, ws=ws, link=not args.copy))
@@ -48,7 +48,7 @@ def cmd_export(ws, args, argv) -> int:
 
 
 def cmd_push(ws, args, argv) -> int:
-    from engine.manage import push
+    from engine.adapters.push import push
     from engine.workspace import human_bytes
 
     if args.dry_run:
@@ -64,7 +64,7 @@ def cmd_push(ws, args, argv) -> int:
         if not result.token_found:
             print("note: no Hugging Face token found; log in with `hf auth login` or set HF_TOKEN before pushing")
         return 0
-    from engine.manage import bundle_files, check_repo_id, push_token
+    from engine.adapters.push import bundle_files, check_repo_id, push_token
 
     check_repo_id(args.repo)  # the quick checks before a run is recorded
     bundle_files(args.bundle)
