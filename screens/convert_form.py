@@ -79,7 +79,9 @@ class ConvertForm:
                 with Horizontal(classes="form-row"):
                     yield Label(LABELS.get(f.name, f.name.replace("_", " ")))
                     yield self._field_widget(f)
-            yield Static(field_help(f), id=f"help-{f.name}", classes="hint field-help")
+            help_line = Static(field_help(f), id=f"help-{f.name}", classes="hint field-help")
+            help_line.display = False  # shown while its field has focus
+            yield help_line
             if f.name == "target_bpw":
                 yield Static("", id="f-plan", classes="hint")
         yield Button("Start  ctrl+s", id="f-start", compact=True, variant="primary")
@@ -206,11 +208,11 @@ class ConvertForm:
                 except ValueError:
                     values[f.name] = f.default
                     errors.append((fid, f"{LABELS.get(f.name, f.name)}: a whole number"))
-            elif f.name != "output":
-                values[f.name] = self._text(fid)
+            else:
+                values[f.name] = self._text(fid)  # the output name becomes a path below
         settings = None
         try:
-            settings = ConvertSettings(**values, output="").check()
+            settings = ConvertSettings(**values).check()
         except HumanizerError as e:
             msg = e.message
             fid = field_id("target_bpw" if "target" in msg else "group_size" if "group size" in msg else "samples"
@@ -222,7 +224,7 @@ class ConvertForm:
             errors.append(("f-target", f"target: this model needs at least {plan['target_min']:.3f} bits per "
                                        f"weight with every layer at {settings.candidate_bits[0]} bits (norms "
                                        "stay in float16)"))
-        name = self._text("f-output")
+        name = values["output"]
         out = None
         if not name:
             errors.append(("f-output", "output: required: a model name or a folder"))
@@ -236,7 +238,7 @@ class ConvertForm:
                          and self.histories.get(j.id) and self.histories[j.id].args.get("output") == str(out)), None)
             if busy is not None:
                 errors.append(("f-output", f"output: convert {busy.id} is writing it"))
-        if errors or settings is None:
+        if errors:
             return None, errors
         return replace(settings, output=str(out)), []
 
