@@ -1,9 +1,13 @@
-"""The Convert screen's new-run form: a workspace model, the target bits per weight with
-what it means in MB for this model (engine.convert.model_plan, read in a worker thread a
-moment after the last change), the candidate bits, the group size and the output name."""
+"""The Convert screen's new-run form, made from engine.convert.settings.ConvertSettings (the
+fields the `humanizer convert` flags are made from): a workspace model, then one row per form
+field of the settings, with its default, the values it offers and its flag's help (shown
+while it has focus). Under the target bits per weight, what that means in MB for this model
+(engine.convert.model_plan, read in a worker thread a moment after the last change).
+ConvertSettings.check() validates; the job's command line is ConvertSettings.argv()."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -13,15 +17,36 @@ from textual.containers import Horizontal
 from textual.timer import Timer
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
-from engine.convert.settings import (DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, GROUP_SIZES,
-                                     check_settings, parse_bits)
+from engine.convert.settings import ConvertSettings, parse_bits, setting_fields
 from engine.errors import HumanizerError
 from screens.convert_widgets import fmt_size
-from screens.runs import form_head
+from screens.data_form import field_help
 from screens.forms import TickBox
+from screens.runs import form_head
 from screens.widgets import display_path, mode_ref
 
 PLAN_DELAY = 0.3  # seconds after the last change of model, bits or group size
+FIELDS = setting_fields(form_only=True)
+DEFAULTS = {f.name: f.default for f in FIELDS}  # MISSING for the required ones
+# the form's own words and short ids (the keys and tests know f-target, f-bits, ...)
+IDS = {"target_bpw": "f-target", "candidate_bits": "f-bits", "group_size": "f-group", "seq_len": "f-seqlen"}
+LABELS = {"target_bpw": "target", "candidate_bits": "bits", "group_size": "group", "seq_len": "seq len",
+          "resume": "resume an interrupted convert"}
+PLACEHOLDERS = {"target_bpw": "bits per weight, e.g. 5.0", "candidate_bits": "candidates from {options}",
+                "output": "model name (in models/) or a path", "seq_len": "{default} tokens each"}
+START = {"target_bpw": "5.0"}  # a target to start from (the setting has no default: the CLI requires it)
+
+
+def field_id(name: str) -> str:
+    return IDS.get(name, "f-" + name.replace("_", "-"))
+
+
+def placeholder_of(f) -> str:
+    """What an empty field means: the default and the help ("32 calibration sequences") unless
+    the form words it shorter."""
+    options = ",".join(map(str, f.metadata.get("options") or ()))
+    return PLACEHOLDERS.get(f.name, "{default} {help}").format(default=f.default, help=f.metadata["help"],
+                                                               options=options)
 
 
 def plan_hint(plan: dict, target: float | None) -> Text:
@@ -47,30 +72,33 @@ class ConvertForm:
 
     def compose_form(self) -> ComposeResult:
         yield from form_head("New convert", self.app)
-        with Horizontal(classes="form-row"):
-            yield Label("target")
-            yield Input("5.0", placeholder="bits per weight, e.g. 5.0", compact=True, id="f-target")
-        yield Static("", id="f-plan", classes="hint")
-        with Horizontal(classes="form-row"):
-            yield Label("bits")
-            yield Input("4,8", placeholder="candidates from 2,3,4,5,6,8", compact=True, id="f-bits")
-        with Horizontal(classes="form-row"):
-            yield Label("group")
-            yield Select([(str(g), g) for g in GROUP_SIZES], value=DEFAULT_GROUP_SIZE, allow_blank=False,
-                         compact=True, id="f-group")
-        with Horizontal(classes="form-row"):
-            yield Label("output")
-            yield Input(placeholder="model name (in models/) or a path", compact=True, id="f-output")
-        with Horizontal(classes="form-row"):
-            yield Label("samples")
-            yield Input(placeholder=f"{DEFAULT_SAMPLES} calibration sequences", type="integer",
-                        compact=True, id="f-samples")
-        with Horizontal(classes="form-row"):
-            yield Label("seq len")
-            yield Input(placeholder=f"{DEFAULT_SEQ_LEN} tokens each", type="integer", compact=True,
-                        id="f-seqlen")
-        yield TickBox("resume an interrupted convert", compact=True, id="f-resume")
+        for f in FIELDS:
+            if f.type in (bool, "bool"):
+                yield TickBox(LABELS[f.name], f.default, compact=True, id=field_id(f.name))
+            else:
+                with Horizontal(classes="form-row"):
+                    yield Label(LABELS.get(f.name, f.name.replace("_", " ")))
+                    yield self._field_widget(f)
+            help_line = Static(field_help(f), id=f"help-{f.name}", classes="hint field-help")
+            help_line.display = False  # shown while its field has focus
+            yield help_line
+            if f.name == "target_bpw":
+                yield Static("", id="f-plan", classes="hint")
         yield Button("Start  ctrl+s", id="f-start", compact=True, variant="primary")
+
+    def _field_widget(self, f):
+        """A Select of the values the settings offer (the group size), an Input for the rest."""
+        fid, options = field_id(f.name), f.metadata.get("options")
+        if options and f.type in (int, "int"):
+            return Select([(str(v), v) for v in options], value=f.default, allow_blank=False, compact=True, id=fid)
+        value = START.get(f.name, f.default if isinstance(f.default, str) else "")
+        kind = "integer" if f.type in (int, "int") else "text"  # a bad target: the check words it
+        return Input(value, placeholder=placeholder_of(f), type=kind, compact=True, id=fid)
+
+    def on_descendant_focus(self, event) -> None:
+        fid = getattr(event.widget, "id", None) or ""
+        for f in FIELDS:
+            self.query_one(f"#help-{f.name}").display = fid == field_id(f.name)
 
     # the workspace's models and the output name ----------------------------------------
     def form_scanned(self, more) -> None:
@@ -113,7 +141,7 @@ class ConvertForm:
             bits = tuple(parse_bits(self._text("f-bits")))
         except HumanizerError:
             return None
-        return (model, self._value("f-group") or DEFAULT_GROUP_SIZE, bits) if model else None
+        return (model, self._value("f-group") or DEFAULTS["group_size"], bits) if model else None
 
     def _schedule_plan(self) -> None:
         if self._plan_timer is not None:
@@ -160,63 +188,62 @@ class ConvertForm:
             box.update(Text("bits per weight over the whole model, scales and biases included", style="dim"))
 
     # start ------------------------------------------------------------------------------
-    def validate_form(self) -> tuple[dict, list[tuple[str, str]]]:
+    def validate_form(self) -> tuple[ConvertSettings | None, list[tuple[str, str]]]:
+        """The form's ConvertSettings, checked, or None and every problem as (field id, message)."""
         errors: list[tuple[str, str]] = []
         ws = self.app.ws
-        model = self._value("f-model")
-        if not model:
+        if not self._value("f-model"):
             errors.append(("f-model", f"model: required; pull or import one in {mode_ref(self.app, 'models')}"))
-        ints = {}
-        for fid, name, default in (("f-samples", "samples", DEFAULT_SAMPLES), ("f-seqlen", "seq len", DEFAULT_SEQ_LEN)):
-            text = self._text(fid)
-            try:
-                ints[fid] = int(text) if text else default
-            except ValueError:
-                ints[fid] = default
-                errors.append((fid, f"{name}: a whole number"))
-        group = self._value("f-group") or DEFAULT_GROUP_SIZE
-        target_text, bits_text = self._text("f-target"), self._text("f-bits")
-        target = bits = None
+        values: dict = {}
+        for f in FIELDS:
+            fid = field_id(f.name)
+            if f.type in (bool, "bool"):
+                values[f.name] = self.query_one(f"#{fid}", Checkbox).value
+            elif f.metadata.get("options") and f.type in (int, "int"):
+                values[f.name] = self._value(fid) or f.default
+            elif f.type in (int, "int"):
+                text = self._text(fid)
+                try:
+                    values[f.name] = int(text) if text else f.default
+                except ValueError:
+                    values[f.name] = f.default
+                    errors.append((fid, f"{LABELS.get(f.name, f.name)}: a whole number"))
+            else:
+                values[f.name] = self._text(fid)  # the output name becomes a path below
+        settings = None
         try:
-            target, bits, group = check_settings(target_text, bits_text, group, ints["f-samples"], ints["f-seqlen"])
+            settings = ConvertSettings(**values).check()
         except HumanizerError as e:
             msg = e.message
-            fid = ("f-target" if "target" in msg else "f-group" if "group size" in msg else "f-samples"
-                   if "--samples" in msg else "f-seqlen" if "--seq-len" in msg else "f-bits")
+            fid = field_id("target_bpw" if "target" in msg else "group_size" if "group size" in msg else "samples"
+                           if "--samples" in msg else "seq_len" if "--seq-len" in msg else "candidate_bits")
             errors.append((fid, f"{fid[2:]}: {msg}" + (f" ({e.hint})" if e.hint else "")))
         key = self._plan_key()
         plan = self.plans.get(key) if key else None
-        if target is not None and isinstance(plan, dict) and target < plan["min_bpw"] - 1e-9:
+        if settings is not None and isinstance(plan, dict) and settings.target_bpw < plan["min_bpw"] - 1e-9:
             errors.append(("f-target", f"target: this model needs at least {plan['target_min']:.3f} bits per "
-                                       f"weight with every layer at {bits[0]} bits (norms stay in float16)"))
-        name = self._text("f-output")
+                                       f"weight with every layer at {settings.candidate_bits[0]} bits (norms "
+                                       "stay in float16)"))
+        name = values["output"]
         out = None
-        resume = self.query_one("#f-resume", Checkbox).value
         if not name:
             errors.append(("f-output", "output: required: a model name or a folder"))
         else:
             out = (Path(name).expanduser().resolve() if "/" in name or name.startswith("~")
                    else ws.models_dir / name)
-            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not resume:
+            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not values["resume"]:
                 errors.append(("f-output", f"output: {display_path(out, ws.home)} already exists; choose another "
                                            "name"))
             busy = next((j for j in self.run_jobs() if j.status in ("running", "starting")
                          and self.histories.get(j.id) and self.histories[j.id].args.get("output") == str(out)), None)
             if busy is not None:
                 errors.append(("f-output", f"output: convert {busy.id} is writing it"))
-        return {"model": model, "target": target, "bits": bits, "group": group, "output": out,
-                "samples": ints["f-samples"], "seq_len": ints["f-seqlen"], "resume": resume}, errors
+        if errors:
+            return None, errors
+        return replace(settings, output=str(out)), []
 
     def action_start(self) -> None:
-        s, errors = self.validate_form()
+        settings, errors = self.validate_form()
         if self._show_errors(errors):
             return
-        args = ["convert", s["model"], "--target-bpw", f"{s['target']:g}", "--candidate-bits",
-                ",".join(map(str, s["bits"])), "--group-size", str(s["group"]), "--output", str(s["output"])]
-        if s["samples"] != DEFAULT_SAMPLES:
-            args += ["--samples", str(s["samples"])]
-        if s["seq_len"] != DEFAULT_SEQ_LEN:
-            args += ["--seq-len", str(s["seq_len"])]
-        if s["resume"]:
-            args.append("--resume")
-        self._start_job("convert", args)
+        self._start_job("convert", ["convert", self._value("f-model"), *settings.argv()])

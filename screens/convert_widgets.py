@@ -13,6 +13,7 @@ import math
 
 from rich.text import Text
 
+from engine.convert.settings import setting_fields
 from engine.jobs import JobInfo
 from engine.workspace import human_bytes
 from screens.runs import JobHistory
@@ -29,7 +30,8 @@ BITS_STYLE = {  # background colour per chosen bit width (the digit is shown too
     16: "bold white on medium_purple4",
 }
 PENDING, MEASURED, PROVISIONAL = "·", "?", "~"
-BOOL_FLAGS = {"resume", "json"}
+DEFAULTS = {f.name: f.default for f in setting_fields()}  # what a job's command line leaves out
+BOOL_FLAGS = {f.name for f in setting_fields() if f.type in (bool, "bool")} | {"json"}
 
 
 def parse_convert_argv(argv: list[str]) -> dict:
@@ -81,13 +83,13 @@ class ConvertHistory(JobHistory):
 
     @property
     def candidate_bits(self) -> list[int]:
-        text = str(self.args.get("candidate_bits") or "4,8")
+        text = str(self.args.get("candidate_bits") or DEFAULTS["candidate_bits"])
         return sorted({int(b) for b in text.split(",") if b.strip().isdigit()})
 
     @property
     def group_size(self) -> int:
         g = self.args.get("group_size")
-        return int(g) if str(g).isdigit() else 64
+        return int(g) if str(g).isdigit() else DEFAULTS["group_size"]
 
     def ordered(self) -> list[dict]:
         return sorted(self.layers.values(), key=lambda e: e.get("index", 0))

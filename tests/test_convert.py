@@ -685,9 +685,8 @@ def test_layers_are_estimated_while_the_calibration_pass_runs(tiny_model, tmp_pa
 
 
 def test_convert_settings_restate_every_cli_flag():
-    """engine.convert.settings.ConvertSettings restates the `humanizer convert` flags (the CLI
-    does not build them from it yet): one field per flag, with its default, choices and
-    requiredness, so the two cannot drift apart."""
+    """engine.convert.settings.ConvertSettings holds the `humanizer convert` flags: one field per
+    flag, with its default, choices and requiredness, so the two cannot drift apart."""
     from dataclasses import MISSING
 
     from engine.convert.settings import ConvertSettings, setting_fields
@@ -713,3 +712,42 @@ def test_convert_settings_restate_every_cli_flag():
     assert (s.target_bpw, s.candidate_bits, s.group_size) == (4.5, [4, 8], 64)
     with pytest.raises(HumanizerError, match="unknown rounding"):
         ConvertSettings(target_bpw=5, output="x", rounding="nearest").check()
+
+
+def test_the_cli_flags_are_made_from_convert_settings():
+    """Every `convert` flag's help, metavar and group are its ConvertSettings field's, and a
+    default the settings change changes the flag (the CLI restates nothing); the settings'
+    argv() parses back to the same settings."""
+    from dataclasses import fields
+
+    from engine.convert.settings import ConvertSettings, setting_fields
+    from tui.cli.convert import register
+
+    def convert_parser():
+        parser = argparse.ArgumentParser(prog="humanizer")
+        register(parser.add_subparsers(dest="command"))
+        return parser, parser._subparsers._group_actions[0].choices["convert"]
+
+    parser, sub = convert_parser()
+    titles = {a.dest: g.title for g in sub._action_groups for a in g._group_actions}
+    flags = {a.dest: a for a in sub._actions if a.option_strings and a.dest not in ("help", "json")}
+    for f in setting_fields():
+        action = flags[f.name]
+        assert action.help.replace("%%", "%").startswith(f.metadata["help"]), f.name
+        assert action.metavar == f.metadata["metavar"] and titles[f.name] == f.metadata["group"], f.name
+    field = next(f for f in fields(ConvertSettings) if f.name == "samples")
+    original = field.default
+    try:
+        field.default = 7  # as if the setting's default were changed in engine/convert/settings.py
+        assert convert_parser()[1]._option_string_actions["--samples"].default == 7
+    finally:
+        field.default = original
+    settings = ConvertSettings(target_bpw=4.75, candidate_bits=[2, 4, 8], group_size=32, output="out", samples=8,
+                               rounding="minmax", resume=True)
+    assert settings.argv() == ["--target-bpw", "4.75", "--candidate-bits", "2,4,8", "--group-size", "32",
+                               "--output", "out", "--samples", "8", "--rounding", "minmax", "--resume"]
+    args = parser.parse_args(["convert", "m", *settings.argv()])
+    assert ConvertSettings(**{f.name: getattr(args, f.name) for f in fields(ConvertSettings)}).check() == \
+        settings.check()
+    assert ConvertSettings(target_bpw=5.0, output="o", candidate_bits=[4, 8]).argv() == ["--target-bpw", "5",
+                                                                                         "--output", "o"]

@@ -199,6 +199,51 @@ async def test_the_hint_shows_a_floor_the_form_accepts(ws):
         assert not [m for f, m in errors if f == "f-target"], errors
 
 
+async def test_the_form_is_made_from_convert_settings(ws):
+    """The form's fields are ConvertSettings' form fields, with its defaults and the values it
+    offers, and each shows its flag's help while focused; what the form starts is the settings'
+    argv(), which the `convert` flags (made from the same fields) parse back to the same settings."""
+    import argparse
+    from dataclasses import fields
+
+    from textual.widgets import Select
+
+    from engine.convert.settings import ConvertSettings, setting_fields
+    from screens.convert_form import FIELDS, field_id
+    from tui.cli.convert import register
+
+    assert [f.name for f in FIELDS] == [f.name for f in setting_fields(form_only=True)]
+    make_tiny_llama(ws.models_dir / "tiny")
+    app = HumanizerApp(ws, mode="convert")
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen._value("f-model") is not None, 10, "the models in the form")
+        defaults = {f.name: f.default for f in FIELDS}
+        group = screen.query_one(f"#{field_id('group_size')}", Select)
+        offered = next(f for f in FIELDS if f.name == "group_size").metadata["options"]
+        assert [v for _, v in group._options] == list(offered) and group.value == defaults["group_size"]
+        assert screen.query_one(f"#{field_id('candidate_bits')}").value == defaults["candidate_bits"]
+        for name in ("samples", "seq_len"):
+            assert screen.query_one(f"#{field_id(name)}").placeholder.startswith(f"{defaults[name]} ")
+        assert screen.query_one(f"#{field_id('resume')}").value is defaults["resume"]
+        screen.query_one("#f-target").focus()
+        await pilot.pause()
+        assert screen.query_one("#help-target_bpw").display and not screen.query_one("#help-samples").display
+        assert "--target-bpw BPW: bits per weight to reach" in text_of(screen, "#help-target_bpw")
+
+        screen.query_one(f"#{field_id('seq_len')}").value = "64"
+        screen.query_one(f"#{field_id('candidate_bits')}").value = "8,4,2"
+        screen.query_one(f"#{field_id('output')}").value = "tiny-x"
+        await pilot.pause()
+        settings, errors = screen.validate_form()
+        assert not errors and isinstance(settings, ConvertSettings)
+        assert (settings.seq_len, settings.samples, settings.candidate_bits) == (64, defaults["samples"], [2, 4, 8])
+        parser = argparse.ArgumentParser(prog="humanizer")
+        register(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["convert", "tiny", *settings.argv()])
+        assert ConvertSettings(**{f.name: getattr(args, f.name) for f in fields(ConvertSettings)}).check() == settings
+
+
 # snapshots ----------------------------------------------------------------------------------------
 T0 = 1735808400.0
 

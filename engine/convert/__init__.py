@@ -1,6 +1,7 @@
 """Sensitivity-aware mixed-precision quantization (`humanizer convert`).
 
-    convert(MODEL, OUTPUT, target_bpw=5.0, candidate_bits=(4, 8), group_size=64, ...)
+    convert_with(MODEL, ConvertSettings(target_bpw=5.0, output=OUTPUT, candidate_bits="4,8", ...))
+    convert(MODEL, OUTPUT, target_bpw=5.0, candidate_bits=(4, 8), group_size=64, ...)   # the same, keywords
 
 1. **Layers.** Every quantizable layer of the model is measured: each linear layer
    of every block, the embedding and the output head. When the head is tied to the
@@ -96,7 +97,7 @@ The package, one job a module (the stages pass one ConvertState along):
     output       the written folder, its check with stock mlx-lm and the held-out evaluation
     workdir      the work folder: lock, resume state, Fisher checkpoint, reused measurements
     state        ConvertState, what each stage reads and adds
-    pipeline     convert() and its stages, model_plan()
+    pipeline     convert_with() (and convert(), its keyword form) and its stages, model_plan()
 
 Every name other code imports is re-exported here, so `from engine.convert import X` and
 `from engine import convert as C` keep working. No module imports MLX at import time.
@@ -111,7 +112,7 @@ from engine.convert.layers import (COUNTING, EXAMPLE_FAMILIES, MODULE_NAMES, Bud
 from engine.convert.measure import measure_layer
 from engine.convert.output import (META_FILE, ROUNDING_FILE, ConvertResult, heldout_eval, quantization_config,
                                    verify_loaded)
-from engine.convert.pipeline import convert, model_plan
+from engine.convert.pipeline import convert, convert_with, model_plan
 from engine.convert.rounding import CLIP_MAX_BITS, CLIP_RATIOS, fisher_factors, rounded_weight
 from engine.convert.settings import (BUDGET_TOLERANCE, DEFAULT_CANDIDATE_BITS, DEFAULT_GROUP_SIZE,
                                      DEFAULT_HELDOUT_TOKENS, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, FLOAT_BITS, GROUP_SIZES,
@@ -126,7 +127,7 @@ __all__ = [
     "FISHER_FILE", "FLOAT_BITS", "GROUP_SIZES", "HELDOUT_FILE", "KAPPA_FROM_BITS", "KAPPAS", "MAX_CHECK_SAMPLES",
     "META_FILE", "MODULE_NAMES", "ROUNDING_FILE", "ROUNDINGS", "STATE_FILE", "STATE_VERSION", "SUPPORTED_BITS",
     "Budget", "ConvertResult", "ConvertSettings", "ConvertState", "QLayer", "_calibration_pass", "_fisher_keys",
-    "_total_params", "allocate", "bpw_range", "budget_of", "check_settings", "convert", "corrected",
+    "_total_params", "allocate", "bpw_range", "budget_of", "check_settings", "convert", "convert_with", "corrected",
     "default_calibration", "default_heldout", "fisher_factors", "heldout_eval", "layer_bpw", "load_calibration",
     "make_samples", "measure_layer", "model_plan", "parse_bits", "plan_allocation", "quantizable_layers",
     "quantization_config", "reused_measurements", "rounded_weight", "select_allocation", "setting_fields",

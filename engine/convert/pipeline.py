@@ -1,8 +1,8 @@
 """The convert as stages over one ConvertState: load the model and its layers, cut the
 calibration tokens, open the work folder's state (resume / reused measurements), the
-calibration pass, measure every layer, allocate, write (output.write_output). convert() checks
-the settings and everything that needs no model before any work starts; model_plan() is what
-a form shows before a convert."""
+calibration pass, measure every layer, allocate, write (output.write_output). convert_with()
+checks the settings and everything that needs no model before any work starts; model_plan()
+is what a form shows before a convert."""
 
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ from engine.convert.measure import _measure_all, _unkeyed
 from engine.convert.output import (META_FILE, ROUNDING_FILE, ConvertResult, _output_dtype, _source_note,
                                    write_output)
 from engine.convert.rounding import fisher_factors
-from engine.convert.settings import (DEFAULT_CANDIDATE_BITS, DEFAULT_GROUP_SIZE, DEFAULT_HELDOUT_TOKENS,
-                                     DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, FLOAT_BITS, ConvertSettings, layer_bpw,
-                                     parse_bits)
+from engine.convert.settings import (DEFAULT_CANDIDATE_BITS, DEFAULT_GROUP_SIZE, FLOAT_BITS, ConvertSettings,
+                                     layer_bpw, parse_bits)
 from engine.convert.state import ConvertState
 from engine.convert.workdir import (FISHER_FILE, STATE_FILE, STATE_VERSION, _load_factors, _load_fisher, _locked,
                                     _meta_folder, _save_fisher, reused_measurements, work_dir_for)
@@ -52,50 +51,38 @@ def _architecture_check(model_dir: Path) -> dict:
     return config
 
 
-def convert(
-    model_spec,
-    output,
-    *,
-    target_bpw: float,
-    candidate_bits=DEFAULT_CANDIDATE_BITS,
-    group_size: int = DEFAULT_GROUP_SIZE,
-    calibration=None,
-    samples: int = DEFAULT_SAMPLES,
-    seq_len: int = DEFAULT_SEQ_LEN,
-    resume: bool = False,
-    seed: int = 0,
-    heldout=None,
-    heldout_tokens: int = DEFAULT_HELDOUT_TOKENS,
-    checkpoint_every: float | None = 300.0,
-    measurements=None,
-    rounding: str = "clip",
-    run: Run = NullRun(),
-    ws=None,
-) -> ConvertResult:
-    """Measure, allocate and write a mixed-precision model (see the package docstring).
+def convert(model_spec, output, *, measurements=None, run: Run = NullRun(), ws=None,
+            checkpoint_every: float | None = 300.0, **settings) -> ConvertResult:
+    """convert_with() from keyword arguments: `settings` are ConvertSettings' fields (target_bpw
+    is required; the rest default there), `measurements` its reuse_measurements."""
+    return convert_with(model_spec, ConvertSettings(output=str(output), reuse_measurements=measurements, **settings),
+                        run=run, ws=ws, checkpoint_every=checkpoint_every)
 
-    `measurements`: the humanizer_quant.json of an earlier convert of the same source with
-    the same calibration tokens, group size and seed (and these candidate bits among its
-    own): its sensitivities are reused and nothing is measured again, e.g. to allocate
-    the same model for another --target-bpw.
 
-    `rounding`: "clip" (the Fisher-weighted clip search, see the package docstring) or "minmax"
-    (plain mx.quantize rounding, e.g. to see what the allocation alone gives)."""
+def convert_with(model_spec, settings: ConvertSettings, *, run: Run = NullRun(), ws=None,
+                 checkpoint_every: float | None = 300.0) -> ConvertResult:
+    """Measure, allocate and write a mixed-precision model into settings.output (see the
+    package docstring).
+
+    `settings.reuse_measurements`: the humanizer_quant.json of an earlier convert of the same
+    source with the same calibration tokens, group size and seed (and these candidate bits
+    among its own): its sensitivities are reused and nothing is measured again, e.g. to
+    allocate the same model for another --target-bpw.
+
+    `settings.rounding`: "clip" (the Fisher-weighted clip search, see the package docstring)
+    or "minmax" (plain mx.quantize rounding, e.g. to see what the allocation alone gives)."""
     t_start = time.perf_counter()
-    settings = ConvertSettings(
-        target_bpw=target_bpw, candidate_bits=candidate_bits, group_size=group_size, output=str(output),
-        calibration=calibration, samples=samples, seq_len=seq_len, heldout=heldout, heldout_tokens=heldout_tokens,
-        seed=seed, rounding=rounding, resume=resume, reuse_measurements=measurements,
-    ).check()
-    output = Path(output).expanduser().resolve()
+    settings = settings.check()
+    output = Path(settings.output).expanduser().resolve()
     work = work_dir_for(output)
-    docs, calib_source = load_calibration(calibration, ws)
+    docs, calib_source = load_calibration(settings.calibration, ws)
     held_docs, held_source = ((default_heldout(), "the default held-out text (engine/calibration_heldout.txt)")
-                              if heldout is None else load_calibration(heldout, ws))
+                              if settings.heldout is None else load_calibration(settings.heldout, ws))
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         meta = read_json(output / META_FILE) if output.is_dir() else None
-        if resume and meta and all(meta.get("settings", {}).get(k) == v for k, v in settings.recorded().items()):
+        recorded = meta.get("settings", {}) if meta else {}
+        if settings.resume and meta and all(recorded.get(k) == v for k, v in settings.recorded().items()):
             run.log(f"{output} already holds the finished conversion: nothing to resume")
             summary = meta.get("summary", {})
             run.done(**summary)
@@ -104,7 +91,7 @@ def convert(
             f"{output} already exists" + (" and holds a conversion with other settings" if meta else ""),
             "choose another --output, or remove it first",
         )
-    if (work / STATE_FILE).exists() and not resume:
+    if (work / STATE_FILE).exists() and not settings.resume:
         raise HumanizerError(
             f"an earlier convert into {output} was interrupted; its measurements are in {work}",
             "pass --resume to continue it, or remove that folder to start over",

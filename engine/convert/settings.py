@@ -94,33 +94,42 @@ def check_settings(target_bpw, candidate_bits, group_size, samples=DEFAULT_SAMPL
     return target, bits, group_size
 
 
-def _opt(help: str, default=MISSING, *, choices=None, metavar: str | None = None, form: bool = True):
-    """A settings field: its default and what the CLI and the form need to show it."""
-    meta = {"help": help, "choices": choices, "flag": None, "metavar": metavar, "form": form, "group": "convert"}
+def _opt(help: str, default=MISSING, *, choices=None, options=None, metavar: str | None = None, form: bool = True,
+         group: str = "quantization"):
+    """A settings field: its default and what the CLI and the form need to show it. `choices`
+    become argparse choices; `options` are only what the form offers (check() refuses the
+    rest, with a hint, so the CLI leaves them to it)."""
+    meta = {"help": help, "choices": choices, "options": options, "flag": None, "metavar": metavar, "form": form,
+            "group": group}
     return field(default=default, metadata=meta)
 
 
 @dataclass(kw_only=True)
 class ConvertSettings:
-    """Everything `humanizer convert MODEL` takes (MODEL itself is the command's argument).
-    `check()` gives the checked form the pipeline runs on: target a float, candidate_bits a
-    sorted list, group_size an int."""
+    """Everything `humanizer convert MODEL` takes (MODEL itself is the command's argument): the
+    `convert` flags (tui/cli/convert.py) and the Convert form (screens/convert_form.py) are
+    made from these fields. `check()` gives the checked form the pipeline runs on: target a
+    float, candidate_bits a sorted list, group_size an int."""
 
     target_bpw: float = _opt("bits per weight to reach, over the whole model (e.g. 5.0)", metavar="BPW")
-    candidate_bits: str | list[int] = _opt("bit widths a layer may get, from "
-                                           f"{', '.join(map(str, SUPPORTED_BITS))}", "4,8", metavar="B,B")
+    candidate_bits: str | list[int] = _opt(f"bit widths a layer may get, from {', '.join(map(str, SUPPORTED_BITS))}",
+                                           ",".join(map(str, DEFAULT_CANDIDATE_BITS)), options=SUPPORTED_BITS,
+                                           metavar="B,B")
     group_size: int = _opt(f"weights per quantization group: {', '.join(map(str, GROUP_SIZES))}",
-                           DEFAULT_GROUP_SIZE, metavar="G")
+                           DEFAULT_GROUP_SIZE, options=GROUP_SIZES, metavar="G")
     output: str = _opt("model folder to write", metavar="DIR")
     calibration: str | None = _opt("calibration text: a text file, a .jsonl/.parquet file or folder with a 'text' "
                                    "field, or a Hugging Face dataset id (default: the calibration set shipped "
-                                   "with humanizer)", None, metavar="FILE|DATASET", form=False)
-    samples: int = _opt("calibration sequences", DEFAULT_SAMPLES, metavar="N")
-    seq_len: int = _opt("tokens per calibration sequence", DEFAULT_SEQ_LEN, metavar="L")
+                                   "with humanizer)", None, metavar="FILE|DATASET", form=False, group="calibration")
+    samples: int = _opt("calibration sequences", DEFAULT_SAMPLES, metavar="N", group="calibration")
+    seq_len: int = _opt("tokens per calibration sequence", DEFAULT_SEQ_LEN, metavar="L", group="calibration")
     heldout: str | None = _opt("text for the final perplexity check (default: the held-out text shipped with "
-                               "humanizer, which is not calibration text)", None, metavar="FILE", form=False)
-    heldout_tokens: int = _opt("held-out tokens to evaluate", DEFAULT_HELDOUT_TOKENS, metavar="N", form=False)
-    seed: int = _opt("seed of the sampled labels of the calibration pass", 0, form=False)
+                               "humanizer, which is not calibration text)", None, metavar="FILE", form=False,
+                               group="held-out check")
+    heldout_tokens: int = _opt("held-out tokens to evaluate", DEFAULT_HELDOUT_TOKENS, metavar="N", form=False,
+                               group="held-out check")
+    seed: int = _opt("seed of the sampled labels of the calibration pass", 0, metavar="SEED", form=False,
+                     group="calibration")
     rounding: str = _opt("clip: per group, the range shrink that minimises the Fisher-weighted error at 4 bits "
                          "or fewer; minmax: plain min/max rounding (both the standard MLX format)", "clip",
                          choices=ROUNDINGS, form=False)
@@ -143,6 +152,18 @@ class ConvertSettings:
         resume into a finished output compares."""
         return {"target_bpw": self.target_bpw, "candidate_bits": self.candidate_bits, "group_size": self.group_size,
                 "samples": self.samples, "seq_len": self.seq_len, "seed": self.seed, "rounding": self.rounding}
+
+    def argv(self) -> list[str]:
+        """The `humanizer convert MODEL` flags that reproduce these settings (non-defaults only),
+        checked or not: bits as 4,8 and a whole target as 5, the way they are typed."""
+        from engine.flags import flags_of
+
+        def typed(v):
+            if isinstance(v, (list, tuple)):
+                return ",".join(map(str, v))
+            return f"{v:g}" if isinstance(v, float) and float(f"{v:g}") == v else v
+
+        return flags_of(replace(self, **{f.name: typed(getattr(self, f.name)) for f in fields(self)}), fields(self))
 
 
 def setting_fields(form_only: bool = False) -> list:

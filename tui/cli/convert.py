@@ -1,13 +1,15 @@
 """CLI verb of the converter:
 
     humanizer convert MODEL --target-bpw 5.0 --candidate-bits 4,8 [--group-size 64] --output DIR
-        [--calibration FILE|DATASET] [--samples N] [--seq-len L] [--resume] [--json]"""
+        [--calibration FILE|DATASET] [--samples N] [--seq-len L] [--resume] [--json]
+
+The flags are made from engine.convert.settings.ConvertSettings."""
 
 from __future__ import annotations
 
 import argparse
 
-from tui.cli.common import add_json, run_long
+from tui.cli.common import add_json, add_settings_arguments, run_long
 
 
 class HumanView:
@@ -77,59 +79,27 @@ EPILOG = (
 
 
 def register(sub) -> None:
-    """Add `convert` to the top-level subparsers `sub`."""
-    from engine.convert import DEFAULT_GROUP_SIZE, DEFAULT_HELDOUT_TOKENS, DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, \
-        GROUP_SIZES
+    """Add `convert` to the top-level subparsers `sub`: its flags are made from
+    engine.convert.settings.ConvertSettings, the fields the Convert form is made from."""
+    from engine.convert.settings import setting_fields
 
     p = sub.add_parser("convert", help="mixed-precision quantization within a bits-per-weight budget",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(handler=cmd_convert)
     p.add_argument("model", help="model spec: smollm2-135m, a model folder, a .gguf, a workspace model, an HF repo id")
-    p.add_argument("--target-bpw", type=float, required=True, metavar="BPW",
-                   help="bits per weight to reach, over the whole model (e.g. 5.0)")
-    p.add_argument("--candidate-bits", default="4,8", metavar="B,B",
-                   help="bit widths a layer may get, from 2, 3, 4, 5, 6, 8 (default 4,8)")
-    p.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, metavar="G",
-                   help=f"weights per quantization group: {', '.join(map(str, GROUP_SIZES))} "
-                   f"(default {DEFAULT_GROUP_SIZE})")
-    p.add_argument("--output", required=True, metavar="DIR", help="model folder to write")
-    p.add_argument("--calibration", metavar="FILE|DATASET",
-                   help="calibration text: a text file, a .jsonl/.parquet file or folder with a 'text' field, or "
-                   "a Hugging Face dataset id (default: the calibration set shipped with humanizer)")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
-                   help=f"calibration sequences (default {DEFAULT_SAMPLES})")
-    p.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, metavar="L",
-                   help=f"tokens per calibration sequence (default {DEFAULT_SEQ_LEN})")
-    p.add_argument("--heldout", metavar="FILE",
-                   help="text for the final perplexity check (default: the held-out text shipped with humanizer, "
-                   "which is not calibration text)")
-    p.add_argument("--heldout-tokens", type=int, default=DEFAULT_HELDOUT_TOKENS, metavar="N",
-                   help=f"held-out tokens to evaluate (default {DEFAULT_HELDOUT_TOKENS})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled labels of the calibration pass")
-    p.add_argument("--rounding", choices=["clip", "minmax"], default="clip",
-                   help="clip (default): per group, the range shrink that minimises the Fisher-weighted "
-                   "error at 4 bits or fewer; minmax: plain min/max rounding (both the standard MLX format)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted convert into --output")
-    p.add_argument("--reuse-measurements", metavar="FILE",
-                   help="the humanizer_quant.json (or folder) of an earlier convert of the same model and "
-                   "calibration: reuse its sensitivities instead of measuring, e.g. for another --target-bpw")
+    add_settings_arguments(p, setting_fields())
     add_json(p)
 
 
 def cmd_convert(ws, args, argv) -> int:
-    from engine.convert import check_settings, convert
+    from dataclasses import fields
 
-    check_settings(args.target_bpw, args.candidate_bits, args.group_size, args.samples, args.seq_len)  # before a run
-    result = run_long(
-        ws, "convert", argv, args.json,
-        lambda run: convert(args.model, args.output, target_bpw=args.target_bpw,
-                            candidate_bits=args.candidate_bits, group_size=args.group_size,
-                            calibration=args.calibration, samples=args.samples, seq_len=args.seq_len,
-                            resume=args.resume, seed=args.seed, heldout=args.heldout,
-                            heldout_tokens=args.heldout_tokens, measurements=args.reuse_measurements,
-                            rounding=args.rounding, run=run, ws=ws),
-        human_view=HumanView,
-    )
+    from engine.convert import ConvertSettings, convert_with
+
+    # checked before a run is recorded: a bad flag leaves no run behind
+    settings = ConvertSettings(**{f.name: getattr(args, f.name) for f in fields(ConvertSettings)}).check()
+    result = run_long(ws, "convert", argv, args.json, lambda run: convert_with(args.model, settings, run=run, ws=ws),
+                      human_view=HumanView)
     if not args.json:
         print("\n".join(summary_lines(result.summary)))
     return 0
