@@ -14,7 +14,7 @@ from engine.train.config import DEFAULTS, DPO_LOSSES, METHODS, PRESETS
 # The positional arguments of train() besides MODEL; the rest are its keywords.
 POSITIONAL = ("data", "method", "output")
 TYPES = {"int": int, "float": float, "str": str}
-LORA = "LoRA (default: the preset's)"
+LORA = "LoRA and learning rate (default: the preset's)"
 CHECKS = "evaluation and checkpoints"
 
 
@@ -52,7 +52,8 @@ class TrainSettings:
                                   group=LORA)
     keys: str | None = _opt("comma-separated, e.g. q_proj,v_proj", None, metavar="KEYS",
                             group=LORA)
-    learning_rate: float | None = _opt("peak learning rate (warmup, then cosine decay to 10%)", None, metavar="LR")
+    learning_rate: float | None = _opt("peak learning rate (warmup, then cosine decay to 10%)", None, metavar="LR",
+                                       group=LORA)
     batch_size: int | None = _opt("rows (SFT) or pairs (DPO) per step" + _default("batch_size"), None, metavar="N")
     max_seq_length: int | None = _opt("tokens per row; longer rows are cut" + _default("max_seq_length"), None,
                                       metavar="N")
