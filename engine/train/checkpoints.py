@@ -222,11 +222,11 @@ def existing_run(output: Path, cfg: dict, resume: bool) -> tuple[list[Path], int
 
 
 def load_latest(checkpoints: list[Path], run: Run) -> tuple[Path, dict, dict, dict]:
-    """(folder, state, weights, optimizer state) of the newest readable checkpoint."""
+    """(folder, state, weights, optimizer state) of the newest readable one of `checkpoints`
+    (not empty: list_checkpoints, newest first)."""
     for d in checkpoints:
         try:
             return (d, *load_checkpoint(d))
         except (OSError, ValueError, RuntimeError) as e:
             run.log(f"skipping unreadable checkpoint {d.name}: {e}")
-    where = checkpoints[0].parent if checkpoints else "checkpoints/"
-    raise HumanizerError(f"no readable checkpoint in {where}", "start a new run with another --output")
+    raise HumanizerError(f"no readable checkpoint in {checkpoints[0].parent}", "start a new run with another --output")
