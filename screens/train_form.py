@@ -19,7 +19,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, S
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo
 from engine.train import settings as train_settings
-from engine.train.config import DEFAULTS, METHODS, PRESETS, resolve_config
+from engine.train.config import DEFAULTS, METHODS, PRESETS, keys_text, layers_text, resolve_config
 from screens.forms import PickDialog, TickBox
 from screens.runs import form_head
 from screens.train_widgets import parse_train_argv
@@ -36,8 +36,7 @@ FORM_FLAGS = (*(train_settings.flag(f) for f in train_settings.setting_fields(fo
 
 def preset_summary(method: str, preset: str, mounted: bool = False) -> str:
     cfg = resolve_config(method, preset)
-    layers = "every block" if cfg["num_layers"] <= 0 else f"last {cfg['num_layers']} blocks"
-    keys = " ".join(k.replace("_proj", "") for k in cfg["keys"])
+    layers, keys = layers_text(cfg["num_layers"]), keys_text(cfg["keys"])
     text = (f"rank {cfg['rank']} · scale {cfg['scale']:g} · dropout {cfg['dropout']:g} · {layers} · {keys} · "
             f"lr {cfg['learning_rate']:.0e} · batch {cfg['batch_size']}")
     if mounted:

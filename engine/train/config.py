@@ -35,23 +35,6 @@ PRESETS = {
         "learning_rate": {"sft": 5e-5, "dpo": 5e-6},
     },
 }
-PRESETS_DOC = """Presets (explicit flags override any field):
-
-  small   rank 8,  scale 20, dropout 0,    last 8 blocks,  q_proj v_proj,                 lr SFT 1e-4, DPO 1e-5
-  medium  rank 16, scale 10, dropout 0.05, last 16 blocks, q/k/v/o_proj,                  lr SFT 1e-4, DPO 1e-5
-  large   rank 32, scale 5,  dropout 0.05, every block,    attention and MLP (all 7),     lr SFT 5e-5, DPO 5e-6
-
-Why: rank x scale stays 160, mlx-lm's default LoRA (rank 8, scale 20), so a bigger
-preset adds capacity (rank, layers, keys) without making each step's change to the
-function much larger; the largest preset gets the lower learning rate because it adapts
-every linear of every block. `small` is mlx-lm's own default placement (q/v of the last
-blocks), cheap enough for the CPU. DPO learning rates are 10x below SFT: DPO continues
-from a model that already writes well and only reweights it, and a high rate drives the
-policy far from the reference (watch the KL metric). Dropout (on the trainable term's
-input only) is off for `small`, whose few parameters barely overfit, and 0.05 above.
-Common to all: AdamW without weight decay (= Adam, mlx-lm's default), learning-rate
-warmup over the first 5% of steps then cosine decay to 10%, batch 4, sequences up to
-1024 tokens, DPO beta 0.1 with the sigmoid loss."""
 
 DEFAULTS = {
     "iters": {"sft": 600, "dpo": 300},
@@ -68,6 +51,47 @@ DEFAULTS = {
     "min_lr_ratio": 0.1,
     "weight_decay": 0.0,
 }
+
+
+def layers_text(num_layers: int) -> str:
+    """Which blocks get a LoRA, in words (the --help table and the Train form's preset line)."""
+    return "every block" if num_layers <= 0 else f"last {num_layers} blocks"
+
+
+def keys_text(keys) -> str:
+    return " ".join(k.replace("_proj", "") for k in keys)
+
+
+def _presets_table() -> str:
+    """PRESETS as aligned rows, one per preset (made from PRESETS, so the help cannot drift from it)."""
+    def lr(x: float) -> str:
+        return f"{x:.0e}".replace("e-0", "e-")
+
+    rows = [[name, f"rank {p['rank']}", f"scale {p['scale']:g}", f"dropout {p['dropout']:g}",
+             layers_text(p["num_layers"]), keys_text(p["keys"]),
+             f"lr SFT {lr(p['learning_rate']['sft'])}, DPO {lr(p['learning_rate']['dpo'])}"]
+            for name, p in PRESETS.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+PRESETS_DOC = f"""Presets (explicit flags override any field; keys: the _proj layers of each block):
+
+{_presets_table()}
+
+Why: rank x scale stays 160, mlx-lm's default LoRA (rank 8, scale 20), so a bigger
+preset adds capacity (rank, layers, keys) without making each step's change to the
+function much larger; the largest preset gets the lower learning rate because it adapts
+every linear of every block. `small` is mlx-lm's own default placement (q/v of the last
+blocks), cheap enough for the CPU. DPO learning rates are 10x below SFT: DPO continues
+from a model that already writes well and only reweights it, and a high rate drives the
+policy far from the reference (watch the KL metric). Dropout (on the trainable term's
+input only) is off for `small`, whose few parameters barely overfit, and 0.05 above.
+Common to all: AdamW without weight decay (= Adam, mlx-lm's default), learning-rate
+warmup over the first {DEFAULTS['warmup_fraction']:.0%} of steps then cosine decay to {DEFAULTS['min_lr_ratio']:.0%}, \
+batch {DEFAULTS['batch_size']}, sequences up to
+{DEFAULTS['max_seq_length']} tokens, DPO beta {DEFAULTS['beta']} with the {DEFAULTS['dpo_loss']} loss."""
+
 # Settings a resumed run must share with the run it continues.
 STRUCTURAL = ("method", "rank", "scale", "dropout", "num_layers", "keys", "batch_size", "seed")
 

@@ -48,11 +48,11 @@ class TrainSettings:
     rank: int | None = _opt("LoRA rank", None, group=LORA)
     scale: float | None = _opt("LoRA scale (the update is scale x B A)", None, group=LORA)
     dropout: float | None = _opt("dropout on the LoRA input, in [0, 1)", None, group=LORA)
-    num_layers: int | None = _opt("adapt the last K transformer blocks (-1: all)", None, metavar="K",
-                                  group=LORA)
-    keys: str | None = _opt("comma-separated, e.g. q_proj,v_proj", None, metavar="KEYS",
-                            group=LORA)
-    learning_rate: float | None = _opt("peak learning rate (warmup, then cosine decay to 10%)", None, metavar="LR",
+    num_layers: int | None = _opt("adapt the last K transformer blocks (-1: all)", None, metavar="K", group=LORA)
+    keys: str | None = _opt("the layers of a block to adapt, comma-separated, e.g. q_proj,v_proj", None,
+                            metavar="KEYS", group=LORA)
+    learning_rate: float | None = _opt("peak learning rate (warmup, then cosine decay to "
+                                       f"{DEFAULTS['min_lr_ratio']:.0%})", None, metavar="LR",
                                        group=LORA)
     batch_size: int | None = _opt("rows (SFT) or pairs (DPO) per step" + _default("batch_size"), None, metavar="N")
     max_seq_length: int | None = _opt("tokens per row; longer rows are cut" + _default("max_seq_length"), None,
