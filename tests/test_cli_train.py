@@ -60,28 +60,17 @@ def test_train_settings_are_the_cli_flags_and_the_form_flags():
     per field, and the Train form's own fields plus its free "flags" field cover the rest."""
     import argparse
     import inspect
-    from dataclasses import MISSING
 
     from engine.train import train
     from engine.train.settings import flag, setting_fields, value_type
     from screens.train_form import EXTRA_FLAGS, FORM_FLAGS
+    from tests.settings_flags import assert_flags_are_fields
     from tui.cli.train import register
 
     parser = argparse.ArgumentParser(prog="humanizer")
     register(parser.add_subparsers(dest="action"))
-    sub = parser._subparsers._group_actions[0].choices["train"]
-    actions = {a.dest: a for a in sub._actions if a.option_strings and a.dest not in ("help", "json")}
+    assert_flags_are_fields(parser._subparsers._group_actions[0].choices["train"], setting_fields())
     fields = {f.name: f for f in setting_fields()}
-    assert set(fields) == set(actions)
-    for name, action in actions.items():
-        f = fields[name]
-        assert action.option_strings == [flag(f)], name
-        assert action.required == (f.default is MISSING), name
-        if not action.required:
-            assert action.default == f.default, name
-        assert list(action.choices or []) == list(f.metadata["choices"] or []), name
-        assert (value_type(f) is None) == (action.nargs == 0), name
-        assert action.help and action.help.startswith(f.metadata["help"].replace("%", "%%")), name
     keywords = set(inspect.signature(train).parameters) - {"model_spec", "data_spec", "run", "ws"}
     assert keywords == set(fields) - {"data"}
     assert {*FORM_FLAGS, *EXTRA_FLAGS} == {flag(f) for f in fields.values()} | {"--json"}
@@ -93,8 +82,9 @@ def test_lora_train_help_loads_no_mlx():
     code = ("import sys; from tui.cli import build_parser; build_parser(); "
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')); "
             "sys.exit(f'loaded: {loaded}' if loaded else 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stdout + out.stderr
-    help_text = subprocess.run([*CLI, "lora", "train", "--help"], capture_output=True, text=True).stdout
+    help_text = subprocess.run([*CLI, "lora", "train", "--help"], capture_output=True, text=True, cwd=root).stdout
     for f in ("--data", "--preset", "--mount-adapter", "--dpo-loss", "--skip-bad-rows", "Presets"):
         assert f in help_text, f
