@@ -18,6 +18,8 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, S
 
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo
+from engine.train import settings as train_settings
+from engine.train.config import DEFAULTS, METHODS, PRESETS, keys_text, layers_text, resolve_config
 from screens.forms import PickDialog, TickBox
 from screens.runs import form_head
 from screens.train_widgets import parse_train_argv
@@ -26,26 +28,15 @@ from screens.widgets import display_path, mode_ref
 PREVIEW_ROWS = 20
 PREVIEW_DELAY = 0.35  # seconds after the last keystroke in the dataset field
 MAX_ISSUES = 12
-# Flags the "flags" field may add (the rest of the form sets the others).
-EXTRA_FLAGS = {
-    "--rank": int, "--scale": float, "--dropout": float, "--num-layers": int, "--keys": str,
-    "--learning-rate": float, "--batch-size": int, "--max-seq-length": int, "--beta": float, "--dpo-loss": str,
-    "--val-batches": int, "--steps-per-eval": int, "--steps-per-report": int, "--steps-per-save": int,
-    "--seed": int, "--skip-bad-rows": None,
-}
-FORM_FLAGS = ("--data", "--method", "--preset", "--iters", "--output", "--mount-adapter", "--resume", "--json")
-
-
-def _engine_train():
-    from engine import train  # imported late: it loads MLX
-
-    return train
+# Flags the "flags" field may add (the rest of the form sets the others): flag -> value type (None: on/off)
+EXTRA_FLAGS = {train_settings.flag(f): train_settings.value_type(f) for f in train_settings.setting_fields()
+               if not f.metadata["form"]}
+FORM_FLAGS = (*(train_settings.flag(f) for f in train_settings.setting_fields(form_only=True)), "--json")
 
 
 def preset_summary(method: str, preset: str, mounted: bool = False) -> str:
-    cfg = _engine_train().resolve_config(method, preset)
-    layers = "every block" if cfg["num_layers"] <= 0 else f"last {cfg['num_layers']} blocks"
-    keys = " ".join(k.replace("_proj", "") for k in cfg["keys"])
+    cfg = resolve_config(method, preset)
+    layers, keys = layers_text(cfg["num_layers"]), keys_text(cfg["keys"])
     text = (f"rank {cfg['rank']} · scale {cfg['scale']:g} · dropout {cfg['dropout']:g} · {layers} · {keys} · "
             f"lr {cfg['learning_rate']:.0e} · batch {cfg['batch_size']}")
     if mounted:
@@ -54,7 +45,7 @@ def preset_summary(method: str, preset: str, mounted: bool = False) -> str:
 
 
 def default_iters(method: str) -> int:
-    return int(_engine_train().DEFAULTS["iters"][method])
+    return int(DEFAULTS["iters"][method])
 
 
 def holds_run(folder: Path) -> bool:
@@ -176,11 +167,11 @@ class TrainForm:
             yield Input(placeholder="ctrl+o: pick, or a path / HF id", compact=True, id="f-data")
         with Horizontal(classes="form-row"):
             yield Label("method")
-            yield Select([("SFT", "sft"), ("DPO", "dpo")], value="sft", allow_blank=False, compact=True,
+            yield Select([(m.upper(), m) for m in METHODS], value="sft", allow_blank=False, compact=True,
                          id="f-method")
         with Horizontal(classes="form-row"):
             yield Label("preset")
-            yield Select([(p, p) for p in ("small", "medium", "large")], value="small", allow_blank=False,
+            yield Select([(p, p) for p in PRESETS], value="small", allow_blank=False,
                          compact=True, id="f-preset")
         yield Static("", id="f-preset-info")
         with Horizontal(classes="form-row"):

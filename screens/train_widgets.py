@@ -6,10 +6,12 @@ from __future__ import annotations
 from textual.binding import Binding
 
 from engine.jobs import JobInfo
+from engine.train.settings import flag, setting_fields, value_type
 from screens.runs import JobHistory, RunsTable
 from screens.widgets import parse_verb_argv
 
-BOOL_FLAGS = {"resume", "skip-bad-rows", "json"}
+# the on/off flags of `lora train` (they take no value)
+BOOL_FLAGS = {flag(f)[2:] for f in setting_fields() if value_type(f) is None} | {"json"}
 
 # (id, title, [(metric, label)], methods, y_min, y_max)
 CHARTS = [

@@ -52,3 +52,39 @@ def test_bad_rows_stop_before_training_with_file_and_line(ws, tmp_path):
     assert "train.jsonl:2" in out.stderr and "train.jsonl:3" in out.stderr and "completion" in out.stderr
     assert "--skip-bad-rows" in out.stderr
     assert not (ws.adapters_dir / "bad" / "adapters.safetensors").exists()
+
+
+def test_train_settings_are_the_cli_flags_and_the_form_flags():
+    """engine.train.settings.TrainSettings is the one list of `lora train`'s settings: the CLI
+    has one flag per field (its default, choices, requiredness and help), train() one keyword
+    per field, and the Train form's own fields plus its free "flags" field cover the rest."""
+    import argparse
+    import inspect
+
+    from engine.train import train
+    from engine.train.settings import flag, setting_fields, value_type
+    from screens.train_form import EXTRA_FLAGS, FORM_FLAGS
+    from tests.settings_flags import assert_flags_are_fields
+    from tui.cli.train import register
+
+    parser = argparse.ArgumentParser(prog="humanizer")
+    register(parser.add_subparsers(dest="action"))
+    assert_flags_are_fields(parser._subparsers._group_actions[0].choices["train"], setting_fields())
+    fields = {f.name: f for f in setting_fields()}
+    keywords = set(inspect.signature(train).parameters) - {"model_spec", "data_spec", "run", "ws"}
+    assert keywords == set(fields) - {"data"}
+    assert {*FORM_FLAGS, *EXTRA_FLAGS} == {flag(f) for f in fields.values()} | {"--json"}
+    assert all(EXTRA_FLAGS[flag(f)] is value_type(f) for f in fields.values() if flag(f) in EXTRA_FLAGS)
+
+
+def test_lora_train_help_loads_no_mlx():
+    """`lora train --help` (and every command's parser) reads the settings, not the trainer."""
+    code = ("import sys; from tui.cli import build_parser; build_parser(); "
+            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')); "
+            "sys.exit(f'loaded: {loaded}' if loaded else 0)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    help_text = subprocess.run([*CLI, "lora", "train", "--help"], capture_output=True, text=True, cwd=root).stdout
+    for f in ("--data", "--preset", "--mount-adapter", "--dpo-loss", "--skip-bad-rows", "Presets"):
+        assert f in help_text, f

@@ -263,12 +263,13 @@ def _disk_full_at(monkeypatch, marker):
 
 def test_disk_full_at_a_checkpoint(tiny, tmp_path, monkeypatch):
     from engine import train as T
+    from engine.train import checkpoints
 
     data = _sft_rows(tmp_path / "train.jsonl", GOOD_ROWS)
     out = tmp_path / "out"
     kw = dict(iters=4, steps_per_save=2, steps_per_eval=2, **SMALL)
     _disk_full_at(monkeypatch, "step-000004")
-    monkeypatch.setattr(T, "KEEP_CHECKPOINTS", 1)
+    monkeypatch.setattr(checkpoints, "KEEP_CHECKPOINTS", 1)
     with pytest.raises(HumanizerError) as e:
         T.train(tiny, str(data), "sft", out, **{**kw, "iters": 6})
     msg = e.value.message

@@ -19,6 +19,7 @@ from engine import train as T
 from engine.data import Dataset, Example, Pair
 from engine.errors import HumanizerError
 from engine.events import Cancelled, NullRun
+from engine.train import reference
 from tests.tiny import make_tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,8 +131,8 @@ def test_output_with_a_run_needs_resume(env, sft_run):
 def test_dpo_on_top_of_sft(env, sft_run, loss_kind, monkeypatch):
     sft_dir, _ = sft_run
     calls = []
-    real = T._reference_logps
-    monkeypatch.setattr(T, "_reference_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = reference.reference_logps
+    monkeypatch.setattr(reference, "reference_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
     ev = Events()
     out = T.train(env["model"], env["dpo"], "dpo", env["root"] / f"dpo-{loss_kind}", iters=30, learning_rate=1e-2,
                   mount_adapter=sft_dir, beta=0.5, dpo_loss=loss_kind, steps_per_eval=10, steps_per_save=100,

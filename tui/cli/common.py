@@ -22,7 +22,8 @@ def add_settings_arguments(p: argparse.ArgumentParser, settings_fields) -> None:
         if f.type in (bool, "bool"):
             group.add_argument(flag, action="store_true", help=meta["help"].replace("%", "%%"))
             continue
-        kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+        type_name = (f.type if isinstance(f.type, str) else f.type.__name__).split("|")[0].strip()  # int | None
+        kind = {"int": int, "float": float, "str": str}.get(type_name, str)
         default_text = "" if required or f.default in ("", None) else f" (default {f.default})"
         group.add_argument(flag, type=kind, required=required, choices=meta.get("choices"),
                            default=None if required else f.default, metavar=meta.get("metavar"),
