@@ -182,7 +182,8 @@ class Generation:
                 self._emit(self._raw[len(self.text):cut], new_ids)
                 self._finish("stop")
                 return True
-        end = len(self._raw) if reason is not None or not stops else len(self._raw) - _stop_holdback(self._raw, stops)
+        held = 0 if reason is not None or not stops else _stop_holdback(self._raw, stops)
+        end = len(self._raw) - held
         text = self._raw[len(self.text):end]
         if reason is not None:
             self._emit(text, new_ids, final=reason)
