@@ -28,8 +28,8 @@ import numpy as np
 
 from engine.errors import HumanizerError
 from engine.eval.heldout import Sample, heldout_location, manifest_chain, pick_samples, read_heldout
-from engine.eval.scoring import (HEADLINE_ORDER, involvement, open_detectors, open_meaning_encoder, pick_headline,
-                                 score_rows)
+from engine.eval.scoring import (HEADLINE_ORDER, detector_entry, involvement, open_detectors, open_meaning_encoder,
+                                 pick_headline, score_rows)
 from engine.eval.settings import EvalSettings
 from engine.eval.table import HUMAN, SOURCE
 from engine.events import NullRun, Run
@@ -230,24 +230,7 @@ def run_eval(settings: EvalSettings, ws: Workspace, run: Run = NullRun(), out: P
     for name, det in detectors:
         rows, meta = score_rows(det, segments, n, not_scored, settings.detect_settings(name).batch(), run)
         det_rows[name] = rows
-        desc = det.describe()
-        prof = getattr(det, "profile", None)
-        inv = involvement(name, desc, chain, model_info)
-        entry = {"name": name, "describe": desc, "calibrated": meta["calibrated"], "max_tokens": meta["max_tokens"],
-                 "profile": None, "trained_on": None, "helped_make_training_data": inv["helped"],
-                 "involvement": inv["why"], "notes": inv["notes"]}
-        if prof is not None:
-            entry["profile"] = {"path": str(getattr(det, "profile_path", "") or ""),
-                                "calibrated_on": prof.calibrated_on,
-                                "auroc": prof.auroc, "tpr_at_1pct_fpr": prof.tpr_at_1pct_fpr,
-                                "n_human": prof.n_human, "n_ai": prof.n_ai, "created": prof.created}
-        if name == "classifier":
-            rec = det.record
-            entry["trained_on"] = {k: rec.get("trained_on", {}).get(k) for k in ("dataset", "path", "split", "source")}
-            entry["profile"] = {"path": str(det.path), "evaluation": rec.get("evaluation"),
-                                "encoder": rec.get("encoder", {}).get("name")}
-        if not meta["calibrated"]:
-            entry["notes"].append("uncalibrated: no P(AI); scores, AUROC and TPR only")
+        entry = detector_entry(name, det, meta, chain, model_info)
         det_entries.append(entry)
     headline = pick_headline(det_entries)
     t_scored = time.time()

@@ -250,3 +250,27 @@ def score_rows(detector, segments: list[tuple[str, list[int], list[str]]], n: in
             k += 1
         out[label] = RowScores(score, p, dict(sorted(skipped.items())), trunc)
     return out, {"calibrated": s.p_ai is not None, "max_tokens": s.max_tokens}
+
+
+def detector_entry(name: str, det, meta: dict, chain: list[dict], model_info: dict) -> dict:
+    """A detector's report entry: what it is (describe), its calibration or training, whether it
+    helped make the training data (`involvement`), and notes; `meta` is from `score_rows`."""
+    desc = det.describe()
+    prof = getattr(det, "profile", None)
+    inv = involvement(name, desc, chain, model_info)
+    entry = {"name": name, "describe": desc, "calibrated": meta["calibrated"], "max_tokens": meta["max_tokens"],
+             "profile": None, "trained_on": None, "helped_make_training_data": inv["helped"],
+             "involvement": inv["why"], "notes": inv["notes"]}
+    if prof is not None:
+        entry["profile"] = {"path": str(getattr(det, "profile_path", "") or ""),
+                            "calibrated_on": prof.calibrated_on,
+                            "auroc": prof.auroc, "tpr_at_1pct_fpr": prof.tpr_at_1pct_fpr,
+                            "n_human": prof.n_human, "n_ai": prof.n_ai, "created": prof.created}
+    if name == "classifier":
+        rec = det.record
+        entry["trained_on"] = {k: rec.get("trained_on", {}).get(k) for k in ("dataset", "path", "split", "source")}
+        entry["profile"] = {"path": str(det.path), "evaluation": rec.get("evaluation"),
+                            "encoder": rec.get("encoder", {}).get("name")}
+    if not meta["calibrated"]:
+        entry["notes"].append("uncalibrated: no P(AI); scores, AUROC and TPR only")
+    return entry
