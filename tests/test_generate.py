@@ -1,4 +1,4 @@
-"""engine/generate.py: batched multi-adapter generation on a tiny llama with two adapters
+"""engine/generate/: batched multi-adapter generation on a tiny llama with two adapters
 (an SFT adapter and a DPO delta stacked on it)."""
 
 from __future__ import annotations

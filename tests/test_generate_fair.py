@@ -1,4 +1,4 @@
-"""Fair chunked prefill (engine/generate.py) and the server's prompt-length limit.
+"""Fair chunked prefill (engine/generate/engine.py) and the server's prompt-length limit.
 
 A short request that arrives while a long prompt is prefilling must not wait for the whole
 long prefill: the prefilling requests take turns, one chunk each. Counted in engine steps

@@ -168,7 +168,7 @@ def _workspace_dataset(folder: Path) -> list[Document]:
 
 def open_source(spec: str, ws, text_column: str = "text", tabular: bool = False) -> Source:
     """Resolve SRC to documents (or, with `tabular`, to raw rows for the paired template)."""
-    from engine.data import _HF_ID, _read_hf
+    from engine.data.reading import HF_ID, read_hf
     from engine.data.corpus import CORPORA, corpus_info, corpus_path, is_pulled
 
     spec = (spec or "").strip()
@@ -200,12 +200,12 @@ def open_source(spec: str, ws, text_column: str = "text", tabular: bool = False)
                      f"workspace dataset {folder}")
         src.documents = [] if tabular else _workspace_dataset(folder)
         return src
-    if spec.startswith(("/", ".", "~")) or spec.lower().endswith(TEXT_EXTS + TABLE_EXTS) or not _HF_ID.match(spec):
+    if spec.startswith(("/", ".", "~")) or spec.lower().endswith(TEXT_EXTS + TABLE_EXTS) or not HF_ID.match(spec):
         raise HumanizerError(
             f"source not found: {spec} (no such file or folder, corpus or workspace dataset)",
             "SRC is a corpus name (humanizer data corpus list), a folder of .txt/.md, a .jsonl/.csv/.parquet "
             "file, a workspace dataset or a Hugging Face dataset id")
-    splits, label = _read_hf(spec[3:] if spec.startswith("hf:") else spec)
+    splits, label = read_hf(spec[3:] if spec.startswith("hf:") else spec)
     rows = []
     for split, entries in splits.items():
         for file, line, row in entries:

@@ -1,11 +1,11 @@
 """The eval's rewrites: every (held-out sample, model choice) pair generated in one batched run on
-our engine (engine/generate.py), each generation with its own adapter selection ("base", "sft",
+our engine (engine/generate/), each generation with its own adapter selection ("base", "sft",
 "sft+dpo") and its own seed, so one decode step serves every choice at once.
 
 - Prompt: the sample's "prompt" (the rewrite instruction with the draft, exactly what the model
   was trained on) as one user chat message, through the model's chat template.
 - Seed: `rewrite_seed(seed, key, choice)`, one per (sample, choice), the same whatever batch
-  the generation lands in; a generation draws its own random numbers (engine/generate.py), so
+  the generation lands in; a generation draws its own random numbers (engine/generate/), so
   a rewrite equals the same prompt generated alone with that adapter and seed.
 - Length: `max_tokens` when given, else 1.6x the draft's tokens + 24, never past the context.
   A prompt that does not fit the model's context is not generated: it gets an empty rewrite
