@@ -16,8 +16,8 @@ import pytest
 from engine.events import Run
 from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
-from screens.convert import ConvertScreen
-from screens.convert_widgets import ConvertHistory, parse_convert_argv, render_gauge, render_grid
+from screens.convert.screen import ConvertScreen
+from screens.convert.widgets import ConvertHistory, parse_convert_argv, render_gauge, render_grid
 from tests.pilot import text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
