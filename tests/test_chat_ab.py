@@ -20,7 +20,8 @@ from engine.data import load_data
 from engine.data.prefs import DEFAULT_SET, pref_stats, read_pairs, read_ties
 from engine.events import process_start_time
 from screens.chat.screen import ChatScreen
-from screens.chat.widgets import Conversation, PairView, ReplyView, list_conversations
+from engine.chat import Conversation, list_conversations
+from screens.chat.widgets import PairView, ReplyView
 from screens.common.forms import FormDialog
 from screens.common.serving import ServerMonitor
 from tests.pilot import text_of, until

@@ -24,7 +24,8 @@ from engine.jobs import cancel_job, find_job, job_info, list_jobs
 from engine.workspace import Workspace
 from screens.adapters.screen import AdaptersScreen
 from screens.chat.screen import ChatScreen
-from screens.chat.widgets import Conversation, PairView, ReplyView, list_conversations, printable
+from engine.chat import Conversation, list_conversations
+from screens.chat.widgets import PairView, ReplyView, printable
 from screens.common.forms import FormDialog, PickDialog
 from screens.server.screen import ServerScreen, request_summary
 from screens.common.serving import ServerClient, ServerMonitor, parse_serve_argv, start_server
@@ -558,7 +559,7 @@ def studio(tmp_path, monkeypatch, utc) -> Workspace:
     conv = Conversation("20250102-104500-c0de", T0 + 6300, T0 + 6400, system="Rewrite drafts so they read as a "
                         "person wrote them.", temperature=0.7, max_tokens=256,
                         adapter="humanizer-sft+humanizer-dpo")
-    from screens.chat.widgets import Message, Reply
+    from engine.chat import Message, Reply
 
     conv.messages = [
         Message("user", "Rewrite: Our new policy is a testament to our unwavering commitment to excellence."),

@@ -332,7 +332,7 @@ async def test_no_color_checkboxes_show_ticked_or_not(stacked, monkeypatch):
 
 # item 18: Chat: titles and the clipboard ---------------------------------------------------------
 def saved_chat(ws, cid: str, created: float, first: str, reply: str = "") -> None:
-    from screens.chat.widgets import Conversation, Message, Reply
+    from engine.chat import Conversation, Message, Reply
 
     conv = Conversation(cid, created, created + 60)
     conv.messages = [Message("user", first)]

@@ -1,5 +1,5 @@
 """The Chat screen's conversations: the latest one reopened when the screen opens, saved
-as JSON (chats/) after every turn in a worker thread, a new one (ctrl+n), a saved one
+as JSON (chats/, by engine.chat) after every turn in a worker thread, a new one (ctrl+n), a saved one
 reopened (ctrl+l), this one's settings (ctrl+g: with the preference set A/B picks go to),
 and its last reply copied (ctrl+r; of an A/B pair, one side at a time)."""
 
@@ -12,13 +12,11 @@ from functools import partial
 from rich.text import Text
 from textual.containers import VerticalScroll
 
+from engine.chat import Conversation, Message, list_conversations, save_conversation
 from engine.data.prefs import check_set_name
 from engine.errors import HumanizerError
 from engine.workspace import atomic_write_text
-from screens.chat.widgets import (
-    MAX_TOKENS_LIMIT, Conversation, Message, PairView, ReplyView, UserView, distinct_titles,
-    list_conversations, save_conversation,
-)
+from screens.chat.widgets import MAX_TOKENS_LIMIT, PairView, ReplyView, UserView, distinct_titles
 from screens.common.forms import Field, FormDialog, PickDialog
 from screens.common.widgets import display_path, fmt_time, key_of
 

@@ -19,7 +19,8 @@ from textual.binding import Binding
 
 from engine.data.prefs import pref_stats, record_pick
 from engine.errors import HumanizerError
-from screens.chat.widgets import PICK_WORDS, Message, PairView, ReplyView, new_seed
+from engine.chat import PICK_WORDS, Message, new_seed
+from screens.chat.widgets import PairView, ReplyView
 from screens.common.widgets import action_key
 
 JUDGE_BINDINGS = [

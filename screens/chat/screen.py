@@ -37,7 +37,8 @@ from textual.worker import Worker
 from engine.errors import HumanizerError
 from screens.chat.conversations import ChatConversations
 from screens.chat.judge import JUDGE_BINDINGS, ChatJudge
-from screens.chat.widgets import Conversation, Message, PairView, Reply, ReplyView, UserView, chat_bar, stream_reply
+from engine.chat import Conversation, Message, Reply
+from screens.chat.widgets import PairView, ReplyView, UserView, chat_bar, stream_reply
 from screens.server.widgets import server_defaults
 from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
 from screens.common.serving import (
