@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from rich.text import Text
 from textual.widgets import Static
@@ -17,10 +18,25 @@ from screens.adapters.widgets import adapter_args, dry_run_listing, output_error
 from screens.common.forms import Field, FormDialog
 from screens.common.widgets import JobProgress, LogTail, display_path, follow_job, mode_ref, start_humanizer_job
 
+if TYPE_CHECKING:
+    from engine.adapters import AdapterInfo
+    from screens.common.serving import ServerMonitor
+
 
 class AdapterActions:
     """The Adapters screen's actions (a mixin: the screen has the bindings, the table and
-    `selected`, `by_fingerprint`, `is_mounted`, `monitor`, `models`, `model_dir`)."""
+    what Needs lists; tests/test_screen_mixins.py checks the screen has it all)."""
+
+    class Needs(Protocol):
+        adapters: list  # AdapterInfo, from the last scan
+        models: list
+        model_dir: Path | None  # the model the list is filtered for
+        monitor: ServerMonitor | None
+
+        def selected(self) -> AdapterInfo | None: ...
+        def by_fingerprint(self, fp: str | None) -> AdapterInfo | None: ...
+        def is_mounted(self, info: AdapterInfo) -> bool: ...
+        def action_refresh(self) -> None: ...
 
     # mount / unmount ---------------------------------------------------------------------
     def _selected_when_up(self, off: str):

@@ -70,6 +70,7 @@ class AdaptersScreen(AdapterActions, Screen):
         self.skipped: list = []
         self.model_dir: Path | None = None
         self.models: list = []
+        self.monitor: ServerMonitor | None = None  # the app's, from on_mount
         self._shown_rows: list = []
         self._wide: bool | None = None
         self._side: bool | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from functools import partial
+from typing import TYPE_CHECKING, Protocol
 
 from rich.text import Text
 from textual.containers import VerticalScroll
@@ -20,12 +21,25 @@ from screens.chat.widgets import MAX_TOKENS_LIMIT, PairView, ReplyView, UserView
 from screens.common.forms import Field, FormDialog, PickDialog
 from screens.common.widgets import display_path, fmt_time, key_of
 
+if TYPE_CHECKING:
+    from textual.worker import Worker
+
 CLIPBOARD_FILE = "clipboard.txt"  # the last copied text, for when OSC 52 reaches no clipboard
 
 
 class ChatConversations:
-    """The Chat screen's conversation actions (a mixin: the screen has the bindings, `conv`,
-    `streams`, `pending`, the transcript, and `_draw_bar` and `_draw_info`)."""
+    """The Chat screen's conversation actions (a mixin: the screen has the bindings, the
+    #transcript and what Needs lists; tests/test_screen_mixins.py checks it has it all)."""
+
+    class Needs(Protocol):
+        conv: Conversation  # the open conversation
+        streams: list[Worker]  # replies streaming now
+        pending: str | None  # a message waiting for the server
+
+        def _draw_bar(self) -> None: ...
+        def _draw_info(self) -> None: ...
+        def _latest_ab(self) -> Message | None: ...  # ChatJudge's
+        def _load_stats(self) -> None: ...  # ChatJudge's
 
     _copied: tuple[int, int] | None = None  # (id of the A/B message, how many times ctrl+r copied it)
 

@@ -13,6 +13,7 @@ A/B pair, and the pick is appended to a preference set in the workspace's datase
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING, Protocol
 
 from rich.text import Text
 from textual.binding import Binding
@@ -22,6 +23,11 @@ from engine.errors import HumanizerError
 from engine.chat import PICK_WORDS, Message, new_seed
 from screens.chat.widgets import PairView, ReplyView
 from screens.common.widgets import action_key
+
+if TYPE_CHECKING:
+    from textual.worker import Worker
+
+    from engine.chat import Conversation, Reply
 
 JUDGE_BINDINGS = [
     Binding("a", "pick('a')", "A wins", id="chat_pick_a", show=False,
@@ -68,8 +74,20 @@ def prefs_line(name: str, stats: dict | None, blind: str | None) -> Text:
 
 
 class ChatJudge:
-    """A/B pairs and their judgements (a mixin of the Chat screen, which has `conv`,
-    `streams`, the transcript, `_show`, `_views`, `_start_stream`, `_save` and `_draw_bar`)."""
+    """A/B pairs and their judgements (a mixin of the Chat screen, which has the #transcript
+    and what Needs lists; tests/test_screen_mixins.py checks it has it all)."""
+
+    class Needs(Protocol):
+        conv: Conversation
+        streams: list[Worker]
+
+        @property
+        def compare(self) -> str | None: ...  # the A/B side-B choice, None: A/B is off
+        def _show(self, views: list) -> None: ...
+        def _views(self, m: Message) -> list: ...  # ChatConversations'
+        def _start_stream(self, reply: Reply, body: dict) -> None: ...
+        def _save(self, conv: Conversation | None = None) -> None: ...  # ChatConversations'
+        def _draw_bar(self) -> None: ...
 
     pref_stats: dict | None = None  # of the set named `_stats_name`
     _stats_name: str | None = None

@@ -39,10 +39,9 @@ from screens.chat.conversations import ChatConversations
 from screens.chat.judge import JUDGE_BINDINGS, ChatJudge
 from engine.chat import Conversation, Message, Reply
 from screens.chat.widgets import PairView, ReplyView, UserView, chat_bar, stream_reply
-from screens.server.widgets import server_defaults
 from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
 from screens.common.serving import (
-    ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, start_server,
+    ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, server_defaults, start_server,
 )
 from screens.common.widgets import ConfirmDialog, FitFooter, ModeHeader, StatusBar, action_key, mode_ref
 

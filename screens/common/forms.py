@@ -5,14 +5,15 @@ last one-line field) submits; escape cancels; tab moves between fields. `validat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable
 
 from rich.segment import Segment
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, OptionList, Select, SelectionList, Static, TextArea
 from textual.content import Content
@@ -228,3 +229,41 @@ class PickDialog(ModalScreen[Any]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+# forms made from a settings dataclass (the Data and Eval new-run forms) -----------------------
+def field_id(name: str) -> str:
+    return "f-" + name.replace("_", "-")
+
+
+def default_placeholder(f) -> str:
+    """What an empty settings field means: the default as its help words it ('10%', '0: all'), else the value."""
+    m = re.search(r"\(default:? ([^,)]+)", f.metadata["help"]) or re.search(rf"\(({f.default}: [^)]+)\)",
+                                                                              f.metadata["help"])
+    return m.group(1) if m else "" if f.default in (MISSING, "") else str(f.default)
+
+
+def field_help(f) -> str:
+    meta = f.metadata
+    flag = "--" + f.name.replace("_", "-") + (f" {meta['metavar']}" if meta.get("metavar") else "")
+    default = "" if f.default in (MISSING, "", None) else f" (default {f.default})"
+    return f"{flag}: {meta['help']}{default}"
+
+
+def settings_rows(fields, labels: dict[str, str], widget, infos: dict[str, str], all_after: str) -> ComposeResult:
+    """A form's rows made from settings fields (the Data and Eval forms): a label and
+    `widget(f)`, or a checkbox for a flag; the field's help (shown while it has focus); an
+    empty info line where `infos` names its id; "show all settings" after `all_after`."""
+    for f in fields:
+        with Vertical(id=f"row-{f.name}", classes="field"):
+            if f.type in (bool, "bool"):
+                yield TickBox(f.name.replace("_", " "), bool(f.default), compact=True, id=field_id(f.name))
+            else:
+                with Horizontal(classes="form-row"):
+                    yield Label(labels.get(f.name, f.name.replace("_", " ")))
+                    yield widget(f)
+            yield Static(field_help(f), id=f"help-{f.name}", classes="hint field-help")
+            if f.name in infos:
+                yield Static("", id=infos[f.name], classes="hint")
+        if f.name == all_after:
+            yield TickBox("show all settings", compact=True, id="f-all")

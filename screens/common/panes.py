@@ -9,12 +9,20 @@ to the form / the runs table."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from textual import events
 
 
 class NarrowPanes:
     """A mixin for a RunsScreen whose run is #{main_id} and form #{form_id}. CSS: the
-    screen has -pane-run or -pane-form (with -narrow) and hides the other pane."""
+    screen has -pane-run or -pane-form (with -narrow) and hides the other pane. What it
+    uses of the RunsScreen: Needs (tests/test_screen_mixins.py checks it)."""
+
+    class Needs(Protocol):
+        _narrow: bool | None  # below runs.NARROW columns
+
+        def action_new_run(self) -> None: ...
 
     DEFAULT_CLASSES = "-pane-run"
     main_id = "runs-main"

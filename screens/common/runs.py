@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
@@ -139,6 +141,31 @@ def form_css(screen: str, label: int = 12) -> str:
     {screen} #f-errors {{ height: auto; color: $error; }}
     {screen}.-narrow .hint {{ padding-left: 0; }}
     """
+
+
+class FormSubmitted(Message):
+    """A new-run form's values passed its checks: the screen holding the form handles it by
+    starting the job (`humanizer *args`, listed as `kind`), so the form itself starts nothing.
+    `values` are what the form checked: a settings dataclass (Data, Eval) or a dict (Train,
+    Convert). Each form subclasses it as its own Submitted (handler on_<form>_submitted)."""
+
+    def __init__(self, values, kind: str, args: list[str]) -> None:
+        super().__init__()
+        self.values, self.kind, self.args = values, kind, args
+
+
+class FormHost(Protocol):
+    """What a new-run form mixin (Train, Convert, Data, Eval) uses of the RunsScreen it is
+    mixed into; tests/test_screen_mixins.py checks each screen has it all."""
+
+    models: list  # ModelInfo, from the last scan (the #f-model choices)
+    histories: dict[str, JobHistory]
+
+    def run_jobs(self) -> list[JobInfo]: ...
+    def show(self, job_id: str | None) -> None: ...
+    def _value(self, select_id: str): ...
+    def _clear_errors(self) -> None: ...
+    def _show_errors(self, errors: list[tuple[str, str]]) -> bool: ...
 
 
 class RunsTable(LiveTable):

@@ -8,7 +8,7 @@ on the UI thread). Screens read the monitor's fields on their redraw timers; `ve
 changes whenever anything they show does.
 
 ServerClient is a small aiohttp client for the OpenAI-compatible API, including the SSE
-stream of a chat completion."""
+stream of a chat completion. server_defaults: the [server] table of config.toml."""
 
 from __future__ import annotations
 
@@ -418,3 +418,25 @@ def pick_default_model(app) -> None:
         return
     if names:
         app.call_from_thread(app.models_changed, names)
+
+
+def server_defaults(ws) -> dict:
+    """[server] host / port / max_concurrent from config.toml (defaults when absent or bad)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(ws.config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    table = data.get("server")
+    if not isinstance(table, dict):
+        return {}
+    out = {}
+    if isinstance(table.get("host"), str):
+        out["host"] = table["host"]
+    for key in ("port", "max_concurrent"):
+        if isinstance(table.get(key), int) and not isinstance(table.get(key), bool):
+            out[key] = table[key]
+    return out

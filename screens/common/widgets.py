@@ -49,6 +49,12 @@ STATUS_LOOK = {  # a symbol as well as a colour, so NO_COLOR still tells them ap
 
 
 # formatting --------------------------------------------------------------------
+def one_line(text: str, width: int) -> str:
+    """`text` on one line, cut to `width` with an ellipsis."""
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
 def display_path(path: str | os.PathLike, base: Path | None = None) -> str:
     """`path` relative to `base` when inside it, else with the home folder as ~."""
     p = Path(path)

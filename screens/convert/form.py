@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -17,7 +18,7 @@ from engine.convert.settings import (DEFAULT_GROUP_SIZE, DEFAULT_SAMPLES, DEFAUL
                                      check_settings, parse_bits)
 from engine.errors import HumanizerError
 from screens.convert.widgets import fmt_size
-from screens.common.runs import form_head
+from screens.common.runs import FormHost, FormSubmitted, form_head
 from screens.common.forms import TickBox
 from screens.common.widgets import display_path, mode_ref
 
@@ -40,7 +41,14 @@ def plan_hint(plan: dict, target: float | None) -> Text:
 
 class ConvertForm:
     """The form's half of ConvertScreen (a mixin: its fields are the screen's own widgets,
-    so the ids, the focus order and the CSS are the screen's)."""
+    so the ids, the focus order and the CSS are the screen's). A start posts Submitted; the
+    screen starts the job."""
+
+    class Needs(FormHost, Protocol):
+        def _suggest_output(self) -> None: ...  # RunsScreen's
+
+    class Submitted(FormSubmitted):
+        """values: validate_form's dict (model, target, bits, group, samples, seq_len, output, resume)."""
 
     plans: dict[tuple, dict | str]  # (model path, group, bits) -> model_plan() or an error
     _plan_timer: Timer | None
@@ -219,4 +227,4 @@ class ConvertForm:
             args += ["--seq-len", str(s["seq_len"])]
         if s["resume"]:
             args.append("--resume")
-        self._start_job("convert", args)
+        self.post_message(self.Submitted(s, "convert", args))

@@ -219,5 +219,8 @@ class ConvertScreen(NarrowPanes, ConvertForm, RunsScreen):
         return text
 
     # the palette --------------------------------------------------------------------------
+    def on_convert_form_submitted(self, message: ConvertForm.Submitted) -> None:
+        self._start_job(message.kind, message.args)
+
     def job_commands(self, job: JobInfo, name: str) -> list[tuple]:
         return [(f"Open convert: {name}", f"{job.status} · {job.id}", lambda i=job.id: self.show(i))]

@@ -15,15 +15,16 @@ import re
 from dataclasses import MISSING
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+from textual.widgets import Button, Checkbox, Input, Select, Static
 
 from engine.data.settings import NAME_RE, TEMPLATES, BuildSettings, setting_fields
 from screens.data.widgets import corpus_line, dataset_line, folder_line, parse_data_argv
-from screens.common.forms import PickDialog, TickBox
+from screens.common.forms import PickDialog, default_placeholder, field_id, settings_rows
+from screens.common.runs import FormHost, FormSubmitted
 from screens.common.widgets import ConfirmDialog, display_path, start_humanizer_job
 
 FIELDS = setting_fields(form_only=True)
@@ -36,10 +37,6 @@ SUFFIX = {"style-transfer": "st", "dpo-pairs": "dpo", "paired": "paired", "judge
 TEXT_EXTS = (".txt", ".md")
 MAX_FOLDERS = 30
 SKIP_FOLDERS = {"node_modules", "site-packages", "venv", "build", "dist"}
-
-
-def field_id(name: str) -> str:
-    return "f-" + name.replace("_", "-")
 
 
 def only_for(f) -> str | None:
@@ -57,40 +54,10 @@ def relevant(f, template: str) -> bool:
 
 
 def placeholder_of(f) -> str:
-    """What an empty field means: the default as its help words it ('10%', '0: all'), else the value."""
+    """What an empty field means: the Data form's own words for a few, else default_placeholder."""
     given = {"source": "ctrl+o: pick, or type a path", "output": "dataset name (datasets/NAME)",
              "endpoint": "none: generate here", "adapter": "an SFT adapter (name or folder)"}
-    if f.name in given:
-        return given[f.name]
-    m = re.search(r"\(default:? ([^,)]+)", f.metadata["help"]) or re.search(rf"\(({f.default}: [^)]+)\)",
-                                                                              f.metadata["help"])
-    return m.group(1) if m else "" if f.default in (MISSING, "") else str(f.default)
-
-
-def field_help(f) -> str:
-    meta = f.metadata
-    flag = "--" + f.name.replace("_", "-") + (f" {meta['metavar']}" if meta.get("metavar") else "")
-    default = "" if f.default in (MISSING, "", None) else f" (default {f.default})"
-    return f"{flag}: {meta['help']}{default}"
-
-
-def settings_rows(fields, labels: dict[str, str], widget, infos: dict[str, str], all_after: str) -> ComposeResult:
-    """A form's rows made from settings fields (the Data and Eval forms): a label and
-    `widget(f)`, or a checkbox for a flag; the field's help (shown while it has focus); an
-    empty info line where `infos` names its id; "show all settings" after `all_after`."""
-    for f in fields:
-        with Vertical(id=f"row-{f.name}", classes="field"):
-            if f.type in (bool, "bool"):
-                yield TickBox(f.name.replace("_", " "), bool(f.default), compact=True, id=field_id(f.name))
-            else:
-                with Horizontal(classes="form-row"):
-                    yield Label(labels.get(f.name, f.name.replace("_", " ")))
-                    yield widget(f)
-            yield Static(field_help(f), id=f"help-{f.name}", classes="hint field-help")
-            if f.name in infos:
-                yield Static("", id=infos[f.name], classes="hint")
-        if f.name == all_after:
-            yield TickBox("show all settings", compact=True, id="f-all")
+    return given.get(f.name) or default_placeholder(f)
 
 
 def check_all(values: dict) -> list[tuple[str, str]]:
@@ -120,7 +87,14 @@ def text_folders(base: Path) -> list[tuple[Path, int]]:
 
 
 class DataForm:
-    """The form's half of DataScreen (a mixin: its fields are the screen's own widgets)."""
+    """The form's half of DataScreen (a mixin: its fields are the screen's own widgets). A
+    start posts Submitted; the screen starts the job."""
+
+    class Needs(FormHost, Protocol):
+        def set_view(self, view: str) -> None: ...
+
+    class Submitted(FormSubmitted):
+        """values: the BuildSettings checked."""
 
     datasets: list  # DatasetInfo, from the last scan
     corpora: list[dict]
@@ -354,5 +328,4 @@ class DataForm:
             self._fit_form()
         if self._show_errors(errors):
             return
-        self.set_view("build")
-        self._start_job("data build", ["data", "build", *settings.argv()])
+        self.post_message(self.Submitted(settings, "data build", ["data", "build", *settings.argv()]))

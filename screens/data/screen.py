@@ -149,6 +149,10 @@ class DataScreen(DataForm, RunsScreen):
     def action_new_run(self) -> None:
         self.query_one("#f-template").focus()
 
+    def on_data_form_submitted(self, message: DataForm.Submitted) -> None:
+        self.set_view("build")
+        self._start_job(message.kind, message.args)
+
     # the datasets -----------------------------------------------------------------------------
     def datasets_scanned(self) -> None:
         rows = [(str(d.path), (Text(d.name if d.kind != "example" else f"examples/{d.name}", style="bold"), d.kind,

@@ -14,7 +14,7 @@ from textual.binding import Binding
 
 from engine.jobs import JobInfo
 from screens.common.runs import JobHistory, RunsTable
-from screens.common.widgets import LiveTable, parse_verb_argv
+from screens.common.widgets import LiveTable, one_line, parse_verb_argv
 
 MAX_SAMPLES = 6  # sample pairs kept per build (the view shows the newest few)
 PART_SHORT = {"sft/train": "sft", "dpo/train": "dpo", "heldout": "held", "train": "train"}
@@ -132,11 +132,6 @@ def folder_line(name: str, files: int, width: int = 18) -> Text:
 def clip(text: str, limit: int) -> str:
     text = str(text or "").strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def one_line(text: str, width: int) -> str:
-    text = " ".join(str(text or "").split())
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 def sides_table(rows: list[dict[str, str]], keys: list[str], limit: int = 1200, title: str | None = None) -> Table:

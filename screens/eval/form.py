@@ -16,8 +16,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from engine.eval.settings import NAME_RE, EvalSettings
-from screens.data.form import field_id, placeholder_of, settings_rows
-from screens.common.runs import form_head
+from screens.common.forms import default_placeholder, field_id, settings_rows
+from screens.common.runs import FormHost, FormSubmitted, form_head
 from screens.common.widgets import mode_ref, start_humanizer_job
 
 FIELDS = [f for f in EvalSettings.flag_fields() if f.metadata["form"]]
@@ -44,7 +44,13 @@ def classifier_name(ws, dataset: str) -> str:
 
 
 class EvalForm:
-    """The form's half of EvalScreen (a mixin: its fields are the screen's own widgets)."""
+    """The form's half of EvalScreen (a mixin: its fields are the screen's own widgets). A
+    start posts Submitted; the screen starts the job."""
+
+    Needs = FormHost
+
+    class Submitted(FormSubmitted):
+        """values: the EvalSettings checked."""
 
     datasets: list  # DatasetInfo with a held-out split, from the last scan
     adapters: list  # AdapterInfo
@@ -67,7 +73,7 @@ class EvalForm:
         if choices:
             return Select([(c, c) for c in choices], value=f.default, allow_blank=False, compact=True, id=fid)
         kind = {"int": "integer", "float": "number"}.get(str(f.type), "text")
-        return Input(placeholder=PLACEHOLDERS.get(f.name) or placeholder_of(f), type=kind, compact=True, id=fid)
+        return Input(placeholder=PLACEHOLDERS.get(f.name) or default_placeholder(f), type=kind, compact=True, id=fid)
 
     def setup_form(self) -> None:
         self.datasets, self.adapters = [], []
@@ -184,7 +190,7 @@ class EvalForm:
                 self._fit_form()
         if self._show_errors(errors):
             return
-        self._start_job("eval", settings.argv())
+        self.post_message(self.Submitted(settings, "eval", settings.argv()))
 
     # the detector jobs -------------------------------------------------------------------------------
     def detector_commands(self, dataset: str | None, model: str | None) -> list[tuple]:

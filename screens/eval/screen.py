@@ -27,7 +27,6 @@ from textual.containers import ScrollableContainer, Vertical
 from textual.widgets import ContentSwitcher, DataTable, Static
 
 from engine.jobs import JobInfo
-from screens.data.widgets import one_line
 from screens.eval.charts import BarChart, Distributions
 from screens.eval.form import EvalForm
 from screens.eval.views import EvalViews
@@ -37,7 +36,7 @@ from screens.eval.widgets import (
 )
 from screens.common.runs import RunsScreen, RunsTable, form_css
 from screens.common.widgets import (
-    FitFooter, ModeHeader, StatusBar, action_key, cursor_key, fmt_time, start_humanizer_job, status_text,
+    FitFooter, ModeHeader, StatusBar, action_key, cursor_key, fmt_time, one_line, start_humanizer_job, status_text,
 )
 
 
@@ -151,6 +150,9 @@ class EvalScreen(EvalViews, EvalForm, RunsScreen):
 
     def action_new_run(self) -> None:
         self.query_one("#f-adapters").focus()
+
+    def on_eval_form_submitted(self, message: EvalForm.Submitted) -> None:
+        self._start_job(message.kind, message.args)
 
     # the runs -------------------------------------------------------------------------------------
     def shown_history(self) -> EvalHistory | None:

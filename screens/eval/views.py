@@ -4,21 +4,29 @@ charts), the sample browser and two runs compared. Called from the screen's redr
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from rich.text import Text
 from textual.widgets import DataTable, Static
 
-from screens.data.widgets import one_line
 from screens.eval.charts import BarChart, Distributions, sample_view
 from screens.eval.widgets import (
     CompareTable, EvalHistory, MetricTable, SampleTable, compare_columns, compare_rows, detector_names,
     detectors_text, fmt, row_detail, run_summary, settings_diff, shown_detector, table_columns, table_rows,
 )
 from screens.common.runs import append_outcome, append_timing, bar
-from screens.common.widgets import cursor_key, status_text, sync_table
+from screens.common.widgets import cursor_key, one_line, status_text, sync_table
 
 
 class EvalViews:
-    """Drawing the results, samples and compare views."""
+    """Drawing the results, samples and compare views (a mixin: the screen has what Needs lists;
+    tests/test_screen_mixins.py checks it)."""
+
+    class Needs(Protocol):
+        shown: str | None  # the run shown (RunsScreen's)
+
+        def shown_history(self) -> EvalHistory | None: ...
+        def _load_results(self, h: EvalHistory) -> None: ...  # reads report.json and samples in a thread
 
     detector: str | None
     choice: str | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from functools import partial
+from typing import TYPE_CHECKING, Protocol
 
 from rich.text import Text
 
@@ -14,15 +15,24 @@ from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT, is_loopback
 from engine.jobs import JobInfo, cancel_job
 from screens.common.mounting import mount_reported, unmount_reported
 from screens.common.forms import Field, FormDialog, PickDialog
-from screens.server.widgets import describe_mounted, server_defaults
-from screens.common.serving import mounted_names, start_server
+from screens.server.widgets import describe_mounted
+from screens.common.serving import mounted_names, server_defaults, start_server
 from screens.common.widgets import ConfirmDialog, key_of, mode_ref
+
+if TYPE_CHECKING:
+    from screens.common.serving import ServerMonitor
 
 
 
 class ServerActions:
-    """The Server screen's actions (a mixin: the screen has the bindings, `monitor` and
-    `show`, which shows a serve run)."""
+    """The Server screen's actions (a mixin: the screen has the bindings and what Needs
+    lists; tests/test_screen_mixins.py checks it has it all)."""
+
+    class Needs(Protocol):
+        monitor: ServerMonitor | None
+
+        def show(self, job: JobInfo, pinned: bool = False) -> None: ...  # shows a serve run
+        def tick(self) -> None: ...  # redraws from the monitor
 
     # start and stop ------------------------------------------------------------------------
     def action_start(self) -> None:

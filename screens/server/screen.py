@@ -20,8 +20,10 @@ from textual.widgets import DataTable, Static
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, job_info
 from screens.server.actions import ServerActions
-from screens.server.widgets import ServeRun, request_cells, request_summary, server_defaults, server_status
-from screens.common.serving import ServerMonitor, adapter_choices, fit_lines, pick_default_model, serve_jobs
+from screens.server.widgets import ServeRun, request_cells, request_summary, server_status
+from screens.common.serving import (
+    ServerMonitor, adapter_choices, fit_lines, pick_default_model, serve_jobs, server_defaults,
+)
 from screens.common.widgets import FitFooter, ModeHeader, StatusBar, key_of, mode_ref
 
 __all__ = ["ServerScreen", "ServeRun", "request_summary", "server_defaults"]

@@ -1,6 +1,5 @@
 """The Server screen's pieces: a serve run's request log read from its events, the
-request log's cells and summary line, the status panel's text, and the [server] defaults
-from config.toml."""
+request log's cells and summary line, and the status panel's text."""
 
 from __future__ import annotations
 
@@ -177,25 +176,3 @@ def server_status(monitor, run: ServeRun | None) -> Text:
         t.append(", ".join(Path(a).name for a in args["adapters"]) or "none")
         t.append(f" · {args.get('host', DEFAULT_HOST)}:{args.get('port', DEFAULT_PORT)}", style="dim")
     return t
-
-
-def server_defaults(ws) -> dict:
-    """[server] host / port / max_concurrent from config.toml (defaults when absent or bad)."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(ws.config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    table = data.get("server")
-    if not isinstance(table, dict):
-        return {}
-    out = {}
-    if isinstance(table.get("host"), str):
-        out["host"] = table["host"]
-    for key in ("port", "max_concurrent"):
-        if isinstance(table.get(key), int) and not isinstance(table.get(key), bool):
-            out[key] = table[key]
-    return out

@@ -9,6 +9,7 @@ import re
 import shlex
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -19,7 +20,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, S
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo
 from screens.common.forms import PickDialog, TickBox
-from screens.common.runs import form_head
+from screens.common.runs import FormHost, FormSubmitted, form_head
 from screens.train.widgets import parse_train_argv
 from screens.common.widgets import display_path, mode_ref
 
@@ -163,7 +164,14 @@ def _cell(value, width: int = 24) -> str:
 
 class TrainForm:
     """The form's half of TrainScreen (a mixin: its fields are the screen's own widgets,
-    so the ids, the focus order and the CSS are the screen's)."""
+    so the ids, the focus order and the CSS are the screen's). A start posts Submitted; the
+    screen starts the job."""
+
+    class Needs(FormHost, Protocol):
+        def _suggest_output(self) -> None: ...  # RunsScreen's
+
+    class Submitted(FormSubmitted):
+        """values: validate_form's dict (model, data, method, preset, mount, iters, output, extra, resume)."""
 
     preview_result: tuple | None  # (spec, method, rows, total, issues, error)
     _preview_timer: Timer | None
@@ -499,4 +507,4 @@ class TrainForm:
         args += s["extra"]
         if s["resume"]:
             args.append("--resume")
-        self._start_job(f"lora train {s['method']}", args)
+        self.post_message(self.Submitted(s, f"lora train {s['method']}", args))

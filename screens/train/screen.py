@@ -260,6 +260,9 @@ class TrainScreen(NarrowPanes, TrainForm, RunsScreen):
         return text
 
     # comparing two runs -------------------------------------------------------------------
+    def on_train_form_submitted(self, message: TrainForm.Submitted) -> None:
+        self._start_job(message.kind, message.args)
+
     def action_overlay(self) -> None:
         key = cursor_key(self.query_one(RunTable))
         if key is None:
