@@ -218,9 +218,9 @@ class ConvertScreen(NarrowPanes, ConvertForm, RunsScreen):
             text.append(f"\n→ {display_path(d['output'], self.app.ws.home)}", style="dim")
         return text
 
-    # the palette --------------------------------------------------------------------------
     def on_convert_form_submitted(self, message: ConvertForm.Submitted) -> None:
         self._start_job(message.kind, message.args)
 
+    # the palette --------------------------------------------------------------------------
     def job_commands(self, job: JobInfo, name: str) -> list[tuple]:
         return [(f"Open convert: {name}", f"{job.status} · {job.id}", lambda i=job.id: self.show(i))]

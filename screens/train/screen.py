@@ -259,10 +259,10 @@ class TrainScreen(NarrowPanes, TrainForm, RunsScreen):
             text.append(h.message or "no metrics yet", style="dim")
         return text
 
-    # comparing two runs -------------------------------------------------------------------
     def on_train_form_submitted(self, message: TrainForm.Submitted) -> None:
         self._start_job(message.kind, message.args)
 
+    # comparing two runs -------------------------------------------------------------------
     def action_overlay(self) -> None:
         key = cursor_key(self.query_one(RunTable))
         if key is None:
