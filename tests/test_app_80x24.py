@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from engine.events import Run
-from screens.models import ModelsScreen
+from screens.models.screen import ModelsScreen
 from tests.pilot import until
 from tui.app import HumanizerApp
 

@@ -19,10 +19,11 @@ from mlx_lm.utils import load_tokenizer
 from engine.data import load_data
 from engine.data.prefs import DEFAULT_SET, pref_stats, read_pairs, read_ties
 from engine.events import process_start_time
-from screens.chat import ChatScreen
-from screens.chat_widgets import Conversation, PairView, ReplyView, list_conversations
-from screens.forms import FormDialog
-from screens.serving import ServerMonitor
+from screens.chat.screen import ChatScreen
+from engine.chat import Conversation, list_conversations
+from screens.chat.widgets import PairView, ReplyView
+from screens.common.forms import FormDialog
+from screens.common.serving import ServerMonitor
 from tests.pilot import text_of, until
 from tests.test_serving_screens import URL, FixedServer, send
 from tests.tiny import train_tiny_tokenizer

@@ -16,8 +16,8 @@ import pytest
 from engine.events import Run
 from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
-from screens.convert import ConvertScreen
-from screens.convert_widgets import ConvertHistory, parse_convert_argv, render_gauge, render_grid
+from screens.convert.screen import ConvertScreen
+from screens.convert.widgets import ConvertHistory, parse_convert_argv, render_gauge, render_grid
 from tests.pilot import text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
@@ -209,7 +209,7 @@ async def test_the_form_is_made_from_convert_settings(ws):
     from textual.widgets import Select
 
     from engine.convert.settings import ConvertSettings, setting_fields
-    from screens.convert_form import FIELDS, field_id
+    from screens.convert.form import FIELDS, field_id
     from tui.cli.convert import register
 
     assert [f.name for f in FIELDS] == [f.name for f in setting_fields(form_only=True)]

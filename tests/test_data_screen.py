@@ -22,12 +22,12 @@ from engine.data.settings import REWRITE_INSTRUCTION
 from engine.events import process_start_time
 from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
-from screens.data import DataScreen
-from screens.data_form import check_all
-from screens.data_widgets import DataHistory, parse_data_argv, parts_text, samples_view
-from screens.forms import PickDialog
-from screens.train import TrainScreen
-from screens.widgets import ConfirmDialog
+from screens.data.screen import DataScreen
+from screens.data.form import check_all
+from screens.data.widgets import DataHistory, parse_data_argv, parts_text, samples_view
+from screens.common.forms import PickDialog
+from screens.train.screen import TrainScreen
+from screens.common.widgets import ConfirmDialog
 from tests.pilot import steady_cursors, text_of, until
 from tui.app import HumanizerApp
 
@@ -385,7 +385,7 @@ async def test_build_progress_shows_sample_pairs(data_ws):
 # the Train form's dataset picker ---------------------------------------------------------------------
 async def test_train_picker_sets_data_and_method(data_ws, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("screens.runs.start_job", fake_start_job(calls))
+    monkeypatch.setattr("screens.common.runs.start_job", fake_start_job(calls))
     sft_folder = tmp_path / "mine"
     _jsonl(sft_folder / "train.jsonl", [{"prompt": f"Rewrite: {d}", "completion": h} for _, h, d in CLASSICS])
     app = HumanizerApp(data_ws, mode="train")

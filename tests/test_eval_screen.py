@@ -313,8 +313,8 @@ def report_of(ws: Workspace, run_id: str) -> dict:
 # pure pieces ---------------------------------------------------------------------------------
 def test_argv_table_compare_and_renderers(template):
     from engine.eval.settings import EvalSettings
-    from screens.eval_charts import highlight_slop, render_bars, render_distributions
-    from screens.eval_widgets import compare_rows, parse_eval_argv, settings_diff, table_rows
+    from screens.eval.charts import highlight_slop, render_bars, render_distributions
+    from screens.eval.widgets import compare_rows, parse_eval_argv, settings_diff, table_rows
     from tui.cli import build_parser
 
     ws = Workspace.open(template)
@@ -559,7 +559,7 @@ async def test_form_starts_a_real_eval(eval_ws, monkeypatch):
 
 async def test_detector_jobs_from_the_palette(eval_ws, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("screens.widgets.start_job", fake_start_job(calls))
+    monkeypatch.setattr("screens.common.widgets.start_job", fake_start_job(calls))
     (eval_ws.home / "detectors" / f"{DATASET}-clf").mkdir(parents=True)  # taken: the next name
     app = _app(eval_ws)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -577,12 +577,12 @@ async def test_detector_jobs_from_the_palette(eval_ws, monkeypatch):
 # the first-start demo offer -----------------------------------------------------------------------
 async def test_demo_offered_once_on_an_empty_workspace(ws, monkeypatch):
     from engine.jobs import humanizer_argv
-    from screens.widgets import ConfirmDialog
+    from screens.common.widgets import ConfirmDialog
     from tui.app import HumanizerApp
     from tui.config import load_config
 
     calls: list = []
-    monkeypatch.setattr("screens.widgets.start_job", fake_start_job(calls))
+    monkeypatch.setattr("screens.common.widgets.start_job", fake_start_job(calls))
     app = HumanizerApp(ws, offer_demo=True)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), 5, "the offer")
@@ -606,7 +606,7 @@ async def test_demo_offered_once_on_an_empty_workspace(ws, monkeypatch):
 
 
 async def test_no_demo_offer_with_adapters_or_by_default(eval_ws, ws):
-    from screens.widgets import ConfirmDialog
+    from screens.common.widgets import ConfirmDialog
     from tui.app import HumanizerApp
 
     for app in (HumanizerApp(eval_ws, offer_demo=True), HumanizerApp(ws)):

@@ -362,7 +362,7 @@ def test_dpo_accuracy_counts_ties_as_half(tiny, tmp_path):
 # --- the Train form after ctrl+s: a fresh output name, never the one just used ------------------------------
 
 async def test_train_form_proposes_a_fresh_name_after_a_start(ws, tmp_path):
-    from screens.train import TrainScreen, parse_train_argv
+    from screens.train.screen import TrainScreen, parse_train_argv
     from tests.pilot import until
     from tests.test_train_screen import FAST_FLAGS, write_sft_data
     from tests.tiny import make_tiny_llama

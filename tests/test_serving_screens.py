@@ -23,13 +23,14 @@ from engine.events import process_start_time, read_events
 from engine.jobs import cancel_job, find_job, job_info, list_jobs
 from engine.serve.client import ServerClient
 from engine.workspace import Workspace
-from screens.adapters import AdaptersScreen
-from screens.chat import ChatScreen
-from screens.chat_widgets import Conversation, PairView, ReplyView, list_conversations, printable
-from screens.forms import FormDialog, PickDialog
-from screens.server import ServerScreen, request_summary
-from screens.serving import ServerMonitor, parse_serve_argv, start_server
-from screens.widgets import ConfirmDialog, JobProgress, StatusBar
+from screens.adapters.screen import AdaptersScreen
+from screens.chat.screen import ChatScreen
+from engine.chat import Conversation, list_conversations
+from screens.chat.widgets import PairView, ReplyView, printable
+from screens.common.forms import FormDialog, PickDialog
+from screens.server.screen import ServerScreen, request_summary
+from screens.common.serving import ServerMonitor, parse_serve_argv, start_server
+from screens.common.widgets import ConfirmDialog, JobProgress, StatusBar
 from tests.test_generate import make_adapters, make_lively_llama
 from tests.pilot import steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
@@ -559,7 +560,7 @@ def studio(tmp_path, monkeypatch, utc) -> Workspace:
     conv = Conversation("20250102-104500-c0de", T0 + 6300, T0 + 6400, system="Rewrite drafts so they read as a "
                         "person wrote them.", temperature=0.7, max_tokens=256,
                         adapter="humanizer-sft+humanizer-dpo")
-    from screens.chat_widgets import Message, Reply
+    from engine.chat import Message, Reply
 
     conv.messages = [
         Message("user", "Rewrite: Our new policy is a testament to our unwavering commitment to excellence."),

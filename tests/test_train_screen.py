@@ -17,9 +17,9 @@ from rich.text import Text
 from engine.events import Run
 from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
-from screens.charts import STYLES, LineChart, Series, fmt_num, render_chart
-from screens.train import RunHistory, TrainScreen, parse_extra, parse_train_argv
-from screens.widgets import ConfirmDialog
+from screens.common.charts import STYLES, LineChart, Series, fmt_num, render_chart
+from screens.train.screen import RunHistory, TrainScreen, parse_extra, parse_train_argv
+from screens.common.widgets import ConfirmDialog
 from tests.pilot import steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp

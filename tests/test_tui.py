@@ -11,9 +11,9 @@ import pytest
 from textual.widgets import DataTable, Input, RichLog
 
 from engine.jobs import find_job, start_job
-from screens.jobs import JobsScreen
-from screens.models import ModelsScreen
-from screens.widgets import ConfirmDialog, InputDialog, JobProgress, StatusBar
+from screens.jobs.screen import JobsScreen
+from screens.models.screen import ModelsScreen
+from screens.common.widgets import ConfirmDialog, InputDialog, JobProgress, StatusBar
 from tests.pilot import notifications, until
 from tests.tiny import write_tiny_gguf
 from tui.app import HumanizerApp

@@ -101,7 +101,7 @@ def stacked(ws):
 
 
 async def test_server_form_ticks_the_deepest_stack_and_refuses_repeats(stacked):
-    from screens.forms import FormDialog
+    from screens.common.forms import FormDialog
     from tests.pilot import text_of
 
     app = HumanizerApp(stacked, mode="server")
@@ -167,7 +167,7 @@ def fake_serve_job(ws) -> None:
 
 
 async def test_chat_starts_with_the_deepest_stack_and_the_hint_shows_real_ids(stacked, monkeypatch):
-    from screens.serving import ServerMonitor
+    from screens.common.serving import ServerMonitor
     from tests.pilot import text_of
 
     StackedServer.home = stacked.home
@@ -192,7 +192,7 @@ async def test_chat_starts_with_the_deepest_stack_and_the_hint_shows_real_ids(st
 async def test_server_port_is_remembered(stacked):
     import socket
 
-    from screens.forms import FormDialog
+    from screens.common.forms import FormDialog
     from tests.test_serving_screens import _stop
 
     with socket.socket() as s:
@@ -303,7 +303,7 @@ async def test_adapter_details_follow_the_cursor_and_scroll_by_key(stacked):
 
 # item 18: checkboxes without colour --------------------------------------------------------------
 async def test_no_color_checkboxes_show_ticked_or_not(stacked, monkeypatch):
-    from screens.forms import Field, FormDialog
+    from screens.common.forms import Field, FormDialog
 
     monkeypatch.setenv("NO_COLOR", "1")
     app = HumanizerApp(stacked, mode="server")
@@ -332,7 +332,7 @@ async def test_no_color_checkboxes_show_ticked_or_not(stacked, monkeypatch):
 
 # item 18: Chat: titles and the clipboard ---------------------------------------------------------
 def saved_chat(ws, cid: str, created: float, first: str, reply: str = "") -> None:
-    from screens.chat_widgets import Conversation, Message, Reply
+    from engine.chat import Conversation, Message, Reply
 
     conv = Conversation(cid, created, created + 60)
     conv.messages = [Message("user", first)]
@@ -343,7 +343,7 @@ def saved_chat(ws, cid: str, created: float, first: str, reply: str = "") -> Non
 
 
 async def test_saved_chats_get_distinct_titles(ws):
-    from screens.forms import PickDialog
+    from screens.common.forms import PickDialog
 
     ask = "Rewrite this draft so it reads as if a person wrote it, keep the meaning: "
     saved_chat(ws, "20250102-090000-aaaa", 1.0e9, ask + "The committee met on Tuesday.")

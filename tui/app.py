@@ -18,17 +18,17 @@ from textual.widgets import Button
 
 from engine.jobs import JobInfo, list_jobs
 from engine.workspace import Workspace
-from screens.adapters import AdaptersScreen
-from screens.chat import ChatScreen
-from screens.convert import ConvertScreen
-from screens.data import DataScreen
-from screens.eval import EvalScreen
-from screens.jobs import JobsScreen
-from screens.models import EMBEDDED, ModelsScreen
-from screens.server import ServerScreen
-from screens.serving import ServerMonitor, running_server
-from screens.train import TrainScreen
-from screens.widgets import ConfirmDialog, key_of, mode_ref, start_humanizer_job
+from screens.adapters.screen import AdaptersScreen
+from screens.chat.screen import ChatScreen
+from screens.convert.screen import ConvertScreen
+from screens.data.screen import DataScreen
+from screens.eval.screen import EvalScreen
+from screens.jobs.screen import JobsScreen
+from screens.models.screen import EMBEDDED, ModelsScreen
+from screens.server.screen import ServerScreen
+from screens.common.serving import ServerMonitor, running_server
+from screens.train.screen import TrainScreen
+from screens.common.widgets import ConfirmDialog, key_of, mode_ref, start_humanizer_job
 from tui.config import ConfigError, keymap_line, load_config, set_value
 from tui.help import HelpScreen, help_rows
 from tui.keymap import APP_BINDINGS, MODES, check_keymap

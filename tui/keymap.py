@@ -36,19 +36,19 @@ APP_BINDINGS: list[Binding] = [
 
 
 def _binding_owners():
-    from screens.adapters import AdaptersScreen, AdapterTable
-    from screens.chat import ChatScreen
-    from screens.convert import ConvertScreen, ConvertTable
-    from screens.data import DataScreen
-    from screens.data_widgets import BuildTable, DatasetTable, RowTable
-    from screens.eval import EvalScreen
-    from screens.eval_widgets import EvalRunTable
-    from screens.forms import FormDialog, PickDialog
-    from screens.jobs import JobsScreen, JobTable
-    from screens.models import ModelsScreen, ModelTable
-    from screens.server import ServerScreen
-    from screens.train import RunTable, TrainScreen
-    from screens.widgets import ConfirmDialog, InputDialog
+    from screens.adapters.screen import AdaptersScreen, AdapterTable
+    from screens.chat.screen import ChatScreen
+    from screens.convert.screen import ConvertScreen, ConvertTable
+    from screens.data.screen import DataScreen
+    from screens.data.widgets import BuildTable, DatasetTable, RowTable
+    from screens.eval.screen import EvalScreen
+    from screens.eval.widgets import EvalRunTable
+    from screens.common.forms import FormDialog, PickDialog
+    from screens.jobs.screen import JobsScreen, JobTable
+    from screens.models.screen import ModelsScreen, ModelTable
+    from screens.server.screen import ServerScreen
+    from screens.train.screen import RunTable, TrainScreen
+    from screens.common.widgets import ConfirmDialog, InputDialog
     from tui.help import HelpScreen
 
     return [HelpScreen, ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,

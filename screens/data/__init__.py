@@ -1,0 +1,1 @@
+"""Data mode: the screen, its build form, and a build job's history and tables (widgets)."""

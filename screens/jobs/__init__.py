@@ -1,0 +1,1 @@
+"""Jobs mode: every run in the workspace's runs/, live."""

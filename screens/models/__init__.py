@@ -1,0 +1,1 @@
+"""Models mode: the workspace's models."""

@@ -1,0 +1,1 @@
+"""Server mode: the screen, what it does (actions), and a serve run's request log (widgets)."""

@@ -1,0 +1,1 @@
+"""Train mode: the screen, its new-run form, and a training run's history and charts (widgets)."""
