@@ -107,7 +107,7 @@ def _opt(help: str, default=MISSING, *, choices=None, options=None, metavar: str
 @dataclass(kw_only=True)
 class ConvertSettings:
     """Everything `humanizer convert MODEL` takes (MODEL itself is the command's argument): the
-    `convert` flags (tui/cli/convert.py) and the Convert form (screens/convert_form.py) are
+    `convert` flags (tui/cli/convert.py) and the Convert form (screens/convert/form.py) are
     made from these fields. `check()` gives the checked form the pipeline runs on: target a
     float, candidate_bits a sorted list, group_size an int."""
 
