@@ -72,15 +72,16 @@ class Run:
     dir: Path
     kind: str = ""
     argv: list[str] = field(default_factory=list)
+    settings: dict | None = None  # the verb's resolved settings, recorded in job.json by start()
     listeners: list[Callable[[dict], None]] = field(default_factory=list)  # e.g. the CLI's progress view
     _events: Any = None
 
     @classmethod
-    def create(cls, runs_dir: Path, kind: str, argv: list[str]) -> "Run":
+    def create(cls, runs_dir: Path, kind: str, argv: list[str], settings: dict | None = None) -> "Run":
         run_id = new_run_id(kind)
         d = runs_dir / run_id
         d.mkdir(parents=True)
-        return cls(d, kind, argv)
+        return cls(d, kind, argv, settings)
 
     @property
     def id(self) -> str:
@@ -99,6 +100,7 @@ class Run:
             id=self.id,
             kind=self.kind or info.get("kind", ""),
             argv=self.argv or info.get("argv", []),
+            settings=self.settings if self.settings is not None else info.get("settings", {}),
             pid=os.getpid(),
             pid_start=process_start_time(os.getpid()),
             host=socket.gethostname(),
@@ -227,11 +229,12 @@ def current_run_dir() -> Path | None:
     return Path(d) if d else None
 
 
-def open_run(runs_dir: Path, kind: str, argv: list[str]) -> Run:
+def open_run(runs_dir: Path, kind: str, argv: list[str], settings: dict | None = None) -> Run:
     """The run to record into: the job runner's folder if this process is a job, else a new one,
-    so runs started from a shell show up in the TUI too."""
+    so runs started from a shell show up in the TUI too. `settings`: the verb's resolved
+    settings (JSON-serialisable, no secrets), recorded in job.json for the screens."""
     d = current_run_dir()
-    return Run(d, kind, argv) if d else Run.create(runs_dir, kind, argv)
+    return Run(d, kind, argv, settings) if d else Run.create(runs_dir, kind, argv, settings)
 
 
 class ChunkProgress:

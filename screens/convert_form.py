@@ -219,4 +219,7 @@ class ConvertForm:
             args += ["--seq-len", str(s["seq_len"])]
         if s["resume"]:
             args.append("--resume")
-        self._start_job("convert", args)
+        settings = {"model": s["model"], "target_bpw": s["target"], "candidate_bits": ",".join(map(str, s["bits"])),
+                    "group_size": s["group"], "output": str(s["output"]), "samples": s["samples"],
+                    "seq_len": s["seq_len"], "resume": s["resume"]}
+        self._start_job("convert", args, settings)

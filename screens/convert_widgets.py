@@ -16,7 +16,6 @@ from rich.text import Text
 from engine.jobs import JobInfo
 from engine.workspace import human_bytes
 from screens.runs import JobHistory
-from screens.widgets import parse_verb_argv
 
 # the grid's columns, as engine.convert.MODULE_NAMES names them
 GRID_COLUMNS = ("q", "k", "v", "o", "gate", "up", "down", "embedding", "head")
@@ -29,12 +28,6 @@ BITS_STYLE = {  # background colour per chosen bit width (the digit is shown too
     16: "bold white on medium_purple4",
 }
 PENDING, MEASURED, PROVISIONAL = "·", "?", "~"
-BOOL_FLAGS = {"resume", "json"}
-
-
-def parse_convert_argv(argv: list[str]) -> dict:
-    """The model and flags of a `... convert MODEL --flag value ...` command line."""
-    return parse_verb_argv(argv, ("convert",), BOOL_FLAGS)
 
 
 def is_convert_job(job: JobInfo) -> bool:
@@ -52,8 +45,6 @@ def _num(v) -> float | None:
 class ConvertHistory(JobHistory):
     """One convert's events, read incrementally: every layer's latest `layer` event (in
     the convert's order), the latest progress, the budget metric, done/error."""
-
-    parse_argv = staticmethod(parse_convert_argv)
 
     def __init__(self, job: JobInfo) -> None:
         super().__init__(job)

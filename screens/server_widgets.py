@@ -12,7 +12,6 @@ from rich.text import Text
 from engine.events import read_events
 from engine.jobs import JobInfo
 from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
-from screens.serving import parse_serve_argv
 from screens.widgets import fmt_duration, key_of, status_text
 
 STATUS_LOOK = {  # request status -> (symbol, style); a symbol too, so NO_COLOR tells them apart
@@ -124,7 +123,7 @@ def server_status(monitor, run: ServeRun | None) -> Text:
                  "when the app closes)", style="dim")
     if run is not None and not live:
         job = run.job
-        args = parse_serve_argv(job.argv)
+        args = job.settings
         t.append("\n" if v.job is None else "")
         t.append("last run " if v.job is None else "past run ", style="dim")
         t.append(f"{job.id} ", style="bold")
@@ -132,7 +131,7 @@ def server_status(monitor, run: ServeRun | None) -> Text:
         if job.started and job.ended:
             t.append(f" after {fmt_duration(job.ended - job.started)}", style="dim")
         t.append(f"\n{run.url or 'never listened'} · model {Path(str(args.get('model', '?'))).name}")
-        if args["adapters"]:
+        if args.get("adapters"):
             t.append(" · adapters " + ", ".join(Path(a).name for a in args["adapters"]))
         if run.error:
             t.append(f"\n✗ {run.error.get('message')}", style="bold red")
@@ -142,7 +141,7 @@ def server_status(monitor, run: ServeRun | None) -> Text:
             t.append(f"\n{monitor.label()} is running: {key_of(monitor.app, 'server_live', 'f')} shows it", style="dim")
     if v.job is None or not live:
         return t
-    args = parse_serve_argv(v.job.argv)
+    args = v.job.settings
     model = v.health.get("model") or Path(str(args.get("model", "?"))).name
     if v.state == "up":
         t.append("● up  ", style="bold green")
@@ -174,7 +173,7 @@ def server_status(monitor, run: ServeRun | None) -> Text:
         t.append("   (\"adapter\" or \"model\" in a request)", style="dim")
     else:
         t.append("adapters ", style="dim")
-        t.append(", ".join(Path(a).name for a in args["adapters"]) or "none")
+        t.append(", ".join(Path(a).name for a in args.get("adapters") or []) or "none")
         t.append(f" · {args.get('host', DEFAULT_HOST)}:{args.get('port', DEFAULT_PORT)}", style="dim")
     return t
 

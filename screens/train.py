@@ -28,10 +28,10 @@ from screens.charts import LineChart, Series, fmt_num
 from screens.panes import NarrowPanes
 from screens.runs import RunsScreen, append_outcome, append_timing, bar
 from screens.train_form import TrainForm, parse_extra
-from screens.train_widgets import CHARTS, KL_TITLE, RunHistory, RunTable, is_train_job, parse_train_argv
+from screens.train_widgets import CHARTS, KL_TITLE, RunHistory, RunTable, is_train_job
 from screens.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, fmt_time, status_text
 
-__all__ = ["TrainScreen", "RunTable", "RunHistory", "parse_extra", "parse_train_argv"]
+__all__ = ["TrainScreen", "RunTable", "RunHistory", "parse_extra"]
 
 SHORT = 30  # below this many rows: the compact form
 

@@ -35,7 +35,8 @@ from textual.widgets._footer import FooterKey
 
 from engine.events import TERMINAL, read_events
 from engine.errors import HumanizerError
-from engine.jobs import JobInfo, cancel_job, humanizer_argv, job_info, last_progress, start_job
+from engine.jobs import JobInfo, cancel_job, job_info, last_progress
+from screens.launch import start_verb
 
 TAIL_HZ = 4  # how often a screen re-reads a job it is showing (never per event)
 
@@ -436,10 +437,10 @@ class JobProgress(Vertical):
         self.query_one("#jp-message", Label).update(message)
 
 
-def start_humanizer_job(screen, kind: str, *args: str) -> JobInfo | None:
+def start_humanizer_job(screen, kind: str, *args: str, settings: dict | None = None) -> JobInfo | None:
     """Start `humanizer ARGS` as a job; None (and the error notified) when it cannot start."""
     try:
-        return start_job(screen.app.ws, kind, humanizer_argv(*args))
+        return start_verb(screen.app.ws, kind, list(args), settings)
     except OSError as e:
         screen.notify(f"could not start {kind}: {e}", severity="error")
         return None
@@ -566,31 +567,3 @@ def _cancel_in_thread(screen, job_id: str, after: Callable | None) -> None:
             after()
 
     screen.app.call_from_thread(cancelled)
-
-
-def parse_verb_argv(argv: list[str], verb: tuple[str, ...], bool_flags: set[str]) -> dict:
-    """The model and flags of a `... VERB MODEL --flag value ...` command line (a job's argv):
-    {} when `verb` is not in it; `--flag=value` and valueless `bool_flags` are understood."""
-    args = [str(a) for a in argv]
-    n = len(verb)
-    start = next((i + n for i in range(len(args) - n + 1) if tuple(args[i:i + n]) == verb), None)
-    if start is None:
-        return {}
-    out: dict = {}
-    rest, i = args[start:], 0
-    while i < len(rest):
-        a = rest[i]
-        if a.startswith("--"):
-            key = a[2:]
-            if "=" in key:
-                key, value = key.split("=", 1)
-                out[key.replace("-", "_")] = value
-            elif key in bool_flags:
-                out[key.replace("-", "_")] = True
-            elif i + 1 < len(rest):
-                out[key.replace("-", "_")] = rest[i + 1]
-                i += 1
-        elif "model" not in out:
-            out["model"] = a
-        i += 1
-    return out

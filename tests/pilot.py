@@ -29,3 +29,12 @@ def steady_cursors(screen) -> None:
     """Stop the text cursors blinking: a snapshot would catch a blinking one on or off."""
     for widget in screen.query("Input, TextArea"):
         widget.cursor_blink = False
+
+
+def cli_settings(argv: list[str]) -> dict:
+    """The settings job.json records for `humanizer ARGV` (argv[0] the command): for fixtures
+    that write a run by hand, as the CLI's child would."""
+    from tui.cli import build_parser
+    from tui.cli.common import verb_settings
+
+    return verb_settings(build_parser().parse_args([str(a) for a in argv[1:]]))

@@ -27,7 +27,7 @@ from screens.chat import ChatScreen
 from screens.chat_widgets import Conversation, PairView, ReplyView, list_conversations, printable
 from screens.forms import FormDialog, PickDialog
 from screens.server import ServerScreen, request_summary
-from screens.serving import ServerClient, ServerMonitor, parse_serve_argv, start_server
+from screens.serving import ServerClient, ServerMonitor, start_server
 from screens.widgets import ConfirmDialog, JobProgress, StatusBar
 from tests.test_generate import make_adapters, make_lively_llama
 from tests.pilot import steady_cursors, text_of, until
@@ -106,10 +106,7 @@ def serve_jobs(ws):
 
 
 # helpers --------------------------------------------------------------------------------------
-def test_parse_serve_argv_and_printable():
-    args = parse_serve_argv(["/py", "-m", "tui.cli", "serve", "--model", "/m/tiny", "--adapter", "a",
-                             "--adapter=b", "--port", "0", "--json", "--host", "0.0.0.0"])
-    assert args == {"adapters": ["a", "b"], "model": "/m/tiny", "port": 0, "json": True, "host": "0.0.0.0"}
+def test_printable_and_request_summary():
     assert printable("a\x1b[2Jb\tc\nd\x07\x9b") == "a␛[2Jb\tc\nd␇\ufffd"
     reqs = [{"adapter": "sft", "status": "stop", "latency_s": 0.5, "completion_tokens": 10, "tokens_per_second": 20},
             {"adapter": "base", "status": "error", "latency_s": 0.0, "completion_tokens": 0}]
@@ -266,7 +263,7 @@ async def test_server_start_request_log_and_stop(sws):
             await pilot.press("ctrl+s")
             await until(pilot, lambda: mon.state in ("starting", "up"), 10, "the server job")
             job_id = mon.view.job.id
-            args = parse_serve_argv(find_job(sws, job_id).argv)
+            args = find_job(sws, job_id).settings
             assert args["adapters"] == [str(sws.adapters_dir / "sft"), str(sws.adapters_dir / "dpo")]  # parent first
             await until(pilot, lambda: mon.up, 30, "the server up")
             await until(pilot, lambda: "● up" in text_of(screen, "#srv-status"), 5, "the status")
@@ -455,7 +452,7 @@ async def test_chat_offers_to_start_a_server(sws):
             await pilot.press("y")
             await until(pilot, lambda: mon.state in ("starting", "up"), 10, "the server job")
             assert screen.pending == "Hello?" and "Waiting for the server" in text_of(screen, "#chat-info")
-            args = parse_serve_argv(mon.view.job.argv)
+            args = mon.view.job.settings
             assert args["adapters"] == [str(sws.adapters_dir / "sft"), str(sws.adapters_dir / "dpo")]
             assert args["port"] == 0
             await until(pilot, lambda: replies(screen) and replies(screen)[-1].done, 30, "the reply")
