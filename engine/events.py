@@ -18,6 +18,60 @@ from typing import Any, Callable
 
 TERMINAL = ("done", "failed", "cancelled")
 
+# Every event type and its required fields, each with the JSON kinds its value may take. Every
+# event also has "t" (unix time) and "type"; more fields are allowed (a convert's layer carries
+# many, a demo's progress its job), so readers use .get for anything not listed here.
+_NUM, _OPT_NUM, _OPT_STR = (int, float), (int, float, type(None)), (str, type(None))
+EVENT_SCHEMAS: dict[str, dict[str, tuple]] = {
+    "progress": {"step": _NUM, "total": _OPT_NUM, "eta": _OPT_NUM, "message": _OPT_STR},
+    "metric": {"step": _NUM, "values": (dict,)},
+    "layer": {"path": (str,), "index": (int,), "total": (int,), "phase": (str,)},  # convert: one layer
+    "log": {"message": (str,)},
+    "artifact": {"path": (str,)},  # a file or folder written
+    "sample": {"key": (str,)},  # the newest generated pair (data build, eval)
+    "request": {"endpoint": (str,), "status": (str,)},  # serve: one finished request
+    "ready": {"url": (str,)},  # serve: listening at url (the base URL, no /v1)
+    "done": {},
+    "error": {"message": (str,), "hint": _OPT_STR},
+}
+
+
+def event_problems(ev) -> list[str]:
+    """What is wrong with `ev` as an event (empty when it is a valid one): not an object, no
+    numeric "t" or string "type", an unknown type, a required field missing or of another kind."""
+    if not isinstance(ev, dict):
+        return [f"not an object: {type(ev).__name__}"]
+    out = []
+    if not isinstance(ev.get("t"), (int, float)) or isinstance(ev.get("t"), bool):
+        out.append("t: a unix time is required")
+    kind = ev.get("type")
+    if not isinstance(kind, str):
+        return out + ["type: a string is required"]
+    schema = EVENT_SCHEMAS.get(kind)
+    if schema is None:
+        return out + [f"type: unknown event type {kind!r} (known: {', '.join(EVENT_SCHEMAS)})"]
+    for name, kinds in schema.items():
+        if name not in ev:
+            out.append(f"{kind}.{name}: missing")
+        elif not isinstance(ev[name], kinds) or (isinstance(ev[name], bool) and bool not in kinds):
+            out.append(f"{kind}.{name}: {type(ev[name]).__name__}, expected "
+                       + " or ".join("null" if k is type(None) else k.__name__ for k in kinds))
+    return out
+
+
+def is_event(ev) -> bool:
+    """An event a reader can use: an object with a string "type" (a torn-and-joined or foreign
+    line is not). Unknown types pass: a newer writer's events must not vanish for an older reader."""
+    return isinstance(ev, dict) and isinstance(ev.get("type"), str)
+
+
+def server_url(ev: dict) -> str | None:
+    """The URL a serve run listens on, from its "ready" event (runs recorded before there was
+    one: the log event that carried it)."""
+    if ev.get("type") == "ready" or (ev.get("type") == "log" and ev.get("url")):
+        return str(ev["url"]) if ev.get("url") else None
+    return None
+
 
 class Cancelled(Exception):
     """Raised inside a run when it receives SIGTERM; the work saves what it can and exits."""
@@ -60,7 +114,7 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
             ev = json.loads(line)
         except ValueError:
             continue
-        if isinstance(ev, dict):
+        if is_event(ev):
             events.append(ev)
     return events, offset + end
 

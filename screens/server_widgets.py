@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from engine.events import read_events
+from engine.events import read_events, server_url
 from engine.jobs import JobInfo
 from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
 from screens.widgets import fmt_duration, key_of, status_text
@@ -51,10 +51,9 @@ class ServeRun:
             kind = ev.get("type")
             if kind == "request":
                 self.requests.append(ev)
-            elif kind == "log":
+            elif kind in ("log", "ready"):
                 self.message = str(ev.get("message") or "")
-                if ev.get("url"):
-                    self.url = str(ev["url"])
+                self.url = server_url(ev) or self.url
             elif kind == "error":
                 self.error = ev
         return len(self.requests) - before

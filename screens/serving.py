@@ -2,7 +2,7 @@
 
 The server is a `humanizer serve` job (engine.jobs), so it outlives the app. One
 ServerMonitor per app follows the newest running serve job: its URL comes from the job's
-events (the "serving on" log event carries `url`), its health, mounted adapters and
+"ready" event, its health, mounted adapters and
 model ids from the server's own HTTP API, polled once a second in an async worker (never
 on the UI thread). Screens read the monitor's fields on their redraw timers; `version`
 changes whenever anything they show does.
@@ -21,7 +21,7 @@ from typing import AsyncIterator
 
 from rich.text import Text
 
-from engine.events import read_events
+from engine.events import read_events, server_url
 from engine.jobs import JobInfo
 from engine.server_settings import DEFAULT_HOST, DEFAULT_PORT
 from screens.launch import start_verb
@@ -288,8 +288,8 @@ class ServerMonitor:
         if self.view.url is None:
             events, self._offset = read_events(job.dir / "events.jsonl", self._offset)
             for ev in events:
-                if ev.get("type") == "log" and ev.get("url"):
-                    self._set(url=str(ev["url"]))
+                if server_url(ev):
+                    self._set(url=server_url(ev))
                     self._force = True
                     break
         if job.id in self._stopping:
