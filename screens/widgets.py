@@ -36,6 +36,7 @@ from textual.widgets._footer import FooterKey
 from engine.events import TERMINAL, read_events
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo, cancel_job, job_info, last_progress
+from screens.event_text import BAD, DIM, HEAD, HINT, OK, STAMP, event_parts, fmt_duration  # fmt_duration: screens import it from here
 from screens.launch import start_verb
 
 TAIL_HZ = 4  # how often a screen re-reads a job it is showing (never per event)
@@ -68,17 +69,6 @@ def fmt_time(t: float | None) -> str:
     return time.strftime("%m-%d %H:%M", time.localtime(t)) if t else "—"
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 def status_text(status: str) -> Text:
     symbol, style = STATUS_LOOK.get(status, ("?", ""))
     return Text(f"{symbol} {status}", style=style)
@@ -90,45 +80,12 @@ def progress_pct(ev: dict | None) -> float | None:
     return max(0.0, min(100.0, 100.0 * (ev.get("step") or 0) / ev["total"]))
 
 
+EVENT_STYLES = {STAMP: "dim", HEAD: "bold", OK: "bold green", BAD: "bold red", HINT: "italic", DIM: "dim"}
+
+
 def format_event(ev: dict) -> Text:
-    """One event as one log line: time, type, then what it says."""
-    t = ev.get("t")
-    stamp = time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "--:--:--"
-    kind = ev.get("type", "?")
-    line = Text(f"{stamp} ", style="dim")
-    if kind == "progress":
-        total = ev.get("total")
-        pct = progress_pct(ev)
-        line.append(f"{ev.get('step', 0)}/{total}" if total else f"step {ev.get('step', 0)}", style="bold")
-        if pct is not None:
-            line.append(f" {pct:3.0f}%")
-        if ev.get("message"):
-            line.append(f"  {ev['message']}")
-        if ev.get("eta"):
-            line.append(f"  eta {fmt_duration(ev['eta'])}", style="dim")
-    elif kind == "metric":
-        vals = ev.get("values") or {}
-        line.append(f"step {ev.get('step', '?')} ", style="bold")
-        line.append("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items()))
-    elif kind == "layer":
-        rest = {k: v for k, v in ev.items() if k not in ("t", "type", "path", "name")}
-        line.append(f"layer {ev.get('path') or ev.get('name', '?')} ", style="bold")
-        line.append(" ".join(f"{k}={v}" for k, v in rest.items()))
-    elif kind == "artifact":
-        line.append("wrote ", style="bold")
-        line.append(str(ev.get("path", "")))
-    elif kind == "done":
-        line.append("✓ done", style="bold green")
-        extra = {k: v for k, v in ev.items() if k not in ("t", "type")}
-        if extra:
-            line.append("  " + " ".join(f"{k}={v}" for k, v in extra.items()))
-    elif kind == "error":
-        line.append(f"✗ {ev.get('message', 'error')}", style="bold red")
-        if ev.get("hint"):
-            line.append(f"  hint: {ev['hint']}", style="italic")
-    else:
-        line.append(str(ev.get("message", "")) if kind == "log" else f"{kind} {ev}")
-    return line
+    """One event as one log line, styled: the wording is screens.event_text's (the CLI's too)."""
+    return Text.assemble(*((text, EVENT_STYLES.get(role, "")) for text, role in event_parts(ev)))
 
 
 # data tables ------------------------------------------------------------------
