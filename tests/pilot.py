@@ -1,15 +1,44 @@
-"""Helpers for Pilot tests of the app's screens."""
+"""Helpers for the tests: waiting for a condition (one polling core, a sync and an async face)
+and reading the app's screens under Pilot."""
 
 import time
+
+POLL_S = 0.05
+
+
+def _polling(condition, timeout: float):
+    """Yields while `condition()` does not hold yet; returns True once it holds, False when
+    `timeout` seconds pass first. The caller sleeps between yields, its own way."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        yield
+    return True
+
+
+def wait_for(condition, timeout: float = 20.0) -> bool:
+    """Sleep until `condition()` holds (True) or `timeout` passes (False): for tests without an app."""
+    polls = _polling(condition, timeout)
+    while True:
+        try:
+            next(polls)
+        except StopIteration as done:
+            return done.value
+        time.sleep(POLL_S)
 
 
 async def until(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
     """Let the app run until `condition()` holds (bounded; never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await pilot.pause(0.05)
+    polls = _polling(condition, timeout)
+    while True:
+        try:
+            next(polls)
+        except StopIteration as done:
+            if not done.value:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+            return
+        await pilot.pause(POLL_S)
 
 
 def notifications(app) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 from engine.errors import HumanizerError
 from engine.events import process_start_time, read_events, read_json, write_json
 from engine.jobs import cancel_job, find_job, list_jobs
-from tests.test_jobs import wait_for
+from tests.pilot import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

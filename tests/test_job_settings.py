@@ -7,8 +7,9 @@ from pathlib import Path
 from engine.jobs import job_info, start_job
 from screens.serving import serve_argv, serve_settings
 from screens.train_form import read_extra
+from tests.pilot import wait_for
 from tests.test_demo import _pairs_rows
-from tests.test_jobs import slow_argv, wait_for
+from tests.test_jobs import slow_argv
 from tui.cli import build_parser, main
 from tui.cli.common import verb_settings
 
