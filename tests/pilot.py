@@ -61,9 +61,11 @@ def steady_cursors(screen) -> None:
 
 
 def cli_settings(argv: list[str]) -> dict:
-    """The settings job.json records for `humanizer ARGV` (argv[0] the command): for fixtures
-    that write a run by hand, as the CLI's child would."""
+    """The settings job.json records for a `humanizer ...` or `python -m tui.cli ...` command
+    line: for fixtures that write a run by hand, as the CLI's child would."""
     from tui.cli import build_parser
     from tui.cli.common import verb_settings
 
-    return verb_settings(build_parser().parse_args([str(a) for a in argv[1:]]))
+    args = [str(a) for a in argv]
+    args = args[args.index("tui.cli") + 1:] if "tui.cli" in args else args[1:]
+    return verb_settings(build_parser().parse_args(args))

@@ -30,7 +30,7 @@ from screens.server import ServerScreen, request_summary
 from screens.serving import ServerClient, ServerMonitor, start_server
 from screens.widgets import ConfirmDialog, JobProgress, StatusBar
 from tests.test_generate import make_adapters, make_lively_llama
-from tests.pilot import steady_cursors, text_of, until
+from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
@@ -535,7 +535,8 @@ def studio(tmp_path, monkeypatch, utc) -> Workspace:
     argv = ["humanizer", "serve", "--model", str(tiny), "--adapter", "humanizer-sft", "--adapter", "humanizer-dpo",
             "--port", "8080"]
     (run / "job.json").write_text(json.dumps({
-        "id": run.name, "kind": "serve", "argv": argv, "pid": os.getpid(), "status": "running", "started": t,
+        "id": run.name, "kind": "serve", "argv": argv, "settings": cli_settings(argv), "pid": os.getpid(),
+        "status": "running", "started": t,
         "ended": None, "pid_start": process_start_time(os.getpid())}))
     events = [{"t": t + 1, "type": "log", "message": f"loading {tiny} with 2 adapter(s)"},
               {"t": t + 2, "type": "log", "message": f"serving on {URL}/v1", "url": URL}]

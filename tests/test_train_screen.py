@@ -20,7 +20,7 @@ from engine.workspace import Workspace
 from screens.charts import STYLES, LineChart, Series, fmt_num, render_chart
 from screens.train import RunHistory, TrainScreen, parse_extra
 from screens.widgets import ConfirmDialog
-from tests.pilot import steady_cursors, text_of, until
+from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
@@ -295,6 +295,7 @@ def _run_dir(ws: Workspace, run_id: str, kind: str, argv: list[str], events: lis
     d = ws.runs_dir / run_id
     d.mkdir(parents=True)
     (d / "job.json").write_text(json.dumps({"id": run_id, "kind": kind, "argv": argv, "pid": 999999,
+                                            "settings": cli_settings(argv),
                                             "status": status, "started": started, "ended": ended}))
     (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
 
