@@ -48,7 +48,7 @@ def finished_run(ws: Workspace, name: str, method: str, metrics: list[tuple[int,
     """A finished `lora train` run written by the real run writer."""
     argv = ["humanizer", "lora", "train", "tiny", "--data", "/data/x", "--method", method, "--iters", str(iters),
             "--output", str(ws.adapters_dir / name)]
-    run = Run.create(ws.runs_dir, f"lora train {method}", argv)
+    run = Run.create(ws.runs_dir, f"lora train {method}", argv, cli_settings(argv))
     with run:
         run.progress(0, iters, f"step 0/{iters}")
         for step, values in metrics:
