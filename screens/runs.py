@@ -34,7 +34,7 @@ class JobHistory:
 
     def __init__(self, job: JobInfo) -> None:
         self.job = job
-        self.args = dict(getattr(job, "settings", None) or {})
+        self.args = dict(job.settings)  # the verb's settings (job.json), keyed as its flags
         self.name = Path(self.args["output"]).name if self.args.get("output") else job.id
         self.offset = 0
         self.progress: dict | None = None
