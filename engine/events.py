@@ -18,6 +18,60 @@ from typing import Any, Callable
 
 TERMINAL = ("done", "failed", "cancelled")
 
+# Every event type and its required fields, each with the JSON kinds its value may take. Every
+# event also has "t" (unix time) and "type"; more fields are allowed (a convert's layer carries
+# many, a demo's progress its job), so readers use .get for anything not listed here.
+_NUM, _OPT_NUM, _OPT_STR = (int, float), (int, float, type(None)), (str, type(None))
+EVENT_SCHEMAS: dict[str, dict[str, tuple]] = {
+    "progress": {"step": _NUM, "total": _OPT_NUM, "eta": _OPT_NUM, "message": _OPT_STR},
+    "metric": {"step": _NUM, "values": (dict,)},
+    "layer": {"path": (str,), "index": (int,), "total": (int,), "phase": (str,)},  # convert: one layer
+    "log": {"message": (str,)},
+    "artifact": {"path": (str,)},  # a file or folder written
+    "sample": {"key": (str,)},  # the newest generated pair (data build, eval)
+    "request": {"endpoint": (str,), "status": (str,)},  # serve: one finished request
+    "ready": {"url": (str,)},  # serve: listening at url (the base URL, no /v1)
+    "done": {},
+    "error": {"message": (str,), "hint": _OPT_STR},
+}
+
+
+def event_problems(ev) -> list[str]:
+    """What is wrong with `ev` as an event (empty when it is a valid one): not an object, no
+    numeric "t" or string "type", an unknown type, a required field missing or of another kind."""
+    if not isinstance(ev, dict):
+        return [f"not an object: {type(ev).__name__}"]
+    out = []
+    if not isinstance(ev.get("t"), (int, float)) or isinstance(ev.get("t"), bool):
+        out.append("t: a unix time is required")
+    kind = ev.get("type")
+    if not isinstance(kind, str):
+        return out + ["type: a string is required"]
+    schema = EVENT_SCHEMAS.get(kind)
+    if schema is None:
+        return out + [f"type: unknown event type {kind!r} (known: {', '.join(EVENT_SCHEMAS)})"]
+    for name, kinds in schema.items():
+        if name not in ev:
+            out.append(f"{kind}.{name}: missing")
+        elif not isinstance(ev[name], kinds) or (isinstance(ev[name], bool) and bool not in kinds):
+            out.append(f"{kind}.{name}: {type(ev[name]).__name__}, expected "
+                       + " or ".join("null" if k is type(None) else k.__name__ for k in kinds))
+    return out
+
+
+def is_event(ev) -> bool:
+    """An event a reader can use: an object with a string "type" (a torn-and-joined or foreign
+    line is not). Unknown types pass: a newer writer's events must not vanish for an older reader."""
+    return isinstance(ev, dict) and isinstance(ev.get("type"), str)
+
+
+def server_url(ev: dict) -> str | None:
+    """The URL a serve run listens on, from its "ready" event (runs recorded before there was
+    one: the log event that carried it)."""
+    if ev.get("type") == "ready" or (ev.get("type") == "log" and ev.get("url")):
+        return str(ev["url"]) if ev.get("url") else None
+    return None
+
 
 class Cancelled(Exception):
     """Raised inside a run when it receives SIGTERM; the work saves what it can and exits."""
@@ -60,7 +114,7 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
             ev = json.loads(line)
         except ValueError:
             continue
-        if isinstance(ev, dict):
+        if is_event(ev):
             events.append(ev)
     return events, offset + end
 
@@ -72,15 +126,16 @@ class Run:
     dir: Path
     kind: str = ""
     argv: list[str] = field(default_factory=list)
+    settings: dict | None = None  # the verb's resolved settings, recorded in job.json by start()
     listeners: list[Callable[[dict], None]] = field(default_factory=list)  # e.g. the CLI's progress view
     _events: Any = None
 
     @classmethod
-    def create(cls, runs_dir: Path, kind: str, argv: list[str]) -> "Run":
+    def create(cls, runs_dir: Path, kind: str, argv: list[str], settings: dict | None = None) -> "Run":
         run_id = new_run_id(kind)
         d = runs_dir / run_id
         d.mkdir(parents=True)
-        return cls(d, kind, argv)
+        return cls(d, kind, argv, settings)
 
     @property
     def id(self) -> str:
@@ -99,6 +154,7 @@ class Run:
             id=self.id,
             kind=self.kind or info.get("kind", ""),
             argv=self.argv or info.get("argv", []),
+            settings=self.settings if self.settings is not None else info.get("settings", {}),
             pid=os.getpid(),
             pid_start=process_start_time(os.getpid()),
             host=socket.gethostname(),
@@ -227,11 +283,12 @@ def current_run_dir() -> Path | None:
     return Path(d) if d else None
 
 
-def open_run(runs_dir: Path, kind: str, argv: list[str]) -> Run:
+def open_run(runs_dir: Path, kind: str, argv: list[str], settings: dict | None = None) -> Run:
     """The run to record into: the job runner's folder if this process is a job, else a new one,
-    so runs started from a shell show up in the TUI too."""
+    so runs started from a shell show up in the TUI too. `settings`: the verb's resolved
+    settings (JSON-serialisable, no secrets), recorded in job.json for the screens."""
     d = current_run_dir()
-    return Run(d, kind, argv) if d else Run.create(runs_dir, kind, argv)
+    return Run(d, kind, argv, settings) if d else Run.create(runs_dir, kind, argv, settings)
 
 
 class ChunkProgress:

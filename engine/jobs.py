@@ -6,12 +6,12 @@ process table: a job whose process died without finishing shows as failed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +34,7 @@ class JobInfo:
     started: float | None
     ended: float | None
     error: str | None = None
+    settings: dict = field(default_factory=dict)  # the verb's resolved settings (job.json; {} in older runs)
 
     @property
     def running(self) -> bool:
@@ -43,17 +44,17 @@ class JobInfo:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def humanizer_argv(*args: str) -> list[str]:
-    """The command line that runs `humanizer ARGS` with this interpreter."""
-    return [sys.executable, "-m", "tui.cli", *args]
-
-
-def start_job(ws: Workspace, kind: str, argv: list[str], env: dict | None = None) -> JobInfo:
-    """Start `argv` detached, with HUMANIZER_RUN_DIR pointing at a new run folder."""
+def start_job(ws: Workspace, kind: str, argv: list[str], env: dict | None = None,
+              settings: dict | None = None) -> JobInfo:
+    """Start `argv` (any command) detached, with HUMANIZER_RUN_DIR pointing at a new run folder.
+    `settings` (JSON-serialisable, no secrets) go into job.json at once, so a screen knows
+    what the job does before the child has parsed its flags; the child records its resolved
+    settings there when it starts (Run.start)."""
     run = Run.create(ws.runs_dir, kind, argv)
+    settings = json.loads(json.dumps(settings or {}, default=str))  # tuples, paths: as job.json keeps them
     write_json(run.dir / "job.json", {
-        "id": run.id, "kind": kind, "argv": argv, "pid": None, "status": "starting",
-        "started": time.time(), "ended": None,
+        "id": run.id, "kind": kind, "argv": argv, "settings": settings, "pid": None,
+        "status": "starting", "started": time.time(), "ended": None,
     })
     child_env = {**os.environ, **(env or {}), "HUMANIZER_RUN_DIR": str(run.dir), "HUMANIZER_HOME": str(ws.home)}
     with open(run.dir / "log.txt", "ab") as log:
@@ -91,6 +92,7 @@ def job_info(run_dir: Path) -> JobInfo:
     return JobInfo(
         id=run_dir.name, dir=run_dir, kind=info.get("kind", "?"), argv=info.get("argv", []),
         pid=info.get("pid"), status=status, started=info.get("started"), ended=info.get("ended"), error=error,
+        settings=info.get("settings") if isinstance(info.get("settings"), dict) else {},
     )
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures. Tiny models and tokenizers are built in tests/tiny.py."""
 
+import json
 import os
 import time
 
@@ -27,3 +28,20 @@ def utc(monkeypatch):
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+@pytest.fixture(autouse=True)
+def events_follow_their_schemas(monkeypatch):
+    """Every event written in this process is checked against engine.events.EVENT_SCHEMAS:
+    so every test that makes the engine write events checks them too."""
+    from engine import events
+
+    emit = events.Run.emit
+
+    def checked(self, type, **fields):
+        ev = emit(self, type, **fields)
+        problems = events.event_problems(json.loads(json.dumps(ev, default=str)))
+        assert not problems, f"event {type!r} breaks its schema: {'; '.join(problems)}"
+        return ev
+
+    monkeypatch.setattr(events.Run, "emit", checked)

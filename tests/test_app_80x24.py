@@ -130,8 +130,8 @@ async def test_train_at_80x24_switches_between_charts_and_form(ws):
     (ws.models_dir / "tiny").mkdir()
     (ws.models_dir / "tiny" / "config.json").write_text('{"model_type": "llama"}')
     _run_dir(ws, "20250102-090000-lora-train-sft-3f9a", "lora train sft",
-             ["humanizer", "lora", "train", str(ws.models_dir / "tiny"), "--method", "sft", "--iters", "200",
-              "--output", str(ws.adapters_dir / "sft")], _sft_events(T0), "done", T0, T0 + 400)
+             ["humanizer", "lora", "train", str(ws.models_dir / "tiny"), "--data", "/data/sft", "--method", "sft",
+              "--iters", "200", "--output", str(ws.adapters_dir / "sft")], _sft_events(T0), "done", T0, T0 + 400)
     app = HumanizerApp(ws, mode="train")
     async with app.run_test(size=SIZE) as pilot:
         screen = app.screen

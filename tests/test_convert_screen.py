@@ -17,8 +17,8 @@ from engine.events import Run
 from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
 from screens.convert.screen import ConvertScreen
-from screens.convert.widgets import ConvertHistory, parse_convert_argv, render_gauge, render_grid
-from tests.pilot import text_of, until
+from screens.convert.widgets import ConvertHistory, render_gauge, render_grid
+from tests.pilot import cli_settings, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
@@ -51,7 +51,7 @@ def _layer_events(blocks: int = 2, bits=(4, 8)) -> list[dict]:
 def finished_convert(ws: Workspace, name: str = "tiny-5bpw", done: bool = True) -> str:
     argv = ["humanizer", "convert", str(ws.models_dir / "tiny"), "--target-bpw", "5", "--candidate-bits", "4,8",
             "--group-size", "64", "--output", str(ws.models_dir / name)]
-    run = Run.create(ws.runs_dir, "convert", argv)
+    run = Run.create(ws.runs_dir, "convert", argv, cli_settings(argv))
     layers = _layer_events()
     with run:
         for ev in layers[: len(layers) // 2]:
@@ -68,11 +68,8 @@ def finished_convert(ws: Workspace, name: str = "tiny-5bpw", done: bool = True) 
 
 
 # pure pieces ---------------------------------------------------------------------------------
-def test_grid_gauge_and_argv():
-    args = parse_convert_argv(["/py", "-m", "tui.cli", "convert", "/m/tiny", "--target-bpw", "5",
-                               "--candidate-bits=4,8", "--output", "/o", "--resume"])
-    assert args == {"model": "/m/tiny", "target_bpw": "5", "candidate_bits": "4,8", "output": "/o", "resume": True}
-    h = ConvertHistory(SimpleNamespace(id="x", argv=["humanizer", "convert", "m", "--candidate-bits", "4,8"]))
+def test_grid_gauge_and_settings():
+    h = ConvertHistory(SimpleNamespace(id="x", settings={"model": "m", "candidate_bits": "4,8"}))
     events = _layer_events()
     for ev in events[:4]:  # measured: ?, not yet: ·
         h.layers[ev["path"]] = ev
@@ -93,7 +90,7 @@ async def test_the_grid_fills_in_while_the_calibration_pass_runs(ws):
     bits (~4, ~8) and sensitivities at once; measured layers then replace them live."""
     argv = ["humanizer", "convert", str(ws.models_dir / "tiny"), "--target-bpw", "5", "--candidate-bits", "4,8",
             "--output", str(ws.models_dir / "live")]
-    run = Run.create(ws.runs_dir, "convert", argv).start()
+    run = Run.create(ws.runs_dir, "convert", argv, cli_settings(argv)).start()
     layers = _layer_events()[:15]
     for ev in layers:
         bits = 8 if ev["module"] in ("v", "down", "embedding") else 4
@@ -152,8 +149,8 @@ async def test_convert_from_the_form_and_restart(ws):
             await pilot.press("ctrl+s")
             await until(pilot, lambda: screen.shown is not None, 5, "the convert to start")
             job_id = screen.shown
-            args = parse_convert_argv(find_job(ws, job_id).argv)
-            assert args["target_bpw"] == "6" and args["samples"] == "4" and args["output"].endswith("tiny-mixed")
+            args = find_job(ws, job_id).settings
+            assert args["target_bpw"] == 6 and args["samples"] == 4 and args["output"].endswith("tiny-mixed")
             h = screen.histories[job_id]
             await until(pilot, lambda: h.final and "Result" in text_of(screen, "#cv-result"), 40,
                         "the convert to finish")

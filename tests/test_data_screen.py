@@ -24,11 +24,11 @@ from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
 from screens.data.screen import DataScreen
 from screens.data.form import check_all
-from screens.data.widgets import DataHistory, parse_data_argv, parts_text, samples_view
+from screens.data.widgets import DataHistory, parts_text, samples_view
 from screens.common.forms import PickDialog
 from screens.train.screen import TrainScreen
 from screens.common.widgets import ConfirmDialog
-from tests.pilot import steady_cursors, text_of, until
+from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tui.app import HumanizerApp
 
 # (source id, human: a quotation from a public-domain novel, an AI-styled draft written for the tests)
@@ -108,12 +108,13 @@ def fake_build(ws: Workspace, run_id: str, status: str, events: list[dict], star
     d = ws.runs_dir / run_id
     d.mkdir(parents=True)
     running = status == "running"
+    argv = ["humanizer", "data", "build", "--template", "style-transfer", "--source", "bbc-news",
+            "--output", output, "--model", str(ws.models_dir / "smollm2-135m")]
     (d / "job.json").write_text(json.dumps({
         "id": run_id, "kind": "data build", "status": status, "started": started,
         "ended": None if running else started + 300, "pid": os.getpid() if running else 999999,
         "pid_start": process_start_time(os.getpid()) if running else None, "host": "studio",
-        "argv": ["humanizer", "data", "build", "--template", "style-transfer", "--source", "bbc-news",
-                 "--output", output, "--model", str(ws.models_dir / "smollm2-135m")]}))
+        "argv": argv, "settings": cli_settings(argv)}))
     (d / "events.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events))
     return run_id
 
@@ -131,16 +132,12 @@ def build_events(t0: float = T0, upto: int = 3) -> list[dict]:
 
 
 # pure pieces ---------------------------------------------------------------------------------
-def test_argv_history_and_renderers():
-    assert parse_data_argv(["/py", "-m", "tui.cli", "data", "build", "--template", "paired", "--source", "x.jsonl",
-                            "--output", "p", "--resume"]) == {"template": "paired", "source": "x.jsonl",
-                                                              "output": "p", "resume": True}
-    assert parse_data_argv(["humanizer", "data", "corpus", "pull", "bbc-news"]) == {"corpus": "bbc-news"}
+def test_history_and_renderers():
     assert parts_text({"sft/train": 40, "sft/valid": 4, "dpo/train": 40, "dpo/valid": 4, "heldout": 9}) == \
         "sft 40/4 · dpo 40/4 · held 9"
     assert parts_text({"train": 20, "valid": 4}) == "train 20/4"
     from types import SimpleNamespace
-    h = DataHistory(SimpleNamespace(id="x", kind="data build", argv=["humanizer", "data", "build", "--output", "o"]))
+    h = DataHistory(SimpleNamespace(id="x", kind="data build", settings={"output": "o"}))
     for ev in build_events(upto=4) * 2:
         h.feed(ev)
     assert h.name == "o" and len(h.samples) == 6 and h.progress["step"] == 32
@@ -170,10 +167,11 @@ def fake_start_job(calls: list):
     from engine.events import Run
     from engine.jobs import job_info
 
-    def start(ws, kind, argv, env=None):
+    def start(ws, kind, argv, env=None, settings=None):
         calls.append((kind, list(argv)))
         run = Run.create(ws.runs_dir, kind, argv)
         (run.dir / "job.json").write_text(json.dumps({"id": run.id, "kind": kind, "argv": argv, "pid": 999999,
+                                                      "settings": settings or {},
                                                       "status": "done", "started": time.time(),
                                                       "ended": time.time()}))
         return job_info(run.dir)
@@ -385,7 +383,7 @@ async def test_build_progress_shows_sample_pairs(data_ws):
 # the Train form's dataset picker ---------------------------------------------------------------------
 async def test_train_picker_sets_data_and_method(data_ws, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("screens.common.runs.start_job", fake_start_job(calls))
+    monkeypatch.setattr("screens.common.launch.start_job", fake_start_job(calls))
     sft_folder = tmp_path / "mine"
     _jsonl(sft_folder / "train.jsonl", [{"prompt": f"Rewrite: {d}", "completion": h} for _, h, d in CLASSICS])
     app = HumanizerApp(data_ws, mode="train")

@@ -15,6 +15,7 @@ from engine.demo.settings import SIZES, DemoSettings
 from engine.errors import HumanizerError
 from engine.events import NullRun
 from engine.jobs import list_jobs
+from screens.common.launch import humanizer_argv
 
 
 def _argv(stages, key):
@@ -91,7 +92,7 @@ def test_runner_keeps_done_stages_stops_on_a_failure_and_continues(ws, monkeypat
     monkeypatch.setattr(demo_run, "plan", lambda settings, w: stages)
     settings = DemoSettings(quick=True)
     with pytest.raises(HumanizerError) as e:
-        run_demo(settings, ws, NullRun(), poll=0.05)
+        run_demo(settings, ws, NullRun(), argv_of=humanizer_argv, poll=0.05)
     assert "stage 3/3" in e.value.message and "another paired dataset" in e.value.message
     assert str(missing) in e.value.message  # the stage's own error
     assert "log.txt" in e.value.hint and "humanizer demo" in e.value.hint
@@ -102,7 +103,7 @@ def test_runner_keeps_done_stages_stops_on_a_failure_and_continues(ws, monkeypat
 
     missing.write_text(good.read_text())  # the cause fixed
     monkeypatch.setattr(demo_run, "_eval_report", lambda w, s: good)  # this plan has no eval stage
-    assert run_demo(settings, ws, NullRun(), poll=0.05) == good
+    assert run_demo(settings, ws, NullRun(), argv_of=humanizer_argv, poll=0.05) == good
     jobs = sorted(list_jobs(ws), key=lambda j: j.started or 0)
     assert [j.status for j in jobs] == ["done", "failed", "done"]
     assert (ws.datasets_dir / "pairs-b" / "manifest.json").is_file()
@@ -120,7 +121,7 @@ def test_cancelled_demo_cancels_its_stage_job(ws, monkeypatch):
     monkeypatch.setattr(demo_run, "_wait", wait)
     monkeypatch.setattr("engine.jobs.cancel_job", lambda w, job_id, timeout=10.0: cancelled.append(job_id))
     with pytest.raises(KeyboardInterrupt):
-        run_demo(DemoSettings(quick=True), ws, NullRun())
+        run_demo(DemoSettings(quick=True), ws, NullRun(), argv_of=humanizer_argv)
     assert len(cancelled) == 1
     state = json.loads(state_path(ws, DemoSettings(quick=True)).read_text())
     assert state["stages"]["slow"]["status"] == "cancelled" and state["stages"]["slow"]["job"] == cancelled[0]

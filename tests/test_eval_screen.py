@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from rich.text import Text
 
 from engine.events import Run, process_start_time, read_json, write_json
 from engine.workspace import Workspace
-from tests.pilot import steady_cursors, text_of, until
+from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tests.test_data_screen import CLASSICS, fake_start_job
 
 T0 = 1735808400.0  # 2025-01-02 09:00:00 UTC
@@ -228,7 +229,7 @@ def eval_run(ws: Workspace, run_id: str, model_dir: Path, rewrites: dict, scores
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(E, "open_detectors", lambda s, w, r, chain, m: [(n, StandIn(n, tables[n], m)) for n in tables])
         mp.setattr(E, "open_meaning_encoder", lambda *a: (BagOfWords(), None))
-        run = Run(d, "eval", argv)
+        run = Run(d, "eval", argv, cli_settings(argv))
         with run:
             path = E.run_eval(settings, ws, run)
             run.done(result=str(path))
@@ -247,11 +248,11 @@ def live_eval(ws: Workspace, model_dir: Path, started: float) -> Path:
     d = ws.runs_dir / RUN_LIVE
     d.mkdir(parents=True)
     doc, human, draft = SAMPLES[2]
+    argv = ["humanizer", "eval", str(model_dir), "--adapter", SFT, "--data", DATASET, "--samples", "6",
+            "--choices", f"base,{SFT}"]
     (d / "job.json").write_text(json.dumps({
         "id": RUN_LIVE, "kind": "eval", "status": "running", "started": started, "ended": None, "pid": os.getpid(),
-        "pid_start": process_start_time(os.getpid()), "host": "studio",
-        "argv": ["humanizer", "eval", str(model_dir), "--adapter", SFT, "--data", DATASET, "--samples", "6",
-                 "--choices", f"base,{SFT}"]}))
+        "pid_start": process_start_time(os.getpid()), "host": "studio", "argv": argv, "settings": cli_settings(argv)}))
     events = [{"t": started, "type": "log", "message": f"{DATASET}/heldout.jsonl: 6 held-out rows, 6 evaluated"},
               {"t": started + 2, "type": "progress", "step": 0, "total": 12, "message": "rewriting"},
               {"t": started + 40, "type": "progress", "step": 8, "total": 12, "message": "rewrites: 0.21 rows/s",
@@ -314,13 +315,11 @@ def report_of(ws: Workspace, run_id: str) -> dict:
 def test_argv_table_compare_and_renderers(template):
     from engine.eval.settings import EvalSettings
     from screens.eval.charts import highlight_slop, render_bars, render_distributions
-    from screens.eval.widgets import compare_rows, parse_eval_argv, settings_diff, table_rows
+    from screens.eval.widgets import compare_rows, settings_diff, table_rows
     from tui.cli import build_parser
+    from tui.cli.common import verb_settings
 
     ws = Workspace.open(template)
-    assert parse_eval_argv(["/py", "-m", "tui.cli", "eval", "m", "--adapter", "a", "--adapter", "b", "--data", "d",
-                            "--resume"]) == {"model": "m", "adapter": "b", "adapters": ["a", "b"], "data": "d",
-                                             "resume": True}
     # the form's argv is what the CLI parses back into the same settings
     settings = EvalSettings(model="tiny", adapters=("sft", "dpo"), data=DATASET, choices="base,sft+dpo", samples=4,
                             top_p=0.9, resume=True, detector="classifier")
@@ -330,6 +329,9 @@ def test_argv_table_compare_and_renderers(template):
     ns = build_parser().parse_args(argv)
     assert EvalSettings(**{k: getattr(ns, k) for k in settings.to_dict() if k != "adapters"},
                         adapters=tuple(ns.adapters)) == settings
+    # the settings the form records in job.json are the ones the CLI's child records
+    recorded = verb_settings(ns)
+    assert {k: recorded[k] for k in asdict(settings)} == json.loads(json.dumps(asdict(settings)))
 
     a, b = report_of(ws, RUN_A), report_of(ws, RUN_B)
     rows = dict(table_rows(a, "classifier"))
@@ -559,7 +561,7 @@ async def test_form_starts_a_real_eval(eval_ws, monkeypatch):
 
 async def test_detector_jobs_from_the_palette(eval_ws, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("screens.common.widgets.start_job", fake_start_job(calls))
+    monkeypatch.setattr("screens.common.launch.start_job", fake_start_job(calls))
     (eval_ws.home / "detectors" / f"{DATASET}-clf").mkdir(parents=True)  # taken: the next name
     app = _app(eval_ws)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -576,13 +578,13 @@ async def test_detector_jobs_from_the_palette(eval_ws, monkeypatch):
 
 # the first-start demo offer -----------------------------------------------------------------------
 async def test_demo_offered_once_on_an_empty_workspace(ws, monkeypatch):
-    from engine.jobs import humanizer_argv
+    from screens.common.launch import humanizer_argv
     from screens.common.widgets import ConfirmDialog
     from tui.app import HumanizerApp
     from tui.config import load_config
 
     calls: list = []
-    monkeypatch.setattr("screens.common.widgets.start_job", fake_start_job(calls))
+    monkeypatch.setattr("screens.common.launch.start_job", fake_start_job(calls))
     app = HumanizerApp(ws, offer_demo=True)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), 5, "the offer")

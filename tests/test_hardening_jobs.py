@@ -15,7 +15,7 @@ import pytest
 from engine.errors import HumanizerError
 from engine.events import process_start_time, read_events, read_json, write_json
 from engine.jobs import cancel_job, find_job, list_jobs
-from tests.test_jobs import wait_for
+from tests.pilot import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -362,7 +362,7 @@ def test_dpo_accuracy_counts_ties_as_half(tiny, tmp_path):
 # --- the Train form after ctrl+s: a fresh output name, never the one just used ------------------------------
 
 async def test_train_form_proposes_a_fresh_name_after_a_start(ws, tmp_path):
-    from screens.train.screen import TrainScreen, parse_train_argv
+    from screens.train.screen import TrainScreen
     from tests.pilot import until
     from tests.test_train_screen import FAST_FLAGS, write_sft_data
     from tests.tiny import make_tiny_llama
@@ -387,7 +387,7 @@ async def test_train_form_proposes_a_fresh_name_after_a_start(ws, tmp_path):
             await pilot.press("ctrl+s")
             await until(pilot, lambda: screen.shown is not None, 5, "the run to start")
             job_id = screen.shown
-            assert parse_train_argv(find_job(ws, job_id).argv)["output"] == str(ws.adapters_dir / "my-run")
+            assert find_job(ws, job_id).settings["output"] == str(ws.adapters_dir / "my-run")
             assert screen.query_one("#f-output").value == "my-run-3"  # the name used, made new
             assert screen.query_one("#f-data").value == str(data)  # the rest stays for a variant
     finally:

@@ -10,6 +10,7 @@ import time
 
 from engine.events import Run, read_events
 from engine.jobs import cancel_job, find_job, follow, job_info, list_jobs, start_job
+from tests.pilot import wait_for
 
 # A real job body: records into the runner's folder with the real Run writer.
 SLOW_JOB = textwrap.dedent("""
@@ -32,15 +33,6 @@ SLOW_JOB = textwrap.dedent("""
 
 def slow_argv(steps: int) -> list[str]:
     return [sys.executable, "-c", SLOW_JOB, str(steps)]
-
-
-def wait_for(pred, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_job_runs_to_done_and_records_events(ws):

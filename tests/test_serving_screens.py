@@ -29,10 +29,10 @@ from engine.chat import Conversation, list_conversations
 from screens.chat.widgets import PairView, ReplyView, printable
 from screens.common.forms import FormDialog, PickDialog
 from screens.server.screen import ServerScreen, request_summary
-from screens.common.serving import ServerMonitor, parse_serve_argv, start_server
+from screens.common.serving import ServerMonitor, start_server
 from screens.common.widgets import ConfirmDialog, JobProgress, StatusBar
 from tests.test_generate import make_adapters, make_lively_llama
-from tests.pilot import steady_cursors, text_of, until
+from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
@@ -108,10 +108,7 @@ def serve_jobs(ws):
 
 
 # helpers --------------------------------------------------------------------------------------
-def test_parse_serve_argv_and_printable():
-    args = parse_serve_argv(["/py", "-m", "tui.cli", "serve", "--model", "/m/tiny", "--adapter", "a",
-                             "--adapter=b", "--port", "0", "--json", "--host", "0.0.0.0"])
-    assert args == {"adapters": ["a", "b"], "model": "/m/tiny", "port": 0, "json": True, "host": "0.0.0.0"}
+def test_printable_and_request_summary():
     assert printable("a\x1b[2Jb\tc\nd\x07\x9b") == "a␛[2Jb\tc\nd␇\ufffd"
     reqs = [{"adapter": "sft", "status": "stop", "latency_s": 0.5, "completion_tokens": 10, "tokens_per_second": 20},
             {"adapter": "base", "status": "error", "latency_s": 0.0, "completion_tokens": 0}]
@@ -268,7 +265,7 @@ async def test_server_start_request_log_and_stop(sws):
             await pilot.press("ctrl+s")
             await until(pilot, lambda: mon.state in ("starting", "up"), 10, "the server job")
             job_id = mon.view.job.id
-            args = parse_serve_argv(find_job(sws, job_id).argv)
+            args = find_job(sws, job_id).settings
             assert args["adapters"] == [str(sws.adapters_dir / "sft"), str(sws.adapters_dir / "dpo")]  # parent first
             await until(pilot, lambda: mon.up, 30, "the server up")
             await until(pilot, lambda: "● up" in text_of(screen, "#srv-status"), 5, "the status")
@@ -457,7 +454,7 @@ async def test_chat_offers_to_start_a_server(sws):
             await pilot.press("y")
             await until(pilot, lambda: mon.state in ("starting", "up"), 10, "the server job")
             assert screen.pending == "Hello?" and "Waiting for the server" in text_of(screen, "#chat-info")
-            args = parse_serve_argv(mon.view.job.argv)
+            args = mon.view.job.settings
             assert args["adapters"] == [str(sws.adapters_dir / "sft"), str(sws.adapters_dir / "dpo")]
             assert args["port"] == 0
             await until(pilot, lambda: replies(screen) and replies(screen)[-1].done, 30, "the reply")
@@ -540,7 +537,8 @@ def studio(tmp_path, monkeypatch, utc) -> Workspace:
     argv = ["humanizer", "serve", "--model", str(tiny), "--adapter", "humanizer-sft", "--adapter", "humanizer-dpo",
             "--port", "8080"]
     (run / "job.json").write_text(json.dumps({
-        "id": run.name, "kind": "serve", "argv": argv, "pid": os.getpid(), "status": "running", "started": t,
+        "id": run.name, "kind": "serve", "argv": argv, "settings": cli_settings(argv), "pid": os.getpid(),
+        "status": "running", "started": t,
         "ended": None, "pid_start": process_start_time(os.getpid())}))
     events = [{"t": t + 1, "type": "log", "message": f"loading {tiny} with 2 adapter(s)"},
               {"t": t + 2, "type": "log", "message": f"serving on {URL}/v1", "url": URL}]

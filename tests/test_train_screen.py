@@ -18,9 +18,9 @@ from engine.events import Run
 from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
 from screens.common.charts import STYLES, LineChart, Series, fmt_num, render_chart
-from screens.train.screen import RunHistory, TrainScreen, parse_extra, parse_train_argv
+from screens.train.screen import RunHistory, TrainScreen, parse_extra
 from screens.common.widgets import ConfirmDialog
-from tests.pilot import steady_cursors, text_of, until
+from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp
 
@@ -48,7 +48,7 @@ def finished_run(ws: Workspace, name: str, method: str, metrics: list[tuple[int,
     """A finished `lora train` run written by the real run writer."""
     argv = ["humanizer", "lora", "train", "tiny", "--data", "/data/x", "--method", method, "--iters", str(iters),
             "--output", str(ws.adapters_dir / name)]
-    run = Run.create(ws.runs_dir, f"lora train {method}", argv)
+    run = Run.create(ws.runs_dir, f"lora train {method}", argv, cli_settings(argv))
     with run:
         run.progress(0, iters, f"step 0/{iters}")
         for step, values in metrics:
@@ -116,11 +116,7 @@ def test_chart_empty_flat_and_fixed_range():
 
 
 # helpers ----------------------------------------------------------------------------------
-def test_parse_train_argv_and_extra_flags():
-    args = parse_train_argv(["/py", "-m", "tui.cli", "lora", "train", "/m/tiny", "--data", "d", "--method", "dpo",
-                             "--resume", "--output=/a/out", "--iters", "5"])
-    assert args == {"model": "/m/tiny", "data": "d", "method": "dpo", "resume": True, "output": "/a/out",
-                    "iters": "5"}
+def test_extra_flags():
     assert parse_extra("--rank 4 --learning-rate=2e-4 --skip-bad-rows") == (
         ["--rank", "4", "--learning-rate=2e-4", "--skip-bad-rows"], None)
     assert "set by the form" in parse_extra("--iters 5")[1]
@@ -158,8 +154,8 @@ async def test_train_from_the_form_reattach_and_cancel(ws, tmp_path):
             job_id = screen.shown
             job = find_job(ws, job_id)
             assert job.kind == "lora train sft"
-            args = parse_train_argv(job.argv)
-            assert args["data"] == str(data) and args["iters"] == "100000" and args["rank"] == "2"
+            args = job.settings  # what the form gave, then what the child resolved
+            assert args["data"] == str(data) and args["iters"] == 100000 and args["rank"] == 2
             assert args["output"] == str(ws.adapters_dir / "tiny-sft")
             await until(pilot, lambda: loss_points(screen) >= 2 or find_job(ws, job_id).status == "failed", 60,
                         "train loss points on the chart")
@@ -299,6 +295,7 @@ def _run_dir(ws: Workspace, run_id: str, kind: str, argv: list[str], events: lis
     d = ws.runs_dir / run_id
     d.mkdir(parents=True)
     (d / "job.json").write_text(json.dumps({"id": run_id, "kind": kind, "argv": argv, "pid": 999999,
+                                            "settings": cli_settings(argv),
                                             "status": status, "started": started, "ended": ended}))
     (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
 

@@ -12,7 +12,7 @@ import pytest
 
 from engine.events import process_start_time
 from engine.workspace import Workspace
-from tests.pilot import steady_cursors
+from tests.pilot import cli_settings, steady_cursors
 from tui.app import HumanizerApp
 
 T0 = 1735808400.0  # 2025-01-02 09:00:00 UTC
@@ -25,7 +25,8 @@ def _run(ws: Workspace, run_id: str, kind: str, status: str, started: float, end
     d.mkdir(parents=True)
     running = status == "running"
     what = {"models pull": ["smollm2-135m"], "models import": ["/data/gguf/tiny.gguf"]}.get(kind, [])
-    info = {"id": run_id, "kind": kind, "argv": argv or ["humanizer", *kind.split(), *what],
+    argv = argv or ["humanizer", *kind.split(), *what]
+    info = {"id": run_id, "kind": kind, "argv": argv, "settings": cli_settings(argv),
             "pid": os.getpid() if running else 999999, "status": status, "started": started, "ended": ended,
             "pid_start": process_start_time(os.getpid()) if running else None, "host": "studio"}
     if error:

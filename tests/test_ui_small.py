@@ -13,7 +13,7 @@ import tomllib
 import pytest
 from textual.widgets import SelectionList
 
-from tests.pilot import notifications, screen_text, until
+from tests.pilot import cli_settings, notifications, screen_text, until
 from tui.app import HumanizerApp
 from tui.keymap import MODES
 
@@ -161,8 +161,8 @@ def fake_serve_job(ws) -> None:
     run.mkdir(parents=True)
     argv = ["humanizer", "serve", "--model", "tiny", "--adapter", "humanizer-sft", "--port", "8080"]
     (run / "job.json").write_text(json.dumps({
-        "id": run.name, "kind": "serve", "argv": argv, "pid": os.getpid(), "status": "running",
-        "started": 1.0, "ended": None, "pid_start": process_start_time(os.getpid())}))
+        "id": run.name, "kind": "serve", "argv": argv, "settings": cli_settings(argv), "pid": os.getpid(),
+        "status": "running", "started": 1.0, "ended": None, "pid_start": process_start_time(os.getpid())}))
     (run / "events.jsonl").write_text(json.dumps({"t": 2.0, "type": "log", "message": "serving", "url": URL}) + "\n")
 
 
@@ -234,7 +234,8 @@ def fake_job(ws, job_id: str, kind: str, argv: list[str], status: str = "running
     run = ws.runs_dir / job_id
     run.mkdir(parents=True, exist_ok=True)
     (run / "job.json").write_text(json.dumps({
-        "id": job_id, "kind": kind, "argv": argv, "pid": os.getpid(), "status": status, "started": 1.0e9,
+        "id": job_id, "kind": kind, "argv": argv, "settings": cli_settings(argv), "pid": os.getpid(),
+        "status": status, "started": 1.0e9,
         "ended": None if status == "running" else 1.0e9 + 75, "pid_start": process_start_time(os.getpid())}))
     (run / "events.jsonl").touch()
 

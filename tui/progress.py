@@ -4,42 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from screens.common.event_text import event_line
+
 
 def format_event(ev: dict) -> str:
-    """One line of plain text for an event."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("t", 0)))
-    kind = ev.get("type", "?")
-    if kind == "progress":
-        total = ev.get("total")
-        frac = f"{ev.get('step')}/{total}" if total else str(ev.get("step"))
-        return f"{stamp} progress {frac} {ev.get('message') or ''}".rstrip()
-    if kind == "metric":
-        values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.get("values", {}).items())
-        return f"{stamp} metric step {ev.get('step')}: {values}"
-    if kind == "error":
-        hint = f" (hint: {ev['hint']})" if ev.get("hint") else ""
-        return f"{stamp} error {ev.get('message')}{hint}"
-    if kind == "artifact":
-        return f"{stamp} wrote {ev.get('path')}"
-    if kind == "log":
-        return f"{stamp} {ev.get('message')}"
-    if kind == "sample":  # a dataset build's latest pair, shortened to a line a side
-        sides = [(name, ev.get(name)) for name in ("human", "draft", "rewrite") if ev.get(name)]
-        return f"{stamp} sample {ev.get('key', '')}" + "".join(
-            f"\n  {name:>7}: {_short(text)}" for name, text in sides)
-    rest = {k: v for k, v in ev.items() if k not in ("t", "type")}
-    return f"{stamp} {kind} {json.dumps(rest, default=str)}" if rest else f"{stamp} {kind}"
-
-
-def _short(text: str, width: int = 150) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= width else text[:width - 1] + "…"
+    """One line of plain text for an event (the wording is screens.common.event_text's, shared with the Jobs screen)."""
+    return event_line(ev)
 
 
 class EventPrinter:

@@ -180,9 +180,11 @@ def _record(ws: Workspace, settings: DemoSettings, key: str, **fields) -> None:
 # --- running ------------------------------------------------------------------------------------------
 
 
-def run_demo(settings: DemoSettings, ws: Workspace, run: Run = NullRun(), *, poll: float = POLL) -> Path:
-    """Run every stage not done yet, each as a job; returns the eval's report.json."""
-    from engine.jobs import cancel_job, humanizer_argv, job_events, job_info, start_job
+def run_demo(settings: DemoSettings, ws: Workspace, run: Run = NullRun(), *, argv_of: Callable[..., list[str]],
+             poll: float = POLL) -> Path:
+    """Run every stage not done yet, each as a job; returns the eval's report.json. `argv_of(*args)`:
+    the command line that runs `humanizer ARGS` (the CLI knows its entry point; the engine does not)."""
+    from engine.jobs import cancel_job, job_events, job_info, start_job
 
     settings.check()
     stages = plan(settings, ws)
@@ -200,7 +202,7 @@ def run_demo(settings: DemoSettings, ws: Workspace, run: Run = NullRun(), *, pol
             run.progress(i + 1, total, f"{head}: already done")
             continue
         argv = stage.argv + (["--resume"] if stage.resumable() else [])
-        job = start_job(ws, stage.kind or stage.key, humanizer_argv(*argv))
+        job = start_job(ws, stage.kind or stage.key, argv_of(*argv))
         _record(ws, settings, stage.key, job=job.id, status="running", argv=argv)
         run.log(f"{head}: job {job.id}: humanizer {' '.join(argv)}")
         run.progress(i, total, head, job=job.id)

@@ -75,7 +75,7 @@ def serve(model: str, adapters=(), *, ws, run, host: str = DEFAULT_HOST, port: i
           keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT, max_connections: int | None = None,
           max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> str:
     """`humanizer serve`: load the model and adapters, serve until SIGTERM / SIGINT, then shut
-    down gracefully. Events go to `run`: a log with the URL at start, one "request" event per
+    down gracefully. Events go to `run`: "ready" with the URL at start, one "request" event per
     request. Returns the URL it served on."""
     from engine.models import resolve_model
 
@@ -124,7 +124,7 @@ async def _serve_async(engine: Engine, *, ws, run, host, port, api_key, max_toke
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
             pass
-    run.emit("log", message=f"serving on {url}/v1 (models: {', '.join(engine.model_ids())})"
+    run.emit("ready", message=f"serving on {url}/v1 (models: {', '.join(engine.model_ids())})"
              + (" - API key required" if api_key else ""), url=url, model=engine.name,
              adapters=list(engine.mounted()), models=engine.model_ids())
     if ready:

@@ -22,7 +22,8 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from engine.events import TERMINAL
-from engine.jobs import JobInfo, humanizer_argv, job_events, job_info, start_job
+from engine.jobs import JobInfo, job_events, job_info
+from screens.common.launch import start_verb
 from screens.common.widgets import LiveTable, action_key, confirm_cancel, fmt_duration, mode_ref, sync_table
 
 REDRAW_HZ = 3  # the view is redrawn at most this often
@@ -30,16 +31,12 @@ NARROW = 110  # below this many columns: narrow layouts (Train, Convert: one pan
 
 
 class JobHistory:
-    """One job's events, read incrementally: its command line's arguments, the latest
-    progress, and the error or done event. Subclasses keep what their view needs (feed)."""
-
-    @staticmethod
-    def parse_argv(argv: list[str]) -> dict:
-        return {}
+    """One job's events, read incrementally: its settings (job.json), the latest progress,
+    and the error or done event. Subclasses keep what their view needs (feed)."""
 
     def __init__(self, job: JobInfo) -> None:
         self.job = job
-        self.args = self.parse_argv(job.argv)
+        self.args = dict(job.settings)  # the verb's settings (job.json), keyed as its flags
         self.name = Path(self.args["output"]).name if self.args.get("output") else job.id
         self.offset = 0
         self.progress: dict | None = None
@@ -147,11 +144,13 @@ class FormSubmitted(Message):
     """A new-run form's values passed its checks: the screen holding the form handles it by
     starting the job (`humanizer *args`, listed as `kind`), so the form itself starts nothing.
     `values` are what the form checked: a settings dataclass (Data, Eval) or a dict (Train,
-    Convert). Each form subclasses it as its own Submitted (handler on_<form>_submitted)."""
+    Convert). `settings`: what job.json records of the job before its process records its own
+    resolved settings (keyed as the verb's flags). Each form subclasses it as its own Submitted
+    (handler on_<form>_submitted)."""
 
-    def __init__(self, values, kind: str, args: list[str]) -> None:
+    def __init__(self, values, kind: str, args: list[str], settings: dict | None = None) -> None:
         super().__init__()
-        self.values, self.kind, self.args = values, kind, args
+        self.values, self.kind, self.args, self.settings = values, kind, args, settings
 
 
 class FormHost(Protocol):
@@ -475,10 +474,11 @@ class RunsScreen(Screen):
         self.notify(errors[0][1], title="cannot start", severity="error", timeout=6)
         return True
 
-    def _start_job(self, kind: str, args: list[str]) -> None:
-        """Start `humanizer ARGS` as a job, show it and get the form ready for the next one."""
+    def _start_job(self, kind: str, args: list[str], settings: dict | None = None) -> None:
+        """Start `humanizer ARGS` as a job (`settings`: what the view shows of it, keyed as the
+        verb's flags), show it and get the form ready for the next one."""
         try:
-            job = start_job(self.app.ws, kind, humanizer_argv(*args))
+            job = start_verb(self.app.ws, kind, args, settings)
         except OSError as e:
             self.notify(f"could not start {kind}: {e}", severity="error")
             return

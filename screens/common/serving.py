@@ -2,7 +2,7 @@
 
 The server is a `humanizer serve` job (engine.jobs), so it outlives the app. One
 ServerMonitor per app follows the newest running serve job: its URL comes from the job's
-events (the "serving on" log event carries `url`), its health, mounted adapters and
+"ready" event, its health, mounted adapters and
 model ids from the server's own HTTP API, polled once a second in an async worker (never
 on the UI thread). Screens read the monitor's fields on their redraw timers; `version`
 changes whenever anything they show does.
@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 from rich.text import Text
 
-from engine.events import read_events
-from engine.jobs import JobInfo, humanizer_argv, start_job
+from engine.events import read_events, server_url
+from engine.jobs import JobInfo
 from engine.serve.client import HTTP_TIMEOUT_S, ServerClient, ServerError
 from engine.serve.settings import DEFAULT_HOST, DEFAULT_PORT
+from screens.common.launch import start_verb
 
 SERVE_KIND = "serve"
 POLL_S = 1.0
@@ -42,46 +43,16 @@ def running_server(jobs: list[JobInfo]) -> JobInfo | None:
     return next((j for j in serve_jobs(jobs) if j.status in ("running", "starting")), None)
 
 
-def parse_serve_argv(argv: list[str]) -> dict:
-    """model, adapters, host, port and api_key of a `... serve --flag value ...` command line."""
-    args = [str(a) for a in argv]
-    start = next((i + 1 for i, a in enumerate(args) if a == "serve"), None)
-    out: dict = {"adapters": []}
-    if start is None:
-        return out
-    rest, i = args[start:], 0
-    while i < len(rest):
-        a = rest[i]
-        i += 1
-        if not a.startswith("--"):
-            continue
-        if "=" in a:
-            key, value = a.split("=", 1)
-        elif a in ("--json", "--quantized"):
-            key, value = a, True
-        elif i < len(rest):
-            key, value = a, rest[i]
-            i += 1
-        else:
-            continue
-        if key == "--adapter":
-            out["adapters"].append(value)
-        elif key == "--port":
-            out["port"] = int(value) if str(value).isdigit() else value
-        else:
-            out[key[2:].replace("-", "_")] = value
-    return out
-
-
 def serve_argv(model: str, adapters: list[str], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                max_concurrent: int | None = None) -> list[str]:
+    """`humanizer serve` arguments (after the command)."""
     args = ["serve", "--model", model]
     for a in adapters:
         args += ["--adapter", a]
     args += ["--host", host, "--port", str(port)]
     if max_concurrent:
         args += ["--max-concurrent", str(max_concurrent)]
-    return humanizer_argv(*args)
+    return args
 
 
 def start_server(ws, model: str, adapters: list[str], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
@@ -89,7 +60,18 @@ def start_server(ws, model: str, adapters: list[str], host: str = DEFAULT_HOST, 
     """Start `humanizer serve` as a job. The API key goes in the environment, not argv (which
     job.json and `ps` show)."""
     env = {API_KEY_ENV: api_key} if api_key else {API_KEY_ENV: ""}
-    return start_job(ws, SERVE_KIND, serve_argv(model, adapters, host, port, max_concurrent), env=env)
+    return start_verb(ws, SERVE_KIND, serve_argv(model, adapters, host, port, max_concurrent),
+                      serve_settings(model, adapters, host, port, api_key, max_concurrent), env=env)
+
+
+def serve_settings(model: str, adapters: list[str], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                   api_key: str | None = None, max_concurrent: int | None = None) -> dict:
+    """What job.json records of a server started here until its child records its own (the same
+    keys as `humanizer serve`'s flags; of the key only whether one is set)."""
+    settings = {"model": model, "adapters": list(adapters), "host": host, "port": port, "api_key_set": bool(api_key)}
+    if max_concurrent:
+        settings["max_concurrent"] = max_concurrent
+    return settings
 
 
 def host_port(url: str | None) -> str:
@@ -162,8 +144,7 @@ class ServerMonitor:
         job = job or self.view.job
         if job is not None and job.id in self._keys:
             return self._keys[job.id] or None
-        given = parse_serve_argv(job.argv).get("api_key") if job is not None else None
-        return given or os.environ.get(API_KEY_ENV) or None
+        return os.environ.get(API_KEY_ENV) or None  # job.json keeps no key, only whether one is set
 
     def client(self, timeout: float = HTTP_TIMEOUT_S) -> ServerClient | None:
         if not self.view.url:
@@ -221,8 +202,8 @@ class ServerMonitor:
         if self.view.url is None:
             events, self._offset = read_events(job.dir / "events.jsonl", self._offset)
             for ev in events:
-                if ev.get("type") == "log" and ev.get("url"):
-                    self._set(url=str(ev["url"]))
+                if server_url(ev):
+                    self._set(url=server_url(ev))
                     self._force = True
                     break
         if job.id in self._stopping:

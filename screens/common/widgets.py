@@ -35,7 +35,9 @@ from textual.widgets._footer import FooterKey
 
 from engine.events import TERMINAL, read_events
 from engine.errors import HumanizerError
-from engine.jobs import JobInfo, cancel_job, humanizer_argv, job_info, last_progress, start_job
+from engine.jobs import JobInfo, cancel_job, job_info, last_progress
+from screens.common.event_text import BAD, DIM, HEAD, HINT, OK, STAMP, event_parts, fmt_duration  # fmt_duration: screens import it from here
+from screens.common.launch import start_verb
 
 TAIL_HZ = 4  # how often a screen re-reads a job it is showing (never per event)
 
@@ -73,17 +75,6 @@ def fmt_time(t: float | None) -> str:
     return time.strftime("%m-%d %H:%M", time.localtime(t)) if t else "—"
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
 def status_text(status: str) -> Text:
     symbol, style = STATUS_LOOK.get(status, ("?", ""))
     return Text(f"{symbol} {status}", style=style)
@@ -95,45 +86,12 @@ def progress_pct(ev: dict | None) -> float | None:
     return max(0.0, min(100.0, 100.0 * (ev.get("step") or 0) / ev["total"]))
 
 
+EVENT_STYLES = {STAMP: "dim", HEAD: "bold", OK: "bold green", BAD: "bold red", HINT: "italic", DIM: "dim"}
+
+
 def format_event(ev: dict) -> Text:
-    """One event as one log line: time, type, then what it says."""
-    t = ev.get("t")
-    stamp = time.strftime("%H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else "--:--:--"
-    kind = ev.get("type", "?")
-    line = Text(f"{stamp} ", style="dim")
-    if kind == "progress":
-        total = ev.get("total")
-        pct = progress_pct(ev)
-        line.append(f"{ev.get('step', 0)}/{total}" if total else f"step {ev.get('step', 0)}", style="bold")
-        if pct is not None:
-            line.append(f" {pct:3.0f}%")
-        if ev.get("message"):
-            line.append(f"  {ev['message']}")
-        if ev.get("eta"):
-            line.append(f"  eta {fmt_duration(ev['eta'])}", style="dim")
-    elif kind == "metric":
-        vals = ev.get("values") or {}
-        line.append(f"step {ev.get('step', '?')} ", style="bold")
-        line.append("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in vals.items()))
-    elif kind == "layer":
-        rest = {k: v for k, v in ev.items() if k not in ("t", "type", "path", "name")}
-        line.append(f"layer {ev.get('path') or ev.get('name', '?')} ", style="bold")
-        line.append(" ".join(f"{k}={v}" for k, v in rest.items()))
-    elif kind == "artifact":
-        line.append("wrote ", style="bold")
-        line.append(str(ev.get("path", "")))
-    elif kind == "done":
-        line.append("✓ done", style="bold green")
-        extra = {k: v for k, v in ev.items() if k not in ("t", "type")}
-        if extra:
-            line.append("  " + " ".join(f"{k}={v}" for k, v in extra.items()))
-    elif kind == "error":
-        line.append(f"✗ {ev.get('message', 'error')}", style="bold red")
-        if ev.get("hint"):
-            line.append(f"  hint: {ev['hint']}", style="italic")
-    else:
-        line.append(str(ev.get("message", "")) if kind == "log" else f"{kind} {ev}")
-    return line
+    """One event as one log line, styled: the wording is screens.common.event_text's (the CLI's too)."""
+    return Text.assemble(*((text, EVENT_STYLES.get(role, "")) for text, role in event_parts(ev)))
 
 
 # data tables ------------------------------------------------------------------
@@ -442,10 +400,10 @@ class JobProgress(Vertical):
         self.query_one("#jp-message", Label).update(message)
 
 
-def start_humanizer_job(screen, kind: str, *args: str) -> JobInfo | None:
+def start_humanizer_job(screen, kind: str, *args: str, settings: dict | None = None) -> JobInfo | None:
     """Start `humanizer ARGS` as a job; None (and the error notified) when it cannot start."""
     try:
-        return start_job(screen.app.ws, kind, humanizer_argv(*args))
+        return start_verb(screen.app.ws, kind, list(args), settings)
     except OSError as e:
         screen.notify(f"could not start {kind}: {e}", severity="error")
         return None
@@ -572,31 +530,3 @@ def _cancel_in_thread(screen, job_id: str, after: Callable | None) -> None:
             after()
 
     screen.app.call_from_thread(cancelled)
-
-
-def parse_verb_argv(argv: list[str], verb: tuple[str, ...], bool_flags: set[str]) -> dict:
-    """The model and flags of a `... VERB MODEL --flag value ...` command line (a job's argv):
-    {} when `verb` is not in it; `--flag=value` and valueless `bool_flags` are understood."""
-    args = [str(a) for a in argv]
-    n = len(verb)
-    start = next((i + n for i in range(len(args) - n + 1) if tuple(args[i:i + n]) == verb), None)
-    if start is None:
-        return {}
-    out: dict = {}
-    rest, i = args[start:], 0
-    while i < len(rest):
-        a = rest[i]
-        if a.startswith("--"):
-            key = a[2:]
-            if "=" in key:
-                key, value = key.split("=", 1)
-                out[key.replace("-", "_")] = value
-            elif key in bool_flags:
-                out[key.replace("-", "_")] = True
-            elif i + 1 < len(rest):
-                out[key.replace("-", "_")] = rest[i + 1]
-                i += 1
-        elif "model" not in out:
-            out["model"] = a
-        i += 1
-    return out

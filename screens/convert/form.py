@@ -7,7 +7,7 @@ ConvertSettings.check() validates; the job's command line is ConvertSettings.arg
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -253,4 +253,6 @@ class ConvertForm:
         settings, errors = self.validate_form()
         if self._show_errors(errors):
             return
-        self.post_message(self.Submitted(settings, "convert", ["convert", self._value("f-model"), *settings.argv()]))
+        settings_dict = {"model": self._value("f-model"), **asdict(settings)}
+        self.post_message(self.Submitted(settings, "convert", ["convert", self._value("f-model"), *settings.argv()],
+                                         settings_dict))

@@ -219,7 +219,7 @@ class ConvertScreen(NarrowPanes, ConvertForm, RunsScreen):
         return text
 
     def on_convert_form_submitted(self, message: ConvertForm.Submitted) -> None:
-        self._start_job(message.kind, message.args)
+        self._start_job(message.kind, message.args, message.settings)
 
     # the palette --------------------------------------------------------------------------
     def job_commands(self, job: JobInfo, name: str) -> list[tuple]:

@@ -17,7 +17,8 @@ from engine.convert.settings import setting_fields
 from engine.jobs import JobInfo
 from engine.workspace import human_bytes
 from screens.common.runs import JobHistory
-from screens.common.widgets import parse_verb_argv
+
+DEFAULTS = {f.name: f.default for f in setting_fields()}  # what a job's settings leave out
 
 # the grid's columns, as engine.convert.MODULE_NAMES names them
 GRID_COLUMNS = ("q", "k", "v", "o", "gate", "up", "down", "embedding", "head")
@@ -30,13 +31,6 @@ BITS_STYLE = {  # background colour per chosen bit width (the digit is shown too
     16: "bold white on medium_purple4",
 }
 PENDING, MEASURED, PROVISIONAL = "·", "?", "~"
-DEFAULTS = {f.name: f.default for f in setting_fields()}  # what a job's command line leaves out
-BOOL_FLAGS = {f.name for f in setting_fields() if f.type in (bool, "bool")} | {"json"}
-
-
-def parse_convert_argv(argv: list[str]) -> dict:
-    """The model and flags of a `... convert MODEL --flag value ...` command line."""
-    return parse_verb_argv(argv, ("convert",), BOOL_FLAGS)
 
 
 def is_convert_job(job: JobInfo) -> bool:
@@ -54,8 +48,6 @@ def _num(v) -> float | None:
 class ConvertHistory(JobHistory):
     """One convert's events, read incrementally: every layer's latest `layer` event (in
     the convert's order), the latest progress, the budget metric, done/error."""
-
-    parse_argv = staticmethod(parse_convert_argv)
 
     def __init__(self, job: JobInfo) -> None:
         super().__init__(job)
@@ -83,8 +75,9 @@ class ConvertHistory(JobHistory):
 
     @property
     def candidate_bits(self) -> list[int]:
-        text = str(self.args.get("candidate_bits") or DEFAULTS["candidate_bits"])
-        return sorted({int(b) for b in text.split(",") if b.strip().isdigit()})
+        bits = self.args.get("candidate_bits") or DEFAULTS["candidate_bits"]
+        parts = bits.split(",") if isinstance(bits, str) else bits  # "4,8" as typed, [4, 8] as recorded
+        return sorted({int(b) for b in parts if str(b).strip().isdigit()})
 
     @property
     def group_size(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import MISSING
+from dataclasses import MISSING, asdict
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +22,7 @@ from textual.app import ComposeResult
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
 from engine.data.settings import NAME_RE, TEMPLATES, BuildSettings, setting_fields
-from screens.data.widgets import corpus_line, dataset_line, folder_line, parse_data_argv
+from screens.data.widgets import corpus_line, dataset_line, folder_line
 from screens.common.forms import PickDialog, default_placeholder, field_id, settings_rows
 from screens.common.runs import FormHost, FormSubmitted
 from screens.common.widgets import ConfirmDialog, display_path, start_humanizer_job
@@ -169,7 +169,7 @@ class DataForm:
 
     def _output_busy(self, name: str):
         for job in self.run_jobs():
-            if job.status in ("running", "starting") and parse_data_argv(job.argv).get("output") == name:
+            if job.status in ("running", "starting") and job.settings.get("output") == name:
                 return job
         return None
 
@@ -270,7 +270,7 @@ class DataForm:
             self.pull_corpus(name)
 
     def pull_corpus(self, name: str) -> None:
-        job = start_humanizer_job(self, "data corpus pull", "data", "corpus", "pull", name)
+        job = start_humanizer_job(self, "data corpus pull", "data", "corpus", "pull", name, settings={"name": name})
         if job is not None:
             self.app.poll_jobs()
             self.notify(f"pulling {name} ({job.id})", timeout=3)
@@ -328,4 +328,5 @@ class DataForm:
             self._fit_form()
         if self._show_errors(errors):
             return
-        self.post_message(self.Submitted(settings, "data build", ["data", "build", *settings.argv()]))
+        self.post_message(self.Submitted(settings, "data build", ["data", "build", *settings.argv()],
+                                         asdict(settings)))

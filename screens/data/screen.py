@@ -151,7 +151,7 @@ class DataScreen(DataForm, RunsScreen):
 
     def on_data_form_submitted(self, message: DataForm.Submitted) -> None:
         self.set_view("build")
-        self._start_job(message.kind, message.args)
+        self._start_job(message.kind, message.args, message.settings)
 
     # the datasets -----------------------------------------------------------------------------
     def datasets_scanned(self) -> None:

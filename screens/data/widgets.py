@@ -14,7 +14,7 @@ from textual.binding import Binding
 
 from engine.jobs import JobInfo
 from screens.common.runs import JobHistory, RunsTable
-from screens.common.widgets import LiveTable, one_line, parse_verb_argv
+from screens.common.widgets import LiveTable, one_line
 
 MAX_SAMPLES = 6  # sample pairs kept per build (the view shows the newest few)
 PART_SHORT = {"sft/train": "sft", "dpo/train": "dpo", "heldout": "held", "train": "train"}
@@ -25,26 +25,15 @@ def is_data_job(job: JobInfo) -> bool:
     return job.kind.startswith("data build") or job.kind == "data corpus pull"
 
 
-def parse_data_argv(argv: list[str]) -> dict:
-    """The flags of `... data build --flag value ...`, or {"corpus": NAME} of `data corpus pull NAME`."""
-    args = parse_verb_argv(argv, ("data", "build"), {"resume", "json"})
-    if args:
-        return args
-    pull = parse_verb_argv(argv, ("data", "corpus", "pull"), {"json"})
-    return {"corpus": pull["model"]} if pull.get("model") else {}
-
-
 class DataHistory(JobHistory):
     """One build's events: the latest progress, the newest sample pairs, the dataset it
     wrote (artifact), its rate metrics and the error or done event."""
-
-    parse_argv = staticmethod(parse_data_argv)
 
     def __init__(self, job: JobInfo) -> None:
         super().__init__(job)
         self.pull = job.kind == "data corpus pull"
         if self.pull:
-            self.name = f"pull {self.args.get('corpus', '?')}"
+            self.name = f"pull {self.args.get('name', '?')}"
         self.samples: list[dict] = []
         self.artifact: str | None = None
         self.metrics: dict[str, float] = {}

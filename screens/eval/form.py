@@ -10,6 +10,8 @@ profile for a model) and `humanizer detect train` (the classifier) on a dataset.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -190,7 +192,7 @@ class EvalForm:
                 self._fit_form()
         if self._show_errors(errors):
             return
-        self.post_message(self.Submitted(settings, "eval", settings.argv()))
+        self.post_message(self.Submitted(settings, "eval", settings.argv(), asdict(settings)))
 
     # the detector jobs -------------------------------------------------------------------------------
     def detector_commands(self, dataset: str | None, model: str | None) -> list[tuple]:

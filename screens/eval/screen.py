@@ -152,7 +152,7 @@ class EvalScreen(EvalViews, EvalForm, RunsScreen):
         self.query_one("#f-adapters").focus()
 
     def on_eval_form_submitted(self, message: EvalForm.Submitted) -> None:
-        self._start_job(message.kind, message.args)
+        self._start_job(message.kind, message.args, message.settings)
 
     # the runs -------------------------------------------------------------------------------------
     def shown_history(self) -> EvalHistory | None:
@@ -283,9 +283,9 @@ class EvalScreen(EvalViews, EvalForm, RunsScreen):
         self.set_view("report")
 
     # starting ---------------------------------------------------------------------------------------
-    def _start_job(self, kind: str, args: list[str]) -> None:
+    def _start_job(self, kind: str, args: list[str], settings: dict | None = None) -> None:
         """Start `humanizer eval ...` as a job (the same helper as every CLI job) and show it."""
-        job = start_humanizer_job(self, kind, *args)
+        job = start_humanizer_job(self, kind, *args, settings=settings)
         if job is None:
             return
         self._clear_errors()

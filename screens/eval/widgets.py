@@ -16,7 +16,7 @@ from textual.binding import Binding
 from engine.eval.run import REPORT, SAMPLES
 from engine.jobs import JobInfo
 from screens.common.runs import JobHistory, RunsTable
-from screens.common.widgets import LiveTable, parse_verb_argv
+from screens.common.widgets import LiveTable
 
 DASH = "—"
 REF_ROWS = ("source", "human")
@@ -35,15 +35,6 @@ def is_eval_job(job: JobInfo) -> bool:
     return job.kind == "eval"
 
 
-def parse_eval_argv(argv: list[str]) -> dict:
-    """MODEL and the flags of `... eval MODEL --flag value ...`; "adapters": every --adapter."""
-    args = parse_verb_argv(argv, ("eval",), {"resume", "json"})
-    if args:
-        a = [str(x) for x in argv]
-        args["adapters"] = [a[i + 1] for i in range(len(a) - 1) if a[i] == "--adapter"]
-    return args
-
-
 def fmt(value, spec: str) -> str:
     return DASH if value is None else spec.format(value)
 
@@ -51,8 +42,6 @@ def fmt(value, spec: str) -> str:
 class EvalHistory(JobHistory):
     """One eval's events (progress, the newest rewrite it wrote, the report it wrote) and,
     once it is done, its report.json and samples.jsonl (`load_results`, in a worker thread)."""
-
-    parse_argv = staticmethod(parse_eval_argv)
 
     def __init__(self, job: JobInfo) -> None:
         super().__init__(job)

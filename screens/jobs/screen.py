@@ -25,24 +25,13 @@ STATUS_CELLS = max(status_text(s).cell_len for s in ("starting", "running", "don
 
 
 def job_name(job: JobInfo) -> str:
-    """What a job makes or works on, from its command line: its output's name (--output,
-    --name), the name it pulls, else its model's or dataset's."""
-    args = [str(a) for a in job.argv]
-
-    def flag(name: str) -> str | None:
-        for i, a in enumerate(args):
-            if a == name and i + 1 < len(args):
-                return args[i + 1]
-            if a.startswith(name + "="):
-                return a.split("=", 1)[1]
-        return None
-
-    value = next((v for v in map(flag, ("--output", "--name")) if v), None)
-    for verb in ("pull", "import"):  # models pull NAME, models import FILE.gguf (its stem names the model)
-        if not value and verb in args[:-1] and not args[args.index(verb) + 1].startswith("-"):
-            value = args[args.index(verb) + 1]
-            value = PurePath(value).stem if verb == "import" else value
-    value = value or next((v for v in map(flag, ("--model", "--dataset", "--data")) if v), None)
+    """What a job makes or works on, from its settings (job.json): its output's name, the name it
+    pulls or fits (`name`), the file it imports (its stem names the model), else its model or dataset."""
+    s = job.settings
+    value = next((str(s[k]) for k in ("output", "name") if s.get(k)), None)
+    if not value and s.get("file"):
+        value = PurePath(str(s["file"])).stem
+    value = value or next((str(s[k]) for k in ("model", "dataset", "data") if s.get(k)), None)
     if not value:
         return "—"
     name = PurePath(value.rstrip("/")).name or value

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from rich.text import Text
 
-from engine.events import read_events
+from engine.events import read_events, server_url
 from engine.jobs import JobInfo
 from engine.serve.settings import DEFAULT_HOST, DEFAULT_PORT
-from screens.common.serving import parse_serve_argv
 from screens.common.widgets import fmt_duration, key_of, status_text
 
 STATUS_LOOK = {  # request status -> (symbol, style); a symbol too, so NO_COLOR tells them apart
@@ -51,10 +50,9 @@ class ServeRun:
             kind = ev.get("type")
             if kind == "request":
                 self.requests.append(ev)
-            elif kind == "log":
+            elif kind in ("log", "ready"):
                 self.message = str(ev.get("message") or "")
-                if ev.get("url"):
-                    self.url = str(ev["url"])
+                self.url = server_url(ev) or self.url
             elif kind == "error":
                 self.error = ev
         return len(self.requests) - before
@@ -123,7 +121,7 @@ def server_status(monitor, run: ServeRun | None) -> Text:
                  "when the app closes)", style="dim")
     if run is not None and not live:
         job = run.job
-        args = parse_serve_argv(job.argv)
+        args = job.settings
         t.append("\n" if v.job is None else "")
         t.append("last run " if v.job is None else "past run ", style="dim")
         t.append(f"{job.id} ", style="bold")
@@ -131,7 +129,7 @@ def server_status(monitor, run: ServeRun | None) -> Text:
         if job.started and job.ended:
             t.append(f" after {fmt_duration(job.ended - job.started)}", style="dim")
         t.append(f"\n{run.url or 'never listened'} · model {Path(str(args.get('model', '?'))).name}")
-        if args["adapters"]:
+        if args.get("adapters"):
             t.append(" · adapters " + ", ".join(Path(a).name for a in args["adapters"]))
         if run.error:
             t.append(f"\n✗ {run.error.get('message')}", style="bold red")
@@ -141,7 +139,7 @@ def server_status(monitor, run: ServeRun | None) -> Text:
             t.append(f"\n{monitor.label()} is running: {key_of(monitor.app, 'server_live', 'f')} shows it", style="dim")
     if v.job is None or not live:
         return t
-    args = parse_serve_argv(v.job.argv)
+    args = v.job.settings
     model = v.health.get("model") or Path(str(args.get("model", "?"))).name
     if v.state == "up":
         t.append("● up  ", style="bold green")
@@ -173,6 +171,6 @@ def server_status(monitor, run: ServeRun | None) -> Text:
         t.append("   (\"adapter\" or \"model\" in a request)", style="dim")
     else:
         t.append("adapters ", style="dim")
-        t.append(", ".join(Path(a).name for a in args["adapters"]) or "none")
+        t.append(", ".join(Path(a).name for a in args.get("adapters") or []) or "none")
         t.append(f" · {args.get('host', DEFAULT_HOST)}:{args.get('port', DEFAULT_PORT)}", style="dim")
     return t

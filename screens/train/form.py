@@ -23,7 +23,6 @@ from engine.train import settings as train_settings
 from engine.train.config import DEFAULTS, METHODS, PRESETS, keys_text, layers_text, resolve_config
 from screens.common.forms import PickDialog, TickBox
 from screens.common.runs import FormHost, FormSubmitted, form_head
-from screens.train.widgets import parse_train_argv
 from screens.common.widgets import display_path, mode_ref
 
 PREVIEW_ROWS = 20
@@ -115,19 +114,29 @@ def pick_method(current: str, methods) -> str:
 
 def parse_extra(text: str) -> tuple[list[str], str | None]:
     """The extra flags as argv, or an error."""
+    tokens, _, error = read_extra(text)
+    return tokens, error
+
+
+def read_extra(text: str) -> tuple[list[str], dict, str | None]:
+    """The extra flags as argv and as settings (keyed as the CLI's flags: --num-layers ->
+    num_layers, values typed), or an error."""
+    settings: dict = {}
     try:
         tokens = shlex.split(text)
     except ValueError as e:
-        return [], f"cannot parse: {e}"
+        return [], {}, f"cannot parse: {e}"
     i = 0
     while i < len(tokens):
         flag = tokens[i].split("=", 1)[0]
         if flag in FORM_FLAGS:
-            return [], f"{flag} is set by the form"
+            return [], {}, f"{flag} is set by the form"
         if flag not in EXTRA_FLAGS:
-            return [], f"unknown flag {tokens[i]} (allowed: {', '.join(EXTRA_FLAGS)})"
+            return [], {}, f"unknown flag {tokens[i]} (allowed: {', '.join(EXTRA_FLAGS)})"
         kind = EXTRA_FLAGS[flag]
+        key = flag[2:].replace("-", "_")
         if kind is None:
+            settings[key] = True
             i += 1
             continue
         if "=" in tokens[i]:
@@ -136,13 +145,14 @@ def parse_extra(text: str) -> tuple[list[str], str | None]:
             value = tokens[i + 1]
             i += 1
         else:
-            return [], f"{flag} needs a value"
+            return [], {}, f"{flag} needs a value"
         try:
-            kind(value)
+            settings[key] = [k for k in value.split(",") if k] if flag == "--keys" else kind(value)
         except ValueError:
-            return [], f"{flag} {value}: not a{'n integer' if kind is int else ' number' if kind is float else ''} value"
+            return [], {}, (f"{flag} {value}: not a{'n integer' if kind is int else ' number' if kind is float else ''}"
+                            " value")
         i += 1
-    return tokens, None
+    return tokens, settings, None
 
 
 def _cell(value, width: int = 24) -> str:
@@ -238,12 +248,12 @@ class TrainForm:
         folder = output_path(self.app.ws, name)
         return holds_run(folder) or self._output_busy(folder) is not None
 
-    def _start_job(self, kind: str, args: list[str]) -> None:
+    def _start_job(self, kind: str, args: list[str], settings: dict | None = None) -> None:
         """Start the run, then propose a fresh output for the next one: the other fields stay
         (for a variant), so the name just used would invite a duplicate run into it."""
         typed = self.query_one("#f-output", Input).value.strip()
         started = len(self.histories)
-        super()._start_job(kind, args)
+        super()._start_job(kind, args, settings)
         if len(self.histories) == started or not typed or typed == self._auto_output:
             return  # not started, or the name was the form's own: RunsScreen suggested the next one
         name = next_free_name(typed, self.output_taken)
@@ -425,7 +435,7 @@ class TrainForm:
     def _output_busy(self, out: Path) -> JobInfo | None:
         for job in self.run_jobs():
             if job.status in ("running", "starting"):
-                target = parse_train_argv(job.argv).get("output")
+                target = job.settings.get("output")
                 if target and Path(target).expanduser().resolve() == out.resolve():
                     return job
         return None
@@ -476,11 +486,11 @@ class TrainForm:
             elif holds_run(out) and not resume:
                 errors.append(("f-output", f"output: {display_path(out, ws.home)} already holds a training run; "
                                            "choose another name, or tick resume to continue it"))
-        extra, problem = parse_extra(self.query_one("#f-extra", Input).value)
+        extra, extra_settings, problem = read_extra(self.query_one("#f-extra", Input).value)
         if problem:
             errors.append(("f-extra", f"flags: {problem}"))
         settings = {"model": model, "data": data, "method": method, "preset": preset, "mount": mount,
-                    "iters": iters, "output": out, "extra": extra, "resume": resume}
+                    "iters": iters, "output": out, "extra": extra, "extra_settings": extra_settings, "resume": resume}
         return settings, errors
 
     def action_start(self) -> None:
@@ -498,4 +508,7 @@ class TrainForm:
         args += s["extra"]
         if s["resume"]:
             args.append("--resume")
-        self.post_message(self.Submitted(s, f"lora train {s['method']}", args))
+        settings = {"model": s["model"], "data": data, "method": s["method"], "preset": s["preset"],
+                    "iters": s["iters"], "output": str(s["output"]), "mount_adapter": s["mount"] or None,
+                    "resume": s["resume"], **s["extra_settings"]}
+        self.post_message(self.Submitted(s, f"lora train {s['method']}", args, settings))

@@ -28,10 +28,10 @@ from screens.common.charts import LineChart, Series, fmt_num
 from screens.common.panes import NarrowPanes
 from screens.common.runs import RunsScreen, append_outcome, append_timing, bar
 from screens.train.form import TrainForm, parse_extra
-from screens.train.widgets import CHARTS, KL_TITLE, RunHistory, RunTable, is_train_job, parse_train_argv
+from screens.train.widgets import CHARTS, KL_TITLE, RunHistory, RunTable, is_train_job
 from screens.common.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, fmt_time, status_text
 
-__all__ = ["TrainScreen", "RunTable", "RunHistory", "parse_extra", "parse_train_argv"]
+__all__ = ["TrainScreen", "RunTable", "RunHistory", "parse_extra"]
 
 SHORT = 30  # below this many rows: the compact form
 
@@ -260,7 +260,7 @@ class TrainScreen(NarrowPanes, TrainForm, RunsScreen):
         return text
 
     def on_train_form_submitted(self, message: TrainForm.Submitted) -> None:
-        self._start_job(message.kind, message.args)
+        self._start_job(message.kind, message.args, message.settings)
 
     # comparing two runs -------------------------------------------------------------------
     def action_overlay(self) -> None:

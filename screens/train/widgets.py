@@ -6,12 +6,7 @@ from __future__ import annotations
 from textual.binding import Binding
 
 from engine.jobs import JobInfo
-from engine.train.settings import flag, setting_fields, value_type
 from screens.common.runs import JobHistory, RunsTable
-from screens.common.widgets import parse_verb_argv
-
-# the on/off flags of `lora train` (they take no value)
-BOOL_FLAGS = {flag(f)[2:] for f in setting_fields() if value_type(f) is None} | {"json"}
 
 # (id, title, [(metric, label)], methods, y_min, y_max)
 CHARTS = [
@@ -31,16 +26,9 @@ def is_train_job(job: JobInfo) -> bool:
     return job.kind.startswith("lora train")
 
 
-def parse_train_argv(argv: list[str]) -> dict:
-    """The model and flags of a `... lora train MODEL --flag value ...` command line."""
-    return parse_verb_argv(argv, ("lora", "train"), BOOL_FLAGS)
-
-
 class RunHistory(JobHistory):
     """One training run's events: every metric as a (step, value) series, the latest
     values, the latest progress, and the error or done event."""
-
-    parse_argv = staticmethod(parse_train_argv)
 
     def __init__(self, job: JobInfo) -> None:
         super().__init__(job)

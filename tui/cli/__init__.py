@@ -15,7 +15,7 @@ import sys
 
 from tui.cli import adapters, convert, data, demo, detect, doctor, export, jobs, models, serve, train
 from tui.cli import eval as eval_
-from tui.cli.common import VerbParser
+from tui.cli.common import VerbParser, remember_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_app(ws, model=args.model)
             return 0
-        return args.handler(ws, args, argv) or 0
+        with remember_settings(args):  # what job.json records of this verb (tui.cli.common.run_long)
+            return args.handler(ws, args, argv) or 0
     except HumanizerError as e:
         if getattr(e, "reported", False):  # a run's view already showed it as an error event
             return 2

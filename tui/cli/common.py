@@ -4,7 +4,14 @@ parser class of the verbs, and running a long verb as a recorded run with live p
 from __future__ import annotations
 
 import argparse
+import json
+from contextlib import contextmanager
 from dataclasses import MISSING
+
+# Parser entries that say how the CLI runs, not what the verb does.
+INTERNAL = ("handler", "command", "action", "corpus_action", "json", "home")
+SECRETS = ("api_key", "token")  # recorded only as whether one is set
+_verb_settings: dict | None = None  # this process's verb, set once by main() after parsing
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -43,13 +50,38 @@ class VerbParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
 
+def verb_settings(args: argparse.Namespace) -> dict:
+    """The verb's resolved settings (argparse's namespace, defaults filled) as job.json keeps
+    them: JSON values, no parser internals, and for a secret only `NAME_set`."""
+    out: dict = {}
+    for key, value in vars(args).items():
+        if key in INTERNAL or key.endswith("_action") or callable(value):
+            continue
+        if key in SECRETS:
+            out[f"{key}_set"] = bool(value)
+            continue
+        out[key] = value
+    return json.loads(json.dumps(out, default=str))
+
+
+@contextmanager
+def remember_settings(args: argparse.Namespace):
+    """Around main()'s call of the verb's handler: run_long records these settings."""
+    global _verb_settings
+    _verb_settings = verb_settings(args)
+    try:
+        yield
+    finally:
+        _verb_settings = None
+
+
 def run_long(ws, kind: str, argv: list[str], as_json: bool, work, human_view=None):
     """Run `work(run)` recorded as a run, showing its events live. `human_view(printer)`
     may wrap the printer for the human-readable view (--json always prints every event)."""
     from engine.events import open_run
     from tui.progress import EventPrinter
 
-    run = open_run(ws.runs_dir, kind, ["humanizer", *argv])
+    run = open_run(ws.runs_dir, kind, ["humanizer", *argv], settings=_verb_settings)
     with EventPrinter(as_json) as printer:
         run.listeners.append(printer if as_json or human_view is None else human_view(printer))
         with run:

@@ -47,8 +47,9 @@ def cmd_demo(ws, args, argv) -> int:
 
     from engine.demo.run import run_demo
     from engine.demo.settings import DemoSettings
+    from screens.common.launch import humanizer_argv
     from tui.cli.eval import print_report
 
     settings = DemoSettings(**{f.name: getattr(args, f.name) for f in fields(DemoSettings)}).check()
-    path = run_long(ws, "demo", argv, args.json, lambda run: run_demo(settings, ws, run))
+    path = run_long(ws, "demo", argv, args.json, lambda run: run_demo(settings, ws, run, argv_of=humanizer_argv))
     return print_report(path, args.json)

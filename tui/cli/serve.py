@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_serve)
     p.add_argument("--model", default="smollm2-135m",
                    help="model spec: smollm2-135m (default), a model folder, a .gguf, a workspace model, an HF repo id")
-    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR", dest="adapters",
                    help="adapter folder (or name in the workspace's adapters/) to mount; repeat for more, "
                    "a DPO delta after its parent")
     p.add_argument("--host", default=S.DEFAULT_HOST, help=f"address to bind (default {S.DEFAULT_HOST}; "
@@ -59,7 +59,7 @@ def cmd_serve(ws, args, argv) -> int:
     check_port(args.host, args.port)
     try:
         url = run_long(ws, "serve", argv, args.json,
-                       lambda run: serve(args.model, args.adapter, ws=ws, run=run, host=args.host, port=args.port,
+                       lambda run: serve(args.model, args.adapters, ws=ws, run=run, host=args.host, port=args.port,
                                          api_key=args.api_key, max_concurrent=args.max_concurrent,
                                          max_tokens_limit=args.max_tokens_limit,
                                          max_prompt_tokens=args.max_prompt_tokens,
