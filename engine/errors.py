@@ -86,3 +86,22 @@ class AdapterConfigError(HumanizerError):
 
 class NeedsParent(HumanizerError):
     """A delta whose recorded parent is not among the adapters it would stack on."""
+
+
+class ServerError(HumanizerError):
+    """A request our server refused (with its OpenAI error message and HTTP status) or that could
+    not be sent (engine.serve.client)."""
+
+    def __init__(self, message: str, status: int | None = None, hint: str | None = None):
+        super().__init__(message, hint)
+        self.status = status
+
+
+class ConfigError(HumanizerError):
+    """config.toml does not parse, or a table in it is not a table (tui.config); nothing is
+    written over it."""
+
+
+# Not here: engine.serve.http.ApiError is the wire form of an HTTP error (an OpenAI error
+# object and a status) that the server answers with, not an error shown to a user with a hint;
+# engine.events.Cancelled is a stop request, not an error.

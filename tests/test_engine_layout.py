@@ -18,6 +18,8 @@ SPLIT_PACKAGES = ("generate", "data", "eval", "adapters", "train", "serve", "con
     ("engine.generate", ("EngineError", "UnknownAdapter", "AdapterInUse", "EngineClosed")),
     ("engine.data", ("DataError",)),
     ("engine.adapters", ("AdapterConfigError", "NeedsParent")),
+    ("engine.serve.client", ("ServerError",)),
+    ("tui.config", ("ConfigError",)),
 ])
 def test_error_types_live_in_engine_errors_and_stay_importable_from_their_domain(module, names):
     import importlib

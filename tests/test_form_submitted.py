@@ -21,7 +21,7 @@ def _record(monkeypatch, screen_class, handler: str) -> list:
 
 async def test_data_form_posts_submitted_with_its_settings(data_ws, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("screens.common.runs.start_job", fake_start_job(calls))
+    monkeypatch.setattr("screens.common.launch.start_job", fake_start_job(calls))
     posted = _record(monkeypatch, DataScreen, "on_data_form_submitted")
     pairs = tmp_path / "pairs.jsonl"
     _jsonl(pairs, [{"text": human, "text_type": "human_written", "source_id": doc} for doc, human, _ in CLASSICS])
@@ -48,7 +48,7 @@ async def test_data_form_posts_submitted_with_its_settings(data_ws, tmp_path, mo
 
 async def test_train_form_posts_submitted_with_its_values(data_ws, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("screens.common.runs.start_job", fake_start_job(calls))
+    monkeypatch.setattr("screens.common.launch.start_job", fake_start_job(calls))
     posted = _record(monkeypatch, TrainScreen, "on_train_form_submitted")
     app = HumanizerApp(data_ws, mode="train")
     async with app.run_test(size=(120, 40)) as pilot:

@@ -57,6 +57,6 @@ def test_the_screens_settings_are_the_clis():
     assert {k: cli[k] for k in mine} == mine
     tokens, extra, error = read_extra("--rank 4 --learning-rate=2e-4 --skip-bad-rows --keys q_proj,v_proj")
     assert error is None and extra == {"rank": 4, "learning_rate": 2e-4, "skip_bad_rows": True,
-                                       "keys": ["q_proj", "v_proj"]}
+                                       "keys": "q_proj,v_proj"}
     cli = parsed(["lora", "train", "m", "--data", "d", "--output", "o", *tokens])
     assert {k: cli[k] for k in extra} == extra

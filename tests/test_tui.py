@@ -323,9 +323,10 @@ def test_set_value_refuses_to_clobber_a_broken_file(tmp_path):
 
     path = tmp_path / "config.toml"
     path.write_text("theme = \n")
-    with pytest.raises(ConfigError, match="line 1"):
+    with pytest.raises(ConfigError, match="line 1") as err:
         set_value(path, "theme", "textual-dark")
     assert path.read_text() == "theme = \n"
+    assert str(err.value).endswith("\n  hint: " + err.value.hint) and "config.toml" in err.value.hint
 
 
 def test_dumps_round_trips():

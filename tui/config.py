@@ -19,11 +19,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from engine.errors import ConfigError
 from engine.workspace import atomic_write_text
 
-
-class ConfigError(Exception):
-    pass
+CONFIG_HINT = ("fix that line of config.toml (nothing was written over it), or move the file away to start "
+               "from the defaults")
 
 
 @dataclass
@@ -182,9 +182,9 @@ def set_value(path: Path, key: str, value, table: str | None = None) -> None:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(_decode_error(path, text, e)) from None
+        raise ConfigError(_decode_error(path, text, e), CONFIG_HINT) from None
     if table is not None and not isinstance(data.get(table, {}), dict):
-        raise ConfigError(f"{_where(path, text, table)}: {table} must be a table ([{table}])")
+        raise ConfigError(f"{_where(path, text, table)}: {table} must be a table ([{table}])", CONFIG_HINT)
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"

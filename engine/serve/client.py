@@ -9,16 +9,10 @@ import asyncio
 import json
 from typing import AsyncIterator
 
+from engine.errors import ServerError
+
 HTTP_TIMEOUT_S = 5.0
 STREAM_READ_TIMEOUT_S = 300.0  # between two chunks of a stream: a slow CPU prefill of a long prompt
-
-
-class ServerError(Exception):
-    """A request the server refused (with its OpenAI error message) or could not be sent."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.message, self.status = message, status
 
 
 def _error_message(data, status: int) -> str:

@@ -147,7 +147,7 @@ def read_extra(text: str) -> tuple[list[str], dict, str | None]:
         else:
             return [], {}, f"{flag} needs a value"
         try:
-            settings[key] = [k for k in value.split(",") if k] if flag == "--keys" else kind(value)
+            settings[key] = kind(value)  # as the CLI records it (--keys: the comma list as typed)
         except ValueError:
             return [], {}, (f"{flag} {value}: not a{'n integer' if kind is int else ' number' if kind is float else ''}"
                             " value")
