@@ -1,0 +1,7 @@
+"""Past one machine on MLX's own distributed engine (mx.distributed, started by `mlx.launch`).
+
+    world.py     a rank's World and the collectives the jobs use (MLX)
+    settings.py  --nproc / --hosts, shared by every verb that runs on several ranks (no MLX)
+    launch.py    the job's own process: runs `mlx.launch` over the ranks and reports each (no MLX)
+
+Nothing is imported here, so the settings load without MLX."""
