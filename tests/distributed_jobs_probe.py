@@ -7,6 +7,7 @@ prints what it generated and scored; the writer also where the outputs are.
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from engine.data.build import build
@@ -38,15 +39,18 @@ def pairs(output: str, resume: bool = False) -> BuildSettings:
                          max_tokens=10, seed=5, resume=resume)
 
 
+t0 = time.time()
 out = {"rank": w.rank, "size": w.size}
 out["pairs"] = str(build(pairs("pairs"), ws))
+out["pairs_s"] = round(time.time() - t0, 2)
 out["pairs_generated"] = len(submitted)
 if "--resume-too" in sys.argv:
     out["resumed"] = str(build(pairs("resumed", resume=True), ws))
-before = len(submitted)
+before, t0 = len(submitted), time.time()
 settings = EvalSettings(model=model, adapters=(adapter,), data="st", samples=4, seed=5, temperature=0.9,
-                        top_p=1.0, max_tokens=10, rows=2, detector="fast-detectgpt", encoder="none",
+                        top_p=1.0, max_tokens=0, rows=2, detector="fast-detectgpt", encoder="none",
                         score_max_tokens=48, batch_size=2)
 out["eval"] = str(run_eval(settings, ws, out=ws.home / "eval-run").parent)
 out["eval_generated"] = len(submitted) - before
+out["eval_s"] = round(time.time() - t0, 2)
 print("RESULT " + json.dumps(out), flush=True)

@@ -144,7 +144,8 @@ def build(settings: BuildSettings, ws, run: Run = NullRun(), w: World | None = N
 
 def _prepare_work(work: Path, settings: BuildSettings) -> None:
     state = work / "settings.json"
-    wanted = {k: v for k, v in settings.to_dict().items() if k not in ("resume", "rows", "api_key")}
+    # how many ranks (--nproc / --hosts) changes no row: a build resumes on any number of them
+    wanted = {k: v for k, v in settings.to_dict().items() if k not in ("resume", "rows", "api_key", "nproc", "hosts")}
     if settings.resume:
         if not state.is_file():
             raise HumanizerError(f"nothing to resume: no interrupted build of '{settings.output}' ({work})",
