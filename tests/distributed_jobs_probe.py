@@ -15,13 +15,15 @@ from engine.data.settings import BuildSettings
 from engine.distributed.world import world
 from engine.eval.run import run_eval
 from engine.eval.settings import EvalSettings
+from engine.events import NullRun
 from engine.generate import Engine
 from engine.workspace import Workspace
 
 
 def probe(home, model, adapter, resume_too: bool = False) -> dict:
     ws, w = Workspace.open(Path(home)), world()
-    submitted, submit = [], Engine.submit
+    submitted, submit, events = [], Engine.submit, []
+    run = NullRun(listeners=[events.append])  # what a rank would show and record
 
     def counted(engine, prompt, adapter=None, params=None, **k):
         submitted.append(params.seed)
@@ -35,16 +37,18 @@ def probe(home, model, adapter, resume_too: bool = False) -> dict:
     Engine.submit = counted
     try:
         t0 = time.time()
-        out = {"rank": w.rank, "size": w.size, "pairs": str(build(pairs("pairs"), ws))}
+        out = {"rank": w.rank, "size": w.size, "pairs": str(build(pairs("pairs"), ws, run))}
         out["pairs_s"], out["pairs_generated"] = round(time.time() - t0, 2), len(submitted)
+        out["pairs_progress"] = [[e["step"], e["total"]] for e in events if e["type"] == "progress"]
         if resume_too:
-            out["resumed"] = str(build(pairs("resumed", resume=True), ws))
+            out["resumed"] = str(build(pairs("resumed", resume=True), ws, run))
         before, t0 = len(submitted), time.time()
         settings = EvalSettings(model=str(model), adapters=(str(adapter),), data="st", samples=4, seed=5,
                                 temperature=0.9, top_p=1.0, max_tokens=0, rows=2, detector="fast-detectgpt",
                                 encoder="none", score_max_tokens=48, batch_size=2)
-        out["eval"] = str(run_eval(settings, ws, out=ws.home / "eval-run").parent)
+        out["eval"] = str(run_eval(settings, ws, run, out=ws.home / "eval-run").parent)
         out["eval_s"], out["eval_generated"] = round(time.time() - t0, 2), len(submitted) - before
+        out["events"] = len(events)
     finally:
         Engine.submit = submit
     return out

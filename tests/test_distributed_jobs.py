@@ -93,8 +93,10 @@ def test_two_ranks_build_the_rows_one_process_builds(runs):
     manifests = [json.loads((ws.datasets_dir / "pairs" / "manifest.json").read_text(encoding="utf-8"))
                  for ws in (runs["one"], runs["two"])]
     assert manifests[0]["counts"] == manifests[1]["counts"]
-    # only the writer wrote: one dataset, no work folder left, nothing from rank 1 elsewhere
+    # only the writer wrote (no work folder left) and reported: the global count, as one process
     assert not (runs["two"].datasets_dir / ".pairs.build").exists()
+    assert ranks[0]["pairs_progress"][-1] == single["pairs_progress"][-1] == [10, 10]
+    assert ranks[0]["events"] > 0 and ranks[1]["events"] == 0
 
 
 def test_a_one_process_build_resumed_on_two_ranks_gives_the_same_rows(runs):
