@@ -8,7 +8,12 @@
 
 Splits are by source document. Generations are cached in `datasets/.NAME.build/` chunk by
 chunk, each with its own seed, so an interrupted build continues with `--resume` and gives
-the same rows; the dataset folder appears only when it is complete (atomic rename)."""
+the same rows; the dataset folder appears only when it is complete (atomic rename).
+
+Under `mlx.launch` every rank runs the build: each generates its shard of every chunk
+(engine/distributed/spread.py) and rank 0 alone reads and writes the cache, the dataset, the
+manifest and the events. A row's seed comes from its key, so the rows are those of one process,
+and --resume works with any number of ranks."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.data import filters, locks as L
 from engine.data.settings import DRAFT_PROMPT, LOCKS_SENTENCE, REWRITE_INSTRUCTION, BuildSettings
@@ -26,6 +32,9 @@ from engine.data.sources import Source, open_source, passages
 from engine.errors import HumanizerError
 from engine.events import ChunkProgress, NullRun, Run
 from engine.workspace import atomic_dir
+
+if TYPE_CHECKING:  # the world (and MLX) is imported when a build runs, not when this module loads
+    from engine.distributed.world import World
 
 SAMPLE_EVERY = 8.0  # seconds between two sample pairs in the events
 CHUNK_BATCHES = 4  # generations submitted together = rows * CHUNK_BATCHES
@@ -73,21 +82,32 @@ def seed_of(seed: int, key: str) -> int:
 # --- the build --------------------------------------------------------------------------------------
 
 
-def build(settings: BuildSettings, ws, run: Run = NullRun()) -> Path:
+def build(settings: BuildSettings, ws, run: Run = NullRun(), w: World | None = None) -> Path:
+    """The dataset's folder. With several ranks (w, default: this process's world) only rank 0
+    writes; the others return the same path once their share is generated."""
+    from engine.distributed.spread import on_writer
+    from engine.distributed.world import world
+
+    w = w or world()
+    run = run if w.writer else NullRun()
     settings.check()
     final = ws.datasets_dir / settings.output
     work = ws.datasets_dir / f".{settings.output}.build"
-    if final.exists():
-        raise HumanizerError(f"dataset '{settings.output}' already exists ({final})",
-                             "pick another --output name, or remove that folder first")
-    _prepare_work(work, settings)
+
+    def prepare() -> None:
+        if final.exists():
+            raise HumanizerError(f"dataset '{settings.output}' already exists ({final})",
+                                 "pick another --output name, or remove that folder first")
+        _prepare_work(work, settings)
+
+    on_writer(prepare, w)
     started = time.time()
     template = {"style-transfer": _style_transfer, "dpo-pairs": _dpo_pairs, "paired": _paired,
                 "judgements": _judgements}[settings.template]
     try:
-        src, out = template(settings, ws, run, work)
+        src, out = template(settings, ws, run, work, w)
     except BaseException:
-        if not (work / "generations.jsonl").is_file():
+        if w.writer and not (work / "generations.jsonl").is_file():
             shutil.rmtree(work, ignore_errors=True)  # nothing generated yet: nothing to resume
         raise
     for part in PARTS:
@@ -96,6 +116,8 @@ def build(settings: BuildSettings, ws, run: Run = NullRun()) -> Path:
         raise HumanizerError(f"no rows survived the filters (counts: {_counts_text(out.counts)})",
                              "use more or longer source text, or loosen the filters (--min-words, --max-copy, "
                              "--min-locks-kept); `humanizer data build --help` lists them")
+    if not w.writer:
+        return final
     ended = time.time()
     manifest = {
         "name": settings.output, "template": settings.template, "source": src.manifest(),
@@ -122,7 +144,8 @@ def build(settings: BuildSettings, ws, run: Run = NullRun()) -> Path:
 
 def _prepare_work(work: Path, settings: BuildSettings) -> None:
     state = work / "settings.json"
-    wanted = {k: v for k, v in settings.to_dict().items() if k not in ("resume", "rows", "api_key")}
+    # how many ranks (--nproc / --hosts) changes no row: a build resumes on any number of them
+    wanted = {k: v for k, v in settings.to_dict().items() if k not in ("resume", "rows", "api_key", "nproc", "hosts")}
     if settings.resume:
         if not state.is_file():
             raise HumanizerError(f"nothing to resume: no interrupted build of '{settings.output}' ({work})",
@@ -148,12 +171,13 @@ def _counts_text(counts: dict) -> str:
 
 
 class Generations:
-    """Texts generated so far, by row key, in `work/generations.jsonl` (appended chunk by chunk)."""
+    """Texts generated so far, by row key, in `work/generations.jsonl` (appended chunk by chunk);
+    in memory only when `work` is None (a rank that is not the writer)."""
 
-    def __init__(self, work: Path):
-        self.path = work / "generations.jsonl"
+    def __init__(self, work: Path | None):
+        self.path = work / "generations.jsonl" if work is not None else None
         self.done: dict[str, dict] = {}
-        if self.path.is_file():
+        if self.path is not None and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
                     rec = json.loads(line)
@@ -162,52 +186,69 @@ class Generations:
                     continue  # a torn last line: that chunk is generated again
 
     def add(self, records: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            f.flush()
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                f.flush()
         for r in records:
             self.done[r["key"]] = r
 
 
 def generate(jobs: list[tuple[str, str, str, str]], settings: BuildSettings, ws, run: Run, work: Path,
-             adapters: tuple[str, ...] = (), what: str = "drafts") -> dict[str, str]:
+             adapters: tuple[str, ...] = (), what: str = "drafts", w: World | None = None) -> dict[str, str]:
     """jobs: (key, prompt text, human passage, draft-or-empty) -> {key: generated text}.
-    Chunks of `rows` go to the writer; each finished chunk is cached before the next starts."""
+    Chunks of `rows` go to the writer; each finished chunk is cached before the next starts.
+    With several ranks every rank writes its shard of each round of chunks (one chunk each)."""
     from engine.data.writers import open_writer
+    from engine.distributed.spread import in_rounds, on_writer
+    from engine.distributed.world import ONE
 
-    cache = Generations(work)
+    w = w or ONE
+    cache = Generations(work if w.writer else None)
+    keys = [k for k, _, _, _ in jobs]
+    cache.done.update(on_writer(lambda: {k: cache.done[k] for k in keys if k in cache.done}, w))
     todo = [j for j in jobs if j[0] not in cache.done]
     total = len(jobs)
     run.progress(total - len(todo), total, f"{what}: {total - len(todo)} of {total} already written"
                  if len(todo) < total else f"loading the {'endpoint' if settings.endpoint else 'model'}")
     if todo:
+        if w.size > 1 and not settings.endpoint:  # the writer first: a model it pulls is there for the others
+            from engine.models import resolve_model
+
+            on_writer(lambda: str(resolve_model(settings.model, ws, run)), w)
         writer = open_writer(settings, ws, adapters, run)
-        run.log(f"writing {len(todo)} {what} with {json.dumps(writer.describe)}")
+        run.log(f"writing {len(todo)} {what} with {json.dumps(writer.describe)}"
+                + (f" on {w.size} ranks" if w.size > 1 else ""))
         progress = ChunkProgress(run, total, total - len(todo), what, SAMPLE_EVERY)
+
+        def write(chunk: list) -> list[dict]:
+            limits = [settings.max_tokens or max_tokens_for(h) for _, _, h, _ in chunk]
+            written = writer.write([[{"role": "user", "content": p}] for _, p, _, _ in chunk],
+                                   [seed_of(settings.seed, k) for k, _, _, _ in chunk],
+                                   temperature=settings.temperature, top_p=settings.top_p, max_tokens=limits)
+            failed = next((g for g in written if g.finish == "error"), None)
+            if failed is not None:
+                raise HumanizerError(f"the model failed while writing {what}: {failed.error}",
+                                     f"fix the cause and run the same command with --resume: the "
+                                     f"{len(cache.done)} {what} written so far are kept")
+            return [{"key": k, "text": g.text, "finish": g.finish, "tokens": g.tokens}
+                    for (k, _, _, _), g in zip(chunk, written)]
+
+        def cached(chunk: list, records: list[dict]) -> None:
+            cache.add(records)
+            key, _, human, draft = chunk[-1]
+            text = records[-1]["text"]
+            progress.advance(len(chunk), lambda: {"key": key, "human": human, "draft": draft or text,
+                                                  "rewrite": text if draft else None})
+
         try:
             # A chunk of several batches keeps every row busy (a batch of exactly `rows` would wait
-            # for its longest generation with the others idle); each chunk is cached when done.
-            step = settings.rows * CHUNK_BATCHES
-            for i in range(0, len(todo), step):
-                chunk = todo[i:i + step]
-                limits = [settings.max_tokens or max_tokens_for(h) for _, _, h, _ in chunk]
-                written = writer.write([[{"role": "user", "content": p}] for _, p, _, _ in chunk],
-                                       [seed_of(settings.seed, k) for k, _, _, _ in chunk],
-                                       temperature=settings.temperature, top_p=settings.top_p, max_tokens=limits)
-                failed = next((w for w in written if w.finish == "error"), None)
-                if failed is not None:
-                    raise HumanizerError(f"the model failed while writing {what}: {failed.error}",
-                                         f"fix the cause and run the same command with --resume: the "
-                                         f"{len(cache.done)} {what} written so far are kept")
-                cache.add([{"key": k, "text": w.text, "finish": w.finish, "tokens": w.tokens}
-                           for (k, _, _, _), w in zip(chunk, written)])
-                key, _, human, draft = chunk[-1]
-                progress.advance(len(chunk), lambda: {"key": key, "human": human, "draft": draft or written[-1].text,
-                                                      "rewrite": written[-1].text if draft else None})
+            # for its longest generation with the others idle); each round is cached when done.
+            in_rounds(todo, settings.rows * CHUNK_BATCHES, write, w, cached)
         finally:
             writer.close()
         run.metric(total, **{f"{what}_per_s": round(progress.rate, 3)})
-    return {k: cache.done[k]["text"] for k, _, _, _ in jobs}
+    return {k: cache.done[k]["text"] for k in keys}
 
 
 # --- splits -----------------------------------------------------------------------------------------
@@ -278,12 +319,13 @@ def _add_rows(out: Output, it: Item, rejected: str, prompt: str | None = None) -
 # --- templates --------------------------------------------------------------------------------------
 
 
-def _style_transfer(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Source, Output]:
+def _style_transfer(settings: BuildSettings, ws, run: Run, work: Path,
+                    w: World | None = None) -> tuple[Source, Output]:
     out = Output()
     src = open_source(settings.source, ws, settings.text_column)
     items = _passages(src, settings, out.counts)
     jobs = [(it.key, draft_prompt(it.human, it.locks), it.human, "") for it in items]
-    drafts = generate(jobs, settings, ws, run, work, what="drafts")
+    drafts = generate(jobs, settings, ws, run, work, what="drafts", w=w)
     reasons: dict[str, int] = {}
     copies = dropped_locks = 0
     kept_items = []
@@ -319,7 +361,8 @@ def _dataset_rows(folder: Path, part: str) -> list[dict]:
     return [r for _, r in read_table(path)]
 
 
-def _dpo_pairs(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Source, Output]:
+def _dpo_pairs(settings: BuildSettings, ws, run: Run, work: Path,
+               w: World | None = None) -> tuple[Source, Output]:
     out = Output()
     folder = Path(settings.source).expanduser()
     if not folder.is_dir():
@@ -351,7 +394,7 @@ def _dpo_pairs(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Sourc
     if settings.rejected != "draft":
         jobs = [(f"{it.key}~{k}", it.prompt, it.human, it.draft or it.prompt)
                 for it in items for k in range(settings.samples)]
-        texts = generate(jobs, settings, ws, run, work, adapters=(settings.adapter,), what="rewrites")
+        texts = generate(jobs, settings, ws, run, work, adapters=(settings.adapter,), what="rewrites", w=w)
         for it in items:
             rewrites[it.key] = [texts[f"{it.key}~{k}"].strip() for k in range(settings.samples)]
     degenerate = same = fallback = 0
@@ -395,7 +438,8 @@ SPLIT_NAMES = {"train": "train", "valid": "valid", "validation": "valid", "val":
                "test": "heldout", "heldout": "heldout"}
 
 
-def _paired(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Source, Output]:
+def _paired(settings: BuildSettings, ws, run: Run, work: Path,
+            w: World | None = None) -> tuple[Source, Output]:
     out = Output()
     src = open_source(settings.source, ws, settings.text_column, tabular=True)
     if not src.rows:
@@ -438,7 +482,8 @@ def _paired(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Source, 
     return src, out
 
 
-def _judgements(settings: BuildSettings, ws, run: Run, work: Path) -> tuple[Source, Output]:
+def _judgements(settings: BuildSettings, ws, run: Run, work: Path,
+                w: World | None = None) -> tuple[Source, Output]:
     from engine.data import prefs
 
     out = Output()

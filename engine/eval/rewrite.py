@@ -12,17 +12,23 @@ our engine (engine/generate/), each generation with its own adapter selection ("
   with finish "error" and the reason (counted by the caller, scored nowhere).
 - Cache: each finished chunk of `rows * CHUNK_BATCHES` generations is appended to
   `rewrites.jsonl` in the run folder before the next starts, so a cancelled eval continues
-  (`--resume`) with only the missing rewrites."""
+  (`--resume`) with only the missing rewrites.
+- Ranks: under `mlx.launch` each rank rewrites its shard of every round of chunks
+  (engine/distributed/spread.py); the writer alone keeps the cache file and reports."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.data.build import seed_of
 from engine.errors import HumanizerError
 from engine.events import ChunkProgress, NullRun, Run
+
+if TYPE_CHECKING:
+    from engine.distributed.world import World
 
 CACHE = "rewrites.jsonl"
 CHUNK_BATCHES = 4
@@ -56,12 +62,13 @@ def max_tokens_for(draft_tokens: int) -> int:
 
 class RewriteCache:
     """Rewrites done so far, by (key, choice), in `folder/rewrites.jsonl` (appended chunk by chunk;
-    a torn last line is dropped and that rewrite is written again)."""
+    a torn last line is dropped and that rewrite is written again); in memory only when `folder`
+    is None (a rank that is not the writer)."""
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / CACHE
+    def __init__(self, folder: Path | None):
+        self.path = Path(folder) / CACHE if folder is not None else None
         self.done: dict[tuple[str, str], dict] = {}
-        if self.path.is_file():
+        if self.path is not None and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
                     rec = json.loads(line)
@@ -70,10 +77,11 @@ class RewriteCache:
                     continue
 
     def add(self, records: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            f.flush()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+                f.flush()
         for r in records:
             self.done[(r["key"], r["choice"])] = r
 
@@ -97,18 +105,22 @@ def _submit(engine, job: Job, max_tokens: int, temperature: float, top_p: float)
 
 
 def rewrite_all(engine, jobs: list[Job], cache: RewriteCache, run: Run = NullRun(), *, temperature: float,
-                top_p: float, max_tokens: int = 0, rows: int = 8) -> dict[tuple[str, str], dict]:
+                top_p: float, max_tokens: int = 0, rows: int = 8,
+                w: World | None = None) -> dict[tuple[str, str], dict]:
     """Generate every job not in `cache` on `engine` (started, adapters mounted), chunk by chunk,
     caching each chunk. Returns (key, choice) -> record {text, finish, tokens, seed, ...} for
-    every job. A generation that fails in the engine stops the run (the cache keeps what was done)."""
+    every job. A generation that fails in the engine stops the run (the cache keeps what was done).
+    With several ranks (w) each rank generates its shard of each round; every rank gets them all."""
+    from engine.distributed.spread import in_rounds
+    from engine.distributed.world import ONE
+
     todo = [j for j in jobs if j.id not in cache.done]
     total = len(jobs)
     run.progress(total - len(todo), total, f"rewrites: {total - len(todo)} of {total} from the cache"
                  if len(todo) < total else "rewriting")
     progress = ChunkProgress(run, total, total - len(todo), "rewrites", SAMPLE_EVERY)
-    step = max(1, rows) * CHUNK_BATCHES
-    for i in range(0, len(todo), step):
-        chunk = todo[i:i + step]
+
+    def rewrite(chunk: list[Job]) -> list[dict]:
         pending = []
         try:
             for job in chunk:
@@ -130,10 +142,15 @@ def rewrite_all(engine, jobs: list[Job], cache: RewriteCache, run: Run = NullRun
                 if gen is not None:
                     gen.cancel()
             raise
+        return records
+
+    def cached(chunk: list[Job], records: list[dict]) -> None:
         cache.add(records)
         job, rec = chunk[-1], records[-1]
         progress.advance(len(chunk), lambda: {"key": job.key, "choice": job.choice, "draft": job.draft,
                                               "human": job.human, "rewrite": rec["text"]})
+
+    in_rounds(todo, max(1, rows) * CHUNK_BATCHES, rewrite, w or ONE, cached)
     if todo:
         run.metric(total, rewrites_per_s=round(progress.rate, 3))
     return {j.id: cache.done[j.id] for j in jobs}

@@ -15,7 +15,11 @@ refused before anything is generated) and the sentence encoder; rewrite every (s
 one batched engine run (engine/eval/rewrite.py); measure the rewrites
 (engine/eval/rewrite_metrics.py); score the drafts, the human references and every choice's usable
 rewrites with each detector (degenerate rewrites are counted and never scored); pick the headline
-detector (engine/eval/scoring.py `pick_headline`); build the table (engine/eval/table.py)."""
+detector (engine/eval/scoring.py `pick_headline`); build the table (engine/eval/table.py).
+
+Ranks (under `mlx.launch`): every rank runs the eval; the rewrites and each detector's scoring are
+split over them (each rank its shard, gathered in the samples' order) and rank 0 alone reads and
+writes the run folder (cache, eval-state.json, report, samples) and the events."""
 
 from __future__ import annotations
 
@@ -80,8 +84,11 @@ def _find_resume(ws: Workspace, out: Path, state: dict) -> Path | None:
                          "--samples, --seed and sampling flags, or run without --resume")
 
 
-def run_eval(settings: EvalSettings, ws: Workspace, run: Run = NullRun(), out: Path | None = None) -> Path:
-    """The whole eval; returns the path of report.json in `out` (default: the run's folder).
+def run_eval(settings: EvalSettings, ws: Workspace, run: Run = NullRun(), out: Path | None = None,
+             w=None) -> Path:
+    """The whole eval; returns the path of report.json in `out` (default: the run's folder). With
+    several ranks (w, default: this process's world) only rank 0 writes; the others return after
+    their share of the rewrites and scores.
 
     report.json:
       format, kind, created
@@ -105,17 +112,25 @@ def run_eval(settings: EvalSettings, ws: Workspace, run: Run = NullRun(), out: P
       timings                   {resolve_s, rewrite_s, measure_s, score_s, total_s, rewrites_per_s}
     """
     from engine.adapters import model_fingerprint, read_adapter, resolve_adapter
+    from engine.distributed.spread import on_writer
+    from engine.distributed.world import world
     from engine.eval import rewrite as R
     from engine.eval.rewrite_metrics import summarize_choice, summarize_texts
     from engine.eval.slop import slop_hits
     from engine.eval.table import COLUMNS, detector_cells, rewrite_cells
     from engine.models import resolve_model
 
+    w = w or world()
     settings.check()
     out = Path(out) if out is not None else Path(run.dir)
-    if str(out) == "/dev/null" or not out.parent.exists():
-        raise HumanizerError("the eval needs a folder for its report", "run it as a recorded run or pass out=")
-    out.mkdir(parents=True, exist_ok=True)
+    run = run if w.writer else NullRun()
+
+    def make_out() -> None:
+        if str(out) == "/dev/null" or not out.parent.exists():
+            raise HumanizerError("the eval needs a folder for its report", "run it as a recorded run or pass out=")
+        out.mkdir(parents=True, exist_ok=True)
+
+    on_writer(make_out, w)
     t0 = time.time()
 
     # the held-out split
@@ -129,6 +144,8 @@ def run_eval(settings: EvalSettings, ws: Workspace, run: Run = NullRun(), out: P
     run.log(f"{held}: {len(all_samples)} held-out rows, {n} evaluated")
 
     # model, adapters, choices
+    if w.size > 1:  # the writer first: a model it pulls is then there for the ranks beside it
+        on_writer(lambda: str(resolve_model(settings.model, ws, run)), w)
     model_dir = resolve_model(settings.model, ws, run)
     model_info = {"name": model_dir.name, "path": str(model_dir), "fingerprint": model_fingerprint(model_dir)}
     adapter_paths = [resolve_adapter(a, ws) for a in settings.adapters]
@@ -164,25 +181,42 @@ def run_eval(settings: EvalSettings, ws: Workspace, run: Run = NullRun(), out: P
              "heldout": _sha(held), "choices": list(choices), "samples": [s.key for s in samples],
              "seed": settings.seed, "temperature": settings.temperature, "top_p": settings.top_p,
              "max_tokens": settings.max_tokens}
-    cache = R.RewriteCache(out)
-    if settings.resume:
-        prev = _find_resume(ws, out, state)
-        if prev.resolve() != out.resolve():
-            carried = [rec for rec in R.RewriteCache(prev).done.values()
-                       if rec.get("key") in set(state["samples"]) and rec.get("choice") in choices]
-            cache.add(carried)
-            run.log(f"resuming {prev.name}: {len(carried)} rewrites cached")
+    cache = R.RewriteCache(out if w.writer else None)
+
+    def cached() -> list[dict]:  # on the writer: its run folders hold the cache
+        if settings.resume:
+            prev = _find_resume(ws, out, state)
+            if prev.resolve() != out.resolve():
+                carried = [rec for rec in R.RewriteCache(prev).done.values()
+                           if rec.get("key") in set(state["samples"]) and rec.get("choice") in choices]
+                cache.add(carried)
+                run.log(f"resuming {prev.name}: {len(carried)} rewrites cached")
+        return [rec for rec in cache.done.values() if rec.get("key") in set(state["samples"])
+                and rec.get("choice") in choices]
+
+    cache.done.update({(rec["key"], rec["choice"]): rec for rec in on_writer(cached, w)})
 
     # detectors and the encoder: every refusal before anything is generated
-    detectors = open_detectors(settings, ws, run, chain, model_dir)
-    encoder, no_encoder = open_meaning_encoder(settings, ws, run, detectors)
+    # (the writer first, so what it pulls is there for the ranks beside it; meaning kept is
+    # measured by the writer alone: the other ranks only need which rewrites are usable)
+    opened: dict = {}
+
+    def open_here() -> None:
+        opened["detectors"] = open_detectors(settings, ws, run, chain, model_dir)
+        opened["encoder"] = open_meaning_encoder(settings, ws, run, opened["detectors"])
+
+    on_writer(open_here, w)
+    if not w.writer:
+        opened = {"detectors": open_detectors(settings, ws, run, chain, model_dir), "encoder": (None, "rank 0's")}
+    detectors, (encoder, no_encoder) = opened["detectors"], opened["encoder"]
     t_resolved = time.time()
 
     # the rewrites
     jobs = [R.Job(s.key, label, spec, s.prompt, s.draft, s.human, R.rewrite_seed(settings.seed, s.key, label))
             for s in samples for label, spec in choices.items()]
     from_cache = sum(j.id in cache.done for j in jobs)
-    atomic_write_text(out / STATE, json.dumps(state, indent=1))  # from here on there is something to resume
+    if w.writer:
+        atomic_write_text(out / STATE, json.dumps(state, indent=1))  # from here on there is something to resume
     if from_cache < len(jobs):
         from engine.generate import Engine
 
@@ -192,7 +226,7 @@ def run_eval(settings: EvalSettings, ws: Workspace, run: Run = NullRun(), out: P
             for spec in set(choices.values()):
                 engine.resolve(spec)  # a delta without its parent is refused here, before generating
             records = R.rewrite_all(engine, jobs, cache, run, temperature=settings.temperature,
-                                    top_p=settings.top_p, max_tokens=settings.max_tokens, rows=settings.rows)
+                                    top_p=settings.top_p, max_tokens=settings.max_tokens, rows=settings.rows, w=w)
         finally:
             engine.close()
     else:
@@ -228,12 +262,14 @@ def run_eval(settings: EvalSettings, ws: Workspace, run: Run = NullRun(), out: P
                       for row in summaries[c].rows if not row.scored} for c in choices}
     det_entries, det_rows = [], {}
     for name, det in detectors:
-        rows, meta = score_rows(det, segments, n, not_scored, settings.detect_settings(name).batch(), run)
+        rows, meta = score_rows(det, segments, n, not_scored, settings.detect_settings(name).batch(), run, w)
         det_rows[name] = rows
         entry = detector_entry(name, det, meta, chain, model_info)
         det_entries.append(entry)
     headline = pick_headline(det_entries)
     t_scored = time.time()
+    if not w.writer:
+        return out / REPORT  # the writer writes it
 
     # the table
     labels = [SOURCE, *choices, HUMAN]

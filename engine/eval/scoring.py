@@ -224,14 +224,51 @@ def open_meaning_encoder(settings: EvalSettings, ws: Workspace, run: Run, detect
         return None, f"no sentence encoder at hand ({e.message}); pass --encoder FOLDER"
 
 
-def score_rows(detector, segments: list[tuple[str, list[int], list[str]]], n: int, not_scored: dict[str, dict],
-               batch_size: int, run: Run) -> tuple[dict[str, RowScores], dict]:
-    """Score every segment (label, sample indices, texts) in one call to the detector and split the
-    result back into one RowScores per label, aligned with the n samples; `not_scored[label]`
-    gives the reason for the indices left out (degenerate rewrites)."""
-    texts = [t for _, _, ts in segments for t in ts]
+def _floats(a) -> list[float] | None:
+    return None if a is None else [float(x) for x in a]  # NaN survives the JSON of gather_objects
+
+
+def score_spread(detector, texts: list[str], batch_size: int, run: Run, w=None):
+    """detector.score(texts) as one Scores in the texts' order on every rank, each rank scoring its
+    shard (a world of one: all of them). The progress shown is the writer's share. A text's score
+    does not depend on the others, but the detectors batch texts of similar length together
+    (right-padded), so a shard's batches differ from one process's: scores agree to float
+    rounding, not always to the last bit."""
+    from engine.distributed.world import ONE, gather_objects, shard
+    from engine.eval.detectors import Scores
+
+    w = w or ONE
     name = detector.name
-    s = detector.score(texts, batch_size, lambda d, t: run.progress(d, t, f"scoring with {name}"))
+    if w.size == 1:
+        return detector.score(texts, batch_size, lambda d, t: run.progress(d, t, f"scoring with {name}"))
+    mine = shard(len(texts), w)
+    part = {"score": [], "p_ai": [], "n_tokens": [], "truncated": [], "skipped": [], "max_tokens": None}
+    if len(mine) or w.writer:  # a rank with no texts (fewer texts than ranks) only joins the gather
+        s = detector.score(texts[mine.start:mine.stop], batch_size,
+                           lambda d, t: run.progress(d, t, f"scoring with {name} ({t} of {len(texts)} texts here)"))
+        part = {"score": _floats(s.score), "p_ai": _floats(s.p_ai),
+                "n_tokens": None if s.n_tokens is None else [int(x) for x in s.n_tokens],
+                "truncated": [mine.start + int(i) for i in s.truncated],
+                "skipped": [[mine.start + int(i), r] for i, r in s.skipped.items()], "max_tokens": s.max_tokens}
+    parts = gather_objects(part, w)
+
+    def joined(field: str, dtype) -> np.ndarray | None:
+        if any(p[field] is None for p in parts):
+            return None
+        return np.array([x for p in parts for x in p[field]], dtype=dtype)
+
+    return Scores(detector=name, score=joined("score", np.float64), p_ai=joined("p_ai", np.float64),
+                  n_tokens=joined("n_tokens", np.int64), truncated=[i for p in parts for i in p["truncated"]],
+                  skipped={i: r for p in parts for i, r in p["skipped"]}, max_tokens=parts[0]["max_tokens"])
+
+
+def score_rows(detector, segments: list[tuple[str, list[int], list[str]]], n: int, not_scored: dict[str, dict],
+               batch_size: int, run: Run, w=None) -> tuple[dict[str, RowScores], dict]:
+    """Score every segment (label, sample indices, texts) in one call to the detector (split over
+    the ranks, `score_spread`) and split the result back into one RowScores per label, aligned with
+    the n samples; `not_scored[label]` gives the reason for the indices left out (degenerate rewrites)."""
+    texts = [t for _, _, ts in segments for t in ts]
+    s = score_spread(detector, texts, batch_size, run, w)
     truncated = set(s.truncated)
     out, k = {}, 0
     for label, idx, _ in segments:
