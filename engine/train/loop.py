@@ -28,7 +28,7 @@ from engine.train.checkpoints import (RESUME_HINT, check_resume, existing_run, l
                                       release_output, save_checkpoint, write_final_adapter)
 from engine.train.config import resolve_config
 from engine.train.losses import make_dpo_loss, make_sft_loss, mean, validation_metrics
-from engine.train.parallel import agreed, check_batch, check_same_inputs, share_checkpoint, writer_does
+from engine.train.parallel import check_batch, check_same_inputs, share_checkpoint, writer_does
 from engine.train.setup import load_dataset, load_tokenizer, prepare_model, resolve_model_dir
 from engine.train.step import run_step
 from engine.workspace import disk_errors
@@ -308,9 +308,10 @@ def _loop(s: TrainState) -> None:
                 _maybe_eval(s, 0)
             s.run.progress(s.start, iters, f"step {s.start}/{iters}", eta=None)
             for step in range(s.start, iters):
-                if agreed(stop.signal is not None, s.world):  # every rank stops after the same step
+                done = run_step(s, step, stop.signal is not None)  # every rank stops before the same step
+                if done is None:
                     raise Cancelled()
-                _after_step(s, step + 1, *run_step(s, step))
+                _after_step(s, step + 1, *done)
         except _ForcedStop:
             s.run.log(f"stopped at once during step {s.done_step + 1}; --resume continues from the last checkpoint")
             raise Cancelled() from None

@@ -93,22 +93,24 @@ def share_checkpoint(loaded: tuple | None, w: World) -> tuple[dict, dict, dict]:
     return head["state"], weights, opt
 
 
-def sum_grads(grads, w: World):
-    """The gradient tree summed over the ranks in one collective per dtype (one flat buffer,
-    not one per LoRA matrix: fewer, larger messages)."""
+def sum_grads(grads, extra: mx.array, w: World):
+    """(the gradient tree, the float32 vector `extra`) summed over the ranks: one flat buffer per
+    dtype (one message per step in float32 training), `extra` (a step's reported values) riding
+    with the float32 gradients rather than in a collective of its own."""
     if w.size == 1:
-        return grads
+        return grads, extra
     flat = tree_flatten(grads)
-    out = dict(flat)
-    for dtype in {v.dtype for _, v in flat}:
-        keys = [k for k, v in flat if v.dtype == dtype]
+    out = dict(flat, **{"": extra})  # "" is no parameter's name
+    for dtype in dict.fromkeys(v.dtype for v in out.values()):  # the same order on every rank (not a set's)
+        keys = [k for k, v in out.items() if v.dtype == dtype]
         total = all_sum(mx.concatenate([out[k].reshape(-1) for k in keys]), w)
         at = 0
         for k in keys:
             n = out[k].size
             out[k] = total[at:at + n].reshape(out[k].shape)
             at += n
-    return tree_unflatten(list(out.items()))
+    extra = out.pop("")
+    return tree_unflatten(list(out.items())), extra
 
 
 def sum_floats(values: list[float], w: World) -> list[float]:
@@ -118,9 +120,13 @@ def sum_floats(values: list[float], w: World) -> list[float]:
     return all_sum(mx.array(values, mx.float32), w).tolist()
 
 
-def agreed(flag: bool, w: World) -> bool:
-    """Whether any rank has `flag` set: a cancel stops every rank after the same step."""
-    return flag if w.size == 1 else all_sum(mx.array([int(flag)], mx.int32), w).item() > 0
+def agreed_stop(flag: bool, counts: list[int], w: World) -> tuple[bool, list[int]]:
+    """(whether any rank has `flag` set, `counts` summed over the ranks), in one collective before
+    a step: a cancel stops every rank before the same step."""
+    if w.size == 1:
+        return flag, counts
+    got = all_sum(mx.array([int(flag), *counts], mx.int32), w).tolist()
+    return got[0] > 0, got[1:]
 
 
 def rank_seed(seed: int, w: World) -> int:
