@@ -18,6 +18,13 @@ Layout of OUTPUT:
     checkpoints/best/                            the adapter with the lowest validation loss
     checkpoints/reference_logps.safetensors      DPO: cached reference log-probs
 
+Started by `mlx.launch` as several ranks (`engine.distributed.world`), `train()` is
+data-parallel: every rank loads the model and the data and runs its share of each global
+batch; the loss is the global mean and the gradients are summed over the ranks, so the global
+batch, learning-rate schedule, seed and data order, and (with dropout 0) the adapter, are those
+of one process. Rank 0 alone writes OUTPUT and events; validation and the DPO reference
+log-probs are computed by shards; a resume may use another number of ranks (`parallel.py`).
+
 Every folder is written atomically; a run killed at any point leaves only complete
 checkpoints, and `resume=True` continues from the newest one with the same step
 count, optimizer state, data order and dropout randomness, so it ends with the same
@@ -47,6 +54,8 @@ Where each part lives (mlx-lm's tuner/ style, one job per module):
     losses.py        response log-probs (chunked LM head), SFT / DPO losses, KL, validation metrics
     reference.py     DPO reference log-probs, computed once and cached
     checkpoints.py   checkpoints, the final adapter, OUTPUT's lock and resume checks
+    parallel.py      several ranks (mlx.launch): shares, summed gradients, what the writer alone does
+    step.py          one update over the global batch (this rank's share of it)
     loop.py          train(): its stages over one TrainState
 
 Every name other code uses is importable from here (`from engine.train import train`),

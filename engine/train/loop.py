@@ -20,14 +20,17 @@ import mlx.optimizers as optim
 
 from engine import adapters as A
 from engine.adapters import layers as lora
+from engine.distributed.world import ONE, World, from_writer, world
 from engine.events import Cancelled, NullRun, Run
 from engine.train import reference
-from engine.train.batches import DataOrder, data_fingerprint, dpo_batch, sft_batch, step_seed
+from engine.train.batches import DataOrder, data_fingerprint
 from engine.train.checkpoints import (RESUME_HINT, check_resume, existing_run, load_latest, lock_output, nbytes,
                                       release_output, save_checkpoint, write_final_adapter)
 from engine.train.config import resolve_config
-from engine.train.losses import make_dpo_loss, make_sft_loss, mean, pair_accuracy, validation_metrics
+from engine.train.losses import make_dpo_loss, make_sft_loss, mean, validation_metrics
+from engine.train.parallel import check_batch, check_same_inputs, share_checkpoint, writer_does
 from engine.train.setup import load_dataset, load_tokenizer, prepare_model, resolve_model_dir
+from engine.train.step import run_step
 from engine.workspace import disk_errors
 
 
@@ -90,6 +93,7 @@ class TrainState:
     metadata: dict  # what every saved adapter records
     optimizer: optim.Optimizer
     val_chunks: list = field(default_factory=list)
+    world: World = ONE  # this rank's place (engine.train.parallel): rank 0 alone writes
     order: DataOrder | None = None
     loss_and_grad: object = None
     ref_sum: mx.array | None = None  # DPO: reference log-prob sums, chosen rows then rejected
@@ -164,39 +168,55 @@ def train(
         dpo_loss=dpo_loss, val_batches=val_batches, steps_per_eval=steps_per_eval,
         steps_per_report=steps_per_report, steps_per_save=steps_per_save, seed=seed,
     )
-    # what OUTPUT held before (a lone lock, an older version's failed run, counts as nothing)
-    before = {p.name for p in output.iterdir()} - {".train.lock"} if output.is_dir() else None
-    lock = lock_output(output)
+    w = world()
+    check_batch(cfg["batch_size"], w)
+    if not w.writer and not isinstance(run, NullRun):
+        run = NullRun()  # the writer's run alone records events (a NullRun keeps its listeners)
+    before = lock = None
     scope = contextlib.ExitStack()
+
+    def open_output():
+        # what OUTPUT held before (a lone lock, an older version's failed run, counts as nothing)
+        nonlocal before, lock
+        before = {p.name for p in output.iterdir()} - {".train.lock"} if output.is_dir() else None
+        lock = lock_output(output)
+        return existing_run(output, cfg, resume)
+
     try:
-        checkpoints, final_steps = existing_run(output, cfg, resume)
-        if resume and final_steps is not None and (final_steps >= cfg["iters"] or not checkpoints):
+        found, (has_checkpoints, final_steps) = writer_does(open_output, w, share=lambda r: (bool(r[0]), r[1]))
+        if resume and final_steps is not None and (final_steps >= cfg["iters"] or not has_checkpoints):
             run.log(f"{output} already holds the finished adapter ({final_steps} steps): nothing to resume")
             run.done(adapter=str(output), steps=final_steps)
             return output
-        s = _start(model_spec, data_spec, method, cfg, output, parent_info, skip_bad_rows, ws, run, scope)
-        if resume and checkpoints:
-            _restore(s, checkpoints)
+        s = _start(model_spec, data_spec, method, cfg, output, parent_info, skip_bad_rows, ws, run, scope, w)
+        if resume and has_checkpoints:
+            _restore(s, found[0] if w.writer else None)
         elif resume:
             run.log("no checkpoint to resume from; starting at step 0")
+        if w.size > 1 and not s.start:  # equal starting weights, whatever each machine's random init
+            lora.set_trainable_weights(s.model, from_writer(lora.trainable_weights(s.model), w))
         mx.eval(s.model.parameters(), s.optimizer.state)
         _prepare_steps(s)
         _loop(s)
         return _finish(s)
     finally:
         scope.close()
-        release_output(output, lock, before)
+        if lock is not None:
+            release_output(output, lock, before)
 
 
-def _start(model_spec, data_spec, method, cfg, output, parent_info, skip_bad_rows, ws, run, scope) -> TrainState:
+def _start(model_spec, data_spec, method, cfg, output, parent_info, skip_bad_rows, ws, run, scope,
+           w: World) -> TrainState:
     """Data first (with the tokenizer alone: a second), so a bad row stops the run before the
-    model loads; then the model with its LoRA, and the optimizer."""
+    model loads; then the model with its LoRA, and the optimizer. Every rank loads both; all
+    must have loaded the same."""
     model_dir = resolve_model_dir(model_spec, ws, run)
     tokenizer = None if hasattr(data_spec, "train") else load_tokenizer(model_dir)
     ds = load_dataset(data_spec, method, tokenizer, cfg, skip_bad_rows, ws, run)
     train_set, valid_set = list(ds.train), list(ds.valid or [])
     model, head, base, parent_meta = prepare_model(model_dir, parent_info, method, cfg, scope, run)
     data_fp = data_fingerprint(train_set)
+    check_same_inputs(w, model=base["fingerprint"], adapter=(parent_meta or {}).get("fingerprint"), data=data_fp)
     metadata = {
         "method": method,
         "base": {"name": base["name"], "fingerprint": base["fingerprint"]},
@@ -214,12 +234,15 @@ def _start(model_spec, data_spec, method, cfg, output, parent_info, skip_bad_row
         val_chunks = val_chunks[: cfg["val_batches"]]
     return TrainState(method=method, cfg=cfg, output=output, run=run, model=model, head=head, base=base,
                       parent_meta=parent_meta, train_set=train_set, data_fp=data_fp, metadata=metadata,
-                      optimizer=optimizer, val_chunks=val_chunks)
+                      optimizer=optimizer, val_chunks=val_chunks, world=w)
 
 
-def _restore(s: TrainState, checkpoints: list[Path]) -> None:
-    """Continue from the newest readable checkpoint: weights, optimizer, step, best so far."""
-    d, state, weights, opt_state = load_latest(checkpoints, s.run)
+def _restore(s: TrainState, checkpoints: list[Path] | None) -> None:
+    """Continue from the newest readable checkpoint: weights, optimizer, step, best so far. The
+    writer reads it (`checkpoints`: None on the other ranks) and every rank gets it, so a run may
+    resume on another number of ranks (the data order and schedule are global)."""
+    loaded, name = writer_does(lambda: load_latest(checkpoints, s.run), s.world, share=lambda r: r[0].name)
+    state, weights, opt_state = share_checkpoint(loaded[1:] if loaded else None, s.world)
     check_resume(state, s.cfg, s.base, s.parent_meta, s.data_fp, s.run)
     lora.set_trainable_weights(s.model, weights)
     s.optimizer.state = opt_state
@@ -228,7 +251,7 @@ def _restore(s: TrainState, checkpoints: list[Path]) -> None:
     s.best_val = math.inf if best_val is None else float(best_val)
     s.best_step = state.get("best_step")
     s.trained_tokens = int(state.get("trained_tokens", 0))
-    s.run.log(f"resuming at step {s.start} of {s.cfg['iters']} from {d.name}")
+    s.run.log(f"resuming at step {s.start} of {s.cfg['iters']} from {name}")
 
 
 def _prepare_steps(s: TrainState) -> None:
@@ -241,45 +264,7 @@ def _prepare_steps(s: TrainState) -> None:
     else:
         s.loss_and_grad = nn.value_and_grad(s.model, make_dpo_loss(s.cfg["beta"], s.cfg["dpo_loss"], s.head))
         s.ref_sum, s.ref_n = reference.reference_logps(s.model, s.head, s.train_set, s.cfg, s.ckpt_dir, s.base,
-                                                       s.parent_meta, s.data_fp, s.run)
-
-
-def _batch(s: TrainState, step: int):
-    """(the step's token batch, its reference log-probs (DPO) or None)."""
-    idx = s.order.batch(step)
-    rows = [s.train_set[i] for i in idx]
-    if s.method == "sft":
-        return sft_batch(rows, s.cfg["max_seq_length"]), None
-    picks = mx.array(idx + [i + len(s.train_set) for i in idx])  # the cache: chosen rows, then rejected
-    return dpo_batch(rows, s.cfg["max_seq_length"]), (s.ref_sum[picks], s.ref_n[picks])
-
-
-def _step(s: TrainState, step: int) -> tuple[dict, int, float]:
-    """One optimizer update: (its values, tokens in the batch, seconds)."""
-    toks, ref = _batch(s, step)
-    mx.random.seed(step_seed(s.cfg["seed"], step))
-    t0 = time.perf_counter()
-    model, optimizer = s.model, s.optimizer
-    if s.method == "sft":
-        (loss, ntok), grads = s.loss_and_grad(model, *toks)
-        optimizer.update(model, grads)
-        mx.eval(loss, ntok, model.trainable_parameters(), optimizer.state)
-        values = {"loss": loss.item()}
-    else:
-        (loss, terms, ntok), grads = s.loss_and_grad(model, *toks, *ref)
-        optimizer.update(model, grads)
-        mx.eval(loss, terms, ntok, model.trainable_parameters(), optimizer.state)
-        cr, rr = terms["chosen_reward"], terms["rejected_reward"]
-        values = {
-            "loss": loss.item(),
-            "chosen_reward": cr.mean().item(),
-            "rejected_reward": rr.mean().item(),
-            "margin": (cr - rr).mean().item(),
-            "accuracy": pair_accuracy(cr - rr).mean().item(),
-            "chosen_logp": terms["chosen_logp"].mean().item(),
-            "rejected_logp": terms["rejected_logp"].mean().item(),
-        }
-    return values, int(toks[1].sum().item()), time.perf_counter() - t0
+                                                       s.parent_meta, s.data_fp, s.run, s.world)
 
 
 def _after_step(s: TrainState, done: int, values: dict, n_tokens: int, dt: float) -> None:
@@ -323,9 +308,10 @@ def _loop(s: TrainState) -> None:
                 _maybe_eval(s, 0)
             s.run.progress(s.start, iters, f"step {s.start}/{iters}", eta=None)
             for step in range(s.start, iters):
-                if stop.signal is not None:
+                done = run_step(s, step, stop.signal is not None)  # every rank stops before the same step
+                if done is None:
                     raise Cancelled()
-                _after_step(s, step + 1, *_step(s, step))
+                _after_step(s, step + 1, *done)
         except _ForcedStop:
             s.run.log(f"stopped at once during step {s.done_step + 1}; --resume continues from the last checkpoint")
             raise Cancelled() from None
@@ -349,6 +335,7 @@ def _state_dict(s: TrainState, step: int) -> dict:
         "rng": {"scheme": "mx.random.seed(step_seed(seed, step)) before each step", "seed": s.cfg["seed"]},
         "best_val": None if math.isinf(s.best_val) else s.best_val, "best_step": s.best_step,
         "trained_tokens": s.trained_tokens, "last_metrics": {**s.last_report, **s.last_eval},
+        "ranks": s.world.size,  # informative: a resume may use another number (the batches are global)
     }
 
 
@@ -356,9 +343,10 @@ def _checkpoint(s: TrainState, step: int) -> None:
     if s.last_saved == step:
         return
     meta = {**s.metadata, "checkpoint_step": step, "metrics": {**s.last_report, **s.last_eval}}
-    d = save_checkpoint(s.ckpt_dir, step, s.model, s.optimizer, s.adapter_cfg, meta, _state_dict(s, step))
+    _, name = writer_does(lambda: save_checkpoint(s.ckpt_dir, step, s.model, s.optimizer, s.adapter_cfg, meta,
+                                                  _state_dict(s, step)), s.world, share=lambda d: d.name)
     s.last_saved = step
-    s.run.artifact(d, kind="checkpoint", step=step)
+    s.run.artifact(s.ckpt_dir / name, kind="checkpoint", step=step)
 
 
 def _maybe_eval(s: TrainState, step: int) -> None:
@@ -369,13 +357,17 @@ def _maybe_eval(s: TrainState, step: int) -> None:
     t0 = time.perf_counter()
     cfg = s.cfg
     s.last_eval = validation_metrics(s.model, s.head, s.method, s.val_chunks, cfg["max_seq_length"], cfg["beta"],
-                                     cfg["dpo_loss"])
+                                     cfg["dpo_loss"], s.world)
     s.run.metric(step, **s.last_eval, eval_seconds=round(time.perf_counter() - t0, 3))
     if s.last_eval["val_loss"] < s.best_val:
         s.best_val, s.best_step = s.last_eval["val_loss"], step
         meta = {**s.metadata, "checkpoint_step": step, "best": True, "metrics": dict(s.last_eval)}
-        with disk_errors(s.ckpt_dir / "best", nbytes(lora.trainable_weights(s.model)), RESUME_HINT):
-            A.save_adapter(s.model, s.ckpt_dir / "best", s.adapter_cfg, meta)
+
+        def save_best():
+            with disk_errors(s.ckpt_dir / "best", nbytes(lora.trainable_weights(s.model)), RESUME_HINT):
+                A.save_adapter(s.model, s.ckpt_dir / "best", s.adapter_cfg, meta)
+
+        writer_does(save_best, s.world, share=lambda _: None)
         s.run.artifact(s.ckpt_dir / "best", kind="best", step=step, val_loss=s.best_val)
 
 
@@ -387,7 +379,8 @@ def _finish(s: TrainState) -> Path:
     if s.best_step is not None:
         metrics.update(best_step=s.best_step, best_val_loss=s.best_val)
     meta = {**s.metadata, "metrics": metrics}
-    write_final_adapter(s.output, lora.trainable_weights(s.model), A.adapter_config(s.adapter_cfg, meta))
+    writer_does(lambda: write_final_adapter(s.output, lora.trainable_weights(s.model),
+                                            A.adapter_config(s.adapter_cfg, meta)), s.world, share=lambda _: None)
     s.run.artifact(s.output, kind="adapter", method=s.method)
     s.run.done(adapter=str(s.output), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return s.output

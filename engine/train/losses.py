@@ -9,7 +9,9 @@ import mlx.nn as nn
 import numpy as np
 
 from engine.adapters import layers as lora
+from engine.distributed.world import ONE, World
 from engine.train.batches import dpo_batch, sft_batch
+from engine.train.parallel import my_share, sum_floats
 
 HEAD_CHUNK = 64  # positions whose full-vocabulary logits exist at once (peak memory; no slower than more)
 
@@ -108,10 +110,13 @@ def row_sums(values: mx.array, rows: np.ndarray, n_rows: int) -> tuple[mx.array,
 
 
 def make_sft_loss(head):
-    def loss_fn(model, tokens, lengths, prompt_lens):
+    """Mean negative log-prob per response token. `n_total`: the tokens of the whole global batch
+    when this batch is one rank's share (engine.train.parallel), so the ranks' losses and
+    gradients sum to the global mean's; by default this batch's own."""
+    def loss_fn(model, tokens, lengths, prompt_lens, n_total=None):
         logp, _ = response_logps(model, head, tokens, lengths, prompt_lens)
         ntok = logp.shape[0]
-        return -logp.sum() / max(ntok, 1), mx.array(ntok)
+        return -logp.sum() / max(ntok if n_total is None else n_total, 1), mx.array(ntok)
 
     return loss_fn
 
@@ -145,11 +150,14 @@ def pair_accuracy(margin: mx.array) -> mx.array:
 
 
 def make_dpo_loss(beta: float, kind: str, head):
-    def loss_fn(model, tokens, lengths, prompt_lens, ref_sum, ref_n):
+    """Mean loss per pair; `n_pairs`: the pairs of the whole global batch when this is one rank's
+    share (as `make_sft_loss`'s n_total)."""
+    def loss_fn(model, tokens, lengths, prompt_lens, ref_sum, ref_n, n_pairs=None):
         logp, rows = response_logps(model, head, tokens, lengths, prompt_lens)
         pol_sum, pol_n = row_sums(logp, rows, tokens.shape[0])
         losses, terms = dpo_terms(pol_sum, pol_n, ref_sum, ref_n, beta, kind)
-        return losses.mean(), terms, mx.array(logp.shape[0])
+        loss = losses.mean() if n_pairs is None else losses.sum() / n_pairs
+        return loss, terms, mx.array(logp.shape[0])
 
     return loss_fn
 
@@ -166,13 +174,28 @@ def mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-def validation_metrics(model, head, method: str, chunks: list, max_len: int, beta: float, dpo_loss: str) -> dict:
+def validation_metrics(model, head, method: str, chunks: list, max_len: int, beta: float, dpo_loss: str,
+                       w: World = ONE) -> dict:
     """val_loss and val_kl (KL(policy || reference) per response token) over the validation
-    batches `chunks`; for DPO also the pairs' accuracy, ties and margin. Leaves the model in
-    training mode."""
+    batches `chunks`; for DPO also the pairs' accuracy, ties and margin. On several ranks each
+    takes its share of every chunk and the sums are added up (every rank gets the global values).
+    Leaves the model in training mode."""
+    t = _validation_sums(model, head, method, [c for c in (my_share(c, w) for c in chunks) if c], max_len,
+                         beta, dpo_loss)
+    loss, n, kl, kl_n, acc, ties, margin = sum_floats(
+        [t["loss"], t["n"], t["kl"], t["kl_n"], t["acc"], t["ties"], t["margin"]], w)
+    if method == "sft":
+        return {"val_loss": loss / max(n, 1), "val_kl": kl / max(kl_n, 1)}
+    nan = float("nan")
+    return {"val_loss": loss / n if n else nan, "val_kl": kl / max(kl_n, 1), "val_accuracy": acc / n if n else nan,
+            "val_ties": ties / n if n else nan, "val_margin": margin / n if n else nan}
+
+
+def _validation_sums(model, head, method, chunks, max_len, beta, dpo_loss) -> dict:
+    """This rank's sums: loss over response tokens (SFT) or pairs (DPO), their count `n`, KL and
+    its token count, and (DPO) accuracy, ties and margin over the pairs."""
     model.eval()
-    tot_loss = tot_n = tot_kl = tot_kl_n = 0.0
-    pair_losses, accs, margins, ties = [], [], [], []
+    t = dict.fromkeys(("loss", "n", "kl", "kl_n", "acc", "ties", "margin"), 0.0)
     for chunk in chunks:
         toks = sft_batch(chunk, max_len) if method == "sft" else dpo_batch(chunk, max_len)
         x, to_logits, targets, rows = response_positions(model, head, *toks)
@@ -187,25 +210,23 @@ def validation_metrics(model, head, method: str, chunks: list, max_len: int, bet
             rparts.append(logps_of(rlg, targets[i:i + HEAD_CHUNK]))
             kl = kl_per_token(lg.astype(mx.float32), rlg.astype(mx.float32)).sum()
             mx.eval(kl, parts[-1], rparts[-1])
-            tot_kl += kl.item()
+            t["kl"] += kl.item()
         logp, rlogp = mx.concatenate(parts), mx.concatenate(rparts)
         if method == "sft":
-            tot_loss += -logp.sum().item()
+            t["loss"] += -logp.sum().item()
+            t["n"] += int(rows.size)
         else:
             n_rows = toks[0].shape[0]
             (ps, pn), (rs, rn) = row_sums(logp, rows, n_rows), row_sums(rlogp, rows, n_rows)
             losses, terms = dpo_terms(ps, pn, rs, rn, beta, dpo_loss)
             m = terms["chosen_reward"] - terms["rejected_reward"]
             mx.eval(losses, m)
-            pair_losses += losses.tolist()
-            margins += m.tolist()
-            accs += pair_accuracy(m).tolist()
-            ties += (m == 0).astype(mx.float32).tolist()
-        ntok = int(rows.size)
-        tot_n += ntok
-        tot_kl_n += ntok
+            # sum(values, start): the left-to-right sum a mean over all pairs takes
+            t["loss"] = sum(losses.tolist(), t["loss"])
+            t["margin"] = sum(m.tolist(), t["margin"])
+            t["acc"] = sum(pair_accuracy(m).tolist(), t["acc"])
+            t["ties"] = sum((m == 0).astype(mx.float32).tolist(), t["ties"])
+            t["n"] += losses.size
+        t["kl_n"] += int(rows.size)
     model.train()
-    if method == "sft":
-        return {"val_loss": tot_loss / max(tot_n, 1), "val_kl": tot_kl / max(tot_kl_n, 1)}
-    return {"val_loss": mean(pair_losses), "val_kl": tot_kl / max(tot_kl_n, 1),
-            "val_accuracy": mean(accs), "val_ties": mean(ties), "val_margin": mean(margins)}
+    return t
