@@ -12,8 +12,8 @@ does). A step's time is wall-clock between the trainer's per-step progress event
 --warmup steps are left out; tokens/s = global batch tokens / the median step.
 
 Also measured, inside the 2-rank run after training: the time of one all-reduce of a tree
-shaped like the LoRA gradients (what every step sends), and of one 1/16 its size, which give
-the link's bandwidth and per-message latency on this machine. From those:
+shaped like the LoRA gradients (what every step sends), and of one 32 times its size, which
+give the link's bandwidth and per-message latency on this machine. From those:
 
 - scaling efficiency = (tokens/s with 2) / (2 x tokens/s with 1);
 - communication share of a 2-rank step = all-reduce time / step time;
@@ -22,8 +22,9 @@ the link's bandwidth and per-message latency on this machine. From those:
   2(N-1) x latency; shown with the loopback figures measured here and with a stated link
   bandwidth (Thunderbolt / 10 GbE) in place of loopback's.
 
-On a 2-core machine two processes share the cores the one process had, so the gain is small:
-the figures say how much, and why.
+Each rank's BLAS gets cores / ranks threads (OPENBLAS_NUM_THREADS), so the two runs use the
+same cores. On a 2-core machine two processes share the cores the one process had, so the gain
+is small or negative: the figures say how much, and why.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import common  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
+BIG = 32  # the second all-reduce sends this many times the gradients: bandwidth, not latency, shows
 LINKS_GBPS = {"Thunderbolt 5 (about 8 GB/s usable)": 8.0, "Thunderbolt 4 (about 3 GB/s)": 3.0,
               "10 GbE (about 1.1 GB/s)": 1.1}
 
@@ -98,15 +100,15 @@ def child(spec_path: str, out_path: str) -> None:
     shapes = [v.shape for v in mx.load(str(out / "adapters.safetensors")).values()]
     grads = [mx.zeros(sh, dtype=mx.float32) for sh in shapes]
     size_bytes = sum(g.size * 4 for g in grads)
-    small = [mx.zeros((max(1, g.size // 16),), dtype=mx.float32) for g in grads]
+    big = [mx.zeros((g.size * BIG,), dtype=mx.float32) for g in grads]
     result = {
         "ranks": w.size,
         "steps": [[stamps[i][0], stamps[i][1] - stamps[i - 1][1]] for i in range(1, len(stamps))],
         "losses": losses,
         "gradient_bytes": size_bytes,
         "allreduce_s": _allreduce_seconds(grads, w) if w.size > 1 else 0.0,
-        "allreduce_small_s": _allreduce_seconds(small, w) if w.size > 1 else 0.0,
-        "small_bytes": sum(x.size * 4 for x in small),
+        "allreduce_big_s": _allreduce_seconds(big, w) if w.size > 1 else 0.0,
+        "big_bytes": sum(x.size * 4 for x in big),
         "memory": common.child_memory(),
     }
     if w.writer:
@@ -126,7 +128,11 @@ def run_side(nproc: int, spec_path: Path, work: Path, timeout: float) -> dict:
         launcher = Path(sys.executable).parent / "mlx.launch"
         cmd = [str(launcher), "--backend", "ring", "-n", str(nproc), "--starting-port", str(free_ports(nproc)),
                "--", *cmd]
-    env = {**common._child_env(), "PYTHONPATH": str(ROOT)}
+    # the machine's cores are shared out: each rank's BLAS gets cores / ranks threads, so two
+    # ranks do not run four threads on two cores
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    env = {**common._child_env(), "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": threads,
+           "OMP_NUM_THREADS": threads}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 or not out.is_file():
@@ -186,10 +192,10 @@ def main(argv=None) -> int:
     tokens = args.batch_size * args.seq_len
     st1, st2 = (common.step_stats(r["steps"], args.warmup) for r in (one, two))
     tps1, tps2 = tokens / st1["median_s"], tokens / st2["median_s"]
-    ar, ar_small = two["allreduce_s"], two["allreduce_small_s"]
-    size, small = two["gradient_bytes"], two["small_bytes"]
+    ar, ar_big = two["allreduce_s"], two["allreduce_big_s"]
+    size, big = two["gradient_bytes"], two["big_bytes"]
     # two points of t = S/bw + 2*latency (n = 2) give the link's bandwidth and latency
-    bandwidth = (size - small) / max(ar - ar_small, 1e-9)
+    bandwidth = (big - size) / max(ar_big - ar, 1e-9)
     latency = max((ar - size / bandwidth) / 2, 0.0)
     compute1 = st1["median_s"]
     estimate = {}
@@ -200,7 +206,7 @@ def main(argv=None) -> int:
         "one": {**st1, "tokens_per_s": tps1, "losses": one["losses"], "memory": one["memory"]},
         "two": {**st2, "tokens_per_s": tps2, "losses": two["losses"], "memory": two["memory"]},
         "speedup": tps2 / tps1, "scaling_efficiency": tps2 / (2 * tps1),
-        "gradient_bytes": size, "allreduce_s": ar, "allreduce_small_s": ar_small,
+        "gradient_bytes": size, "allreduce_s": ar, "allreduce_big_s": ar_big, "big_bytes": big,
         "communication_share": ar / st2["median_s"],
         "loopback_bandwidth_gbps": bandwidth / 1e9, "latency_ms": latency * 1e3,
         "estimate_tokens_per_s": estimate,
