@@ -175,7 +175,7 @@ class Run:
         return self
 
     def finish(self, status: str, **fields) -> None:
-        self._update(status=status, ended=time.time(), **fields)
+        self._update(status=status, ended=time.time(), finished_by=os.getpid(), **fields)
         if self._events:
             self._events.close()
             self._events = None

@@ -84,6 +84,9 @@ def job_info(run_dir: Path) -> JobInfo:
     info = read_json(run_dir / "job.json") or {}
     status = info.get("status") or "failed"
     error = info.get("error")
+    if status in TERMINAL and info.get("finished_by") not in (None, info.get("pid")) \
+            and process_alive(info.get("pid"), info.get("pid_start")):
+        status = "running"  # rank 0 ended, but a run on several ranks ends with its own process (the supervisor)
     if status in ("running", "starting"):
         alive = process_alive(info.get("pid"), info.get("pid_start"))
         if status == "starting" and time.time() - (info.get("started") or 0) < 10:

@@ -208,7 +208,7 @@ class TrainForm:
             yield Input(placeholder="e.g. --rank 4 --learning-rate 2e-4", compact=True, id="f-extra")
         with Horizontal(classes="form-row"):
             yield Label("ranks")
-            yield Input(placeholder="1; N processes here, or a hostfile (several Macs)", compact=True, id="f-ranks")
+            yield Input(placeholder="N processes here, or a hostfile", compact=True, id="f-ranks")
         yield TickBox("resume the run in output", compact=True, id="f-resume")
         yield Button("Start  ctrl+s", id="f-start", compact=True, variant="primary")
         yield Static("", id="preview-summary")
