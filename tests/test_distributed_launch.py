@@ -169,7 +169,7 @@ def tiny(tmp_path_factory):
 
 def _train_argv(tiny, out: Path, iters: int) -> list[str]:
     return ["lora", "train", str(tiny["model"]), "--data", str(tiny["data"]), "--iters", str(iters),
-            "--batch-size", "2", "--steps-per-eval", "1000", "--steps-per-save", "1000", "--output", str(out),
+            "--batch-size", "2", "--val-batches", "0", "--steps-per-save", "1000", "--output", str(out),
             "--nproc", "2", "--json"]
 
 
