@@ -128,6 +128,25 @@ def test_the_jobs_screen_shows_each_rank(tmp_path):
     assert ranks_text(JobInfo("r", tmp_path, "eval", [], 1, "done", 0.0, 1.0)).plain == ""
 
 
+def test_the_run_fails_with_the_error_that_says_why(ws):
+    """Which error a failed run shows: a rank that died names its host; when the ranks stopped on one
+    error (exit code 2 each), rank 0's message, whichever rank exited first."""
+    from engine.distributed.launch import Supervisor
+    from engine.events import Run
+
+    run = Run.create(ws.runs_dir, "data build", ["humanizer"]).start()
+    sup = Supervisor(run, Ranks(nproc=2), ["true"])
+    sup.exits = {1: (-9, False), 0: (-15, False)}
+    assert sup._outcome()[0:2] == ("failed", f"rank 1 on host {HOST} was killed by signal 9; the other ranks "
+                                             "were stopped")
+    run._update(status="failed", error="no rows survived the filters")
+    sup.exits = {1: (2, False), 0: (2, False)}
+    assert sup._outcome() == ("failed", "no rows survived the filters", None, False)  # rank 0's, said already
+    sup.exits = {1: (1, False), 0: (1, False)}  # a crash on rank 1, rank 0 lost its peer
+    assert sup._outcome()[1].startswith(f"rank 1 on host {HOST} exited with code 1")
+    assert [r["status"] for r in sup._final_ranks("failed")] == ["stopped", "failed"]
+
+
 # the command line ------------------------------------------------------------------------------
 def test_the_supervisor_runs_the_same_verb_on_every_rank_without_the_rank_flags(tmp_path):
     argv = ["--home", "/h", "lora", "train", "m", "--data", "d", "--nproc", "2", "--output", "o", "--hosts=x",

@@ -251,8 +251,11 @@ class Supervisor:
         if failed:
             rank, code, killed = failed[0]  # the first to end badly; the launcher stopped the others
             info = read_json(self.run.dir / "job.json") or {}
-            if rank == 0 and info.get("status") == "failed" and info.get("error"):
-                return "failed", info["error"], None, False  # rank 0 failed on its own and said why
+            said = info.get("status") == "failed" and info.get("error")
+            # rank 0 said why: it failed first, or all ranks stopped on one error (a HumanizerError: exit
+            # code 2) and another rank, with nothing to write, was quicker to exit
+            if said and (rank == 0 or (self.exits.get(0, (None, False))[0] == 2 and not killed and code > 0)):
+                return "failed", info["error"], None, False
             how = ("was killed" if killed else f"was killed by signal {-code}" if code < 0
                    else f"exited with code {code}")
             return ("failed", f"rank {rank} on host {self._host(rank)} {how}; the other ranks were stopped",
@@ -275,7 +278,7 @@ class Supervisor:
                 state = "done"
             elif status == "cancelled":
                 state = "cancelled"
-            elif r.get("rank") == failed:
+            elif r.get("rank") == failed or code == 2:  # the first to fail, or one that stopped on its own error
                 state = "failed"
             else:
                 state = "stopped" if (code or killed or code is None) else "done"
