@@ -31,6 +31,7 @@ EVENT_SCHEMAS: dict[str, dict[str, tuple]] = {
     "sample": {"key": (str,)},  # the newest generated pair (data build, eval)
     "request": {"endpoint": (str,), "status": (str,)},  # serve: one finished request
     "ready": {"url": (str,)},  # serve: listening at url (the base URL, no /v1)
+    "ranks": {"ranks": (list,)},  # a run on several ranks: each one's rank, host, pid (rank 0 at its start)
     "done": {},
     "error": {"message": (str,), "hint": _OPT_STR},
 }
@@ -149,24 +150,32 @@ class Run:
         return info
 
     def start(self) -> "Run":
+        from engine.distributed.launch import launched
+
         info = read_json(self.dir / "job.json") or {}
-        self._update(
-            id=self.id,
-            kind=self.kind or info.get("kind", ""),
-            argv=self.argv or info.get("argv", []),
-            settings=self.settings if self.settings is not None else info.get("settings", {}),
-            pid=os.getpid(),
-            pid_start=process_start_time(os.getpid()),
-            host=socket.gethostname(),
-            status="running",
-            started=info.get("started") or time.time(),
-            ended=None,
-        )
+        if launched() and info.get("pid") and info.get("status") in ("starting", "running"):
+            # rank 0 of ranks started for this run (by --nproc/--hosts, or a job running mlx.launch):
+            # the run stays that process's, which stands for all ranks (cancel, liveness), and keeps
+            # its command line and settings (the ranks' own lack --nproc/--hosts)
+            self._update(status="running", started=info.get("started") or time.time(), ended=None)
+        else:
+            self._update(
+                id=self.id,
+                kind=self.kind or info.get("kind", ""),
+                argv=self.argv or info.get("argv", []),
+                settings=self.settings if self.settings is not None else info.get("settings", {}),
+                pid=os.getpid(),
+                pid_start=process_start_time(os.getpid()),
+                host=socket.gethostname(),
+                status="running",
+                started=info.get("started") or time.time(),
+                ended=None,
+            )
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
         return self
 
     def finish(self, status: str, **fields) -> None:
-        self._update(status=status, ended=time.time(), **fields)
+        self._update(status=status, ended=time.time(), finished_by=os.getpid(), **fields)
         if self._events:
             self._events.close()
             self._events = None
@@ -220,6 +229,14 @@ class Run:
     def done(self, **summary):
         return self.emit("done", **summary)
 
+    def record_ranks(self, ranks: list[dict]) -> dict:
+        """A run on several ranks: each one's rank, host and pid, as a "ranks" event and in
+        job.json (status running; the supervisor sets each rank's end)."""
+        planned = {r.get("rank"): r for r in (read_json(self.dir / "job.json") or {}).get("ranks") or []}
+        ranks = [{**planned.get(r["rank"], {}), **r, "status": "running"} for r in ranks]
+        self._update(ranks=ranks)
+        return self.emit("ranks", ranks=ranks)
+
 
 class NullRun(Run):
     """A Run that records nothing: for library calls and tests that need no run folder."""
@@ -233,6 +250,9 @@ class NullRun(Run):
     def finish(self, status, **fields):
         pass
 
+    def record_ranks(self, ranks):
+        return {}
+
     def __enter__(self):
         return self
 
@@ -240,7 +260,18 @@ class NullRun(Run):
         return False
 
 
+class RankRun(NullRun):
+    """A rank other than 0 of a run on several ranks: it records nothing (rank 0 does), but stops
+    on SIGTERM as a Run does, at the same point of the work as rank 0."""
+
+    __enter__ = Run.__enter__
+    __exit__ = Run.__exit__
+
+
 def _raise_cancelled(signum, frame):
+    # once: a second SIGTERM (mlx.launch stopping the ranks after one stopped) must not break
+    # off the checkpoint the first one is saving; SIGKILL still ends a run that does not stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Cancelled()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class JobInfo:
     ended: float | None
     error: str | None = None
     settings: dict = field(default_factory=dict)  # the verb's resolved settings (job.json; {} in older runs)
+    ranks: list = field(default_factory=list)  # a run on several ranks: {rank, host, pid, status} each
 
     @property
     def running(self) -> bool:
@@ -82,6 +84,9 @@ def job_info(run_dir: Path) -> JobInfo:
     info = read_json(run_dir / "job.json") or {}
     status = info.get("status") or "failed"
     error = info.get("error")
+    if status in TERMINAL and info.get("finished_by") not in (None, info.get("pid")) \
+            and process_alive(info.get("pid"), info.get("pid_start")):
+        status = "running"  # rank 0 ended, but a run on several ranks ends with its own process (the supervisor)
     if status in ("running", "starting"):
         alive = process_alive(info.get("pid"), info.get("pid_start"))
         if status == "starting" and time.time() - (info.get("started") or 0) < 10:
@@ -89,10 +94,13 @@ def job_info(run_dir: Path) -> JobInfo:
         if not alive:
             status = "failed"
             error = error or "the process ended without finishing (killed or crashed); see log.txt"
+    ranks = [r for r in info.get("ranks") or [] if isinstance(r, dict)]
+    if status in TERMINAL:  # a rank still "running" in a run that ended (no supervisor set its end)
+        ranks = [{**r, "status": status} if r.get("status") in ("starting", "running") else r for r in ranks]
     return JobInfo(
         id=run_dir.name, dir=run_dir, kind=info.get("kind", "?"), argv=info.get("argv", []),
         pid=info.get("pid"), status=status, started=info.get("started"), ended=info.get("ended"), error=error,
-        settings=info.get("settings") if isinstance(info.get("settings"), dict) else {},
+        settings=info.get("settings") if isinstance(info.get("settings"), dict) else {}, ranks=ranks,
     )
 
 
@@ -143,6 +151,18 @@ def _is_our_run(info: dict) -> bool:
     return process_alive(info.get("pid"), info.get("pid_start"))
 
 
+def _kill_local_ranks(info: dict) -> None:
+    """SIGKILL the ranks of this machine that still run (pid and start time as recorded): what a
+    killed supervisor leaves behind."""
+    here = socket.gethostname()
+    for r in info.get("ranks") or []:
+        if r.get("host") == here and r.get("pid") and process_alive(r["pid"], r.get("pid_start")):
+            try:
+                os.kill(r["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def _wait_stopped(job: JobInfo, seconds: float) -> JobInfo:
     deadline = time.time() + seconds
     while True:
@@ -171,6 +191,7 @@ def cancel_job(ws: Workspace, job_id: str, timeout: float = CANCEL_GRACE, kill_w
         job = _wait_stopped(job, timeout)
         if job.running and _is_our_run(read_json(job.dir / "job.json") or {}):
             _signal_run(job.pid, signal.SIGKILL)  # it did not stop in time: no checkpoint, --resume uses the last
+            _kill_local_ranks(read_json(job.dir / "job.json") or {})
             killed = True
             job = _wait_stopped(job, kill_wait)
     except PermissionError as e:

@@ -5,38 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from engine.distributed.launch import free_ports  # the supervisor picks its ports the same way
+
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "tests" / "distributed_probe.py"
-
-
-def free_ports(n: int) -> int:
-    """A first port p with p..p+n-1 free on loopback (the ring backend listens on one per rank)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
-        if first + n >= 65535:
-            continue
-        try:
-            socks = []
-            for p in range(first, first + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 def launch(nproc: int, *command: str, timeout: float = 120) -> subprocess.CompletedProcess:

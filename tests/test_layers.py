@@ -28,7 +28,7 @@ def test_engine_source_never_names_ui_packages():
 def test_settings_modules_load_without_mlx():
     """The CLI's --help and the forms read the settings dataclasses: they must not pull in MLX."""
     code = ("import sys, engine.data.settings, engine.eval.settings, engine.demo.settings, engine.convert.settings, "
-            "engine.serve.settings, engine.train.settings; "
+            "engine.serve.settings, engine.train.settings, engine.distributed.settings, engine.distributed.launch; "
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')); "
             "sys.exit(f'loaded: {loaded}' if loaded else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

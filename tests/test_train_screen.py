@@ -266,22 +266,26 @@ async def test_validation_errors(ws, tmp_path):
         screen.query_one("#f-data").value = str(tmp_path / "missing" / "train.jsonl")
         screen.query_one("#f-output").value = "used"
         screen.query_one("#f-extra").value = "--rank four"
+        screen.query_one("#f-ranks").value = str(tmp_path / "hosts.json")  # --hosts: no such hostfile
         await pilot.pause()
         await pilot.press("ctrl+s")
         errors = text_of(screen, "#f-errors")
         assert "dataset: no such file or folder" in errors
         assert "output: adapters/used already holds a training run" in errors
         assert "flags: --rank four: not an integer" in errors
+        assert f"ranks: --hosts: {tmp_path / 'hosts.json'}: no such file" in errors
         assert screen.focused.id == "f-data"  # the first problem gets the focus
         await until(pilot, lambda: "dataset not found" in text_of(screen, "#preview-summary"), 10,
                     "the preview's error")
         screen.query_one("#f-data").value = ""
         screen.query_one("#f-resume").value = True  # resume makes the used output fine
         screen.query_one("#f-extra").value = ""
+        screen.query_one("#f-ranks").value = "2"
         await pilot.pause()
         await pilot.press("ctrl+s")
         errors = text_of(screen, "#f-errors")
         assert "dataset: required" in errors and "output" not in errors and "flags" not in errors
+        assert "ranks" not in errors
         assert not list_jobs(ws)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import MISSING, dataclass, field, fields
 
+from engine.distributed.settings import hosts_field, nproc_field
+
 TEMPLATES = {
     "style-transfer": "back-translation: a drafter model rewrites each human passage the way an AI "
     "assistant writes; SFT learns draft -> human, DPO prefers the human text over the draft",
@@ -99,6 +101,8 @@ class BuildSettings:
     rows: int = _opt("generations decoded together", 16, metavar="N", group="generation")
     seed: int = _opt("seed of the split and of every sample", 0, metavar="S")
     resume: bool = _opt("continue an interrupted build of the same NAME (same rows)", False, form=False)
+    nproc: int = nproc_field()  # where it runs (the CLI's): the CLI hands build() the defaults
+    hosts: str = hosts_field()
 
     def problems(self) -> list[tuple[str, str, str]]:
         """Every bad value as (flag, message, hint), so a form can mark all of them at once."""

@@ -13,14 +13,13 @@ backend. Rank 0 is the writer: it alone writes events, checkpoints and outputs."
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import mlx.core as mx
 import numpy as np
 
-LAUNCHED_ENV = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")  # set by mlx.launch (ring) / mpirun
+from engine.distributed.launch import LAUNCHED_ENV, launched  # noqa: F401 (world.launched, as before)
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,6 @@ class World:
 
 
 ONE = World(0, 1, None)
-
-
-def launched() -> bool:
-    """Whether this process was started by mlx.launch / mpirun as one rank of several."""
-    return any(k in os.environ for k in LAUNCHED_ENV)
 
 
 @lru_cache(maxsize=1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import MISSING, dataclass, field, fields
 
+from engine.distributed.settings import hosts_field, nproc_field
+
 DETECTORS = {
     "fast-detectgpt": "zero-shot (Bao et al., ICLR 2024): how far the text's log-likelihood under --scorer sits "
     "above what --sampler (default: the scorer) would write; P(AI) from a calibration profile",
@@ -206,6 +208,8 @@ class EvalSettings:
     batch_size: int = _opt("texts scored together (0: each detector's default)", 0, metavar="N", actions=("eval",))
     score_max_tokens: int = _opt("cut texts to this many tokens before scoring (0: the detector's context); cut "
                                  "texts are scored and counted", 0, metavar="N", actions=("eval",))
+    nproc: int = nproc_field(actions=("eval",))  # where it runs (the CLI's): the CLI hands run_eval() the defaults
+    hosts: str = hosts_field(actions=("eval",))
 
     POSITIONAL = ("model", "adapters")  # the CLI's own arguments, not flags
 

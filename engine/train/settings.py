@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from engine.distributed.settings import RANK_FIELDS, hosts_field, nproc_field
 from engine.train.config import DEFAULTS, DPO_LOSSES, METHODS, PRESETS
 
 # The positional arguments of train() besides MODEL; the rest are its keywords.
@@ -70,10 +71,12 @@ class TrainSettings:
     seed: int | None = _opt("seed of the LoRA init, data order and dropout" + _default("seed"), None)
     resume: bool = _opt("continue the run in --output from its last checkpoint", False, form=True)
     skip_bad_rows: bool = _opt("drop rows with errors instead of stopping", False)
+    nproc: int = nproc_field(form=True)  # where it runs (the CLI's): not a keyword of train()
+    hosts: str = hosts_field(form=True)
 
     def train_kwargs(self) -> dict:
         """train()'s keyword arguments (everything but DATA, METHOD and OUTPUT)."""
-        return {k: v for k, v in asdict(self).items() if k not in POSITIONAL}
+        return {k: v for k, v in asdict(self).items() if k not in POSITIONAL + RANK_FIELDS}
 
 
 def setting_fields(form_only: bool = False) -> list:

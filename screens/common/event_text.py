@@ -61,6 +61,9 @@ def event_parts(ev: dict) -> list[tuple[str, str]]:
             out.append((f"  hint: {ev['hint']}", HINT))
     elif kind in ("log", "ready"):
         out.append((str(ev.get("message", "")), PLAIN))
+    elif kind == "ranks":  # a run on several ranks, as rank 0 found them
+        out += [("ranks ", HEAD), (" · ".join(f"{r.get('rank')}: {r.get('host')} pid {r.get('pid')}"
+                                              for r in ev.get("ranks") or [] if isinstance(r, dict)), PLAIN)]
     elif kind == "sample":  # a dataset build's or an eval's newest pair, shortened to a line a side
         sides = [(name, ev.get(name)) for name in ("human", "draft", "rewrite") if ev.get(name)]
         out += [("sample ", HEAD), (str(ev.get("key", "")), PLAIN)]

@@ -47,6 +47,7 @@ STATUS_LOOK = {  # a symbol as well as a colour, so NO_COLOR still tells them ap
     "done": ("✓", "green"),
     "failed": ("✗", "bold red"),
     "cancelled": ("⊘", "italic dark_orange"),
+    "stopped": ("■", "dim"),  # a rank the launcher stopped after another failed
 }
 
 

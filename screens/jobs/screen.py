@@ -38,6 +38,18 @@ def job_name(job: JobInfo) -> str:
     return name if len(name) <= NAME_CELLS else name[:NAME_CELLS - 1] + "…"
 
 
+def ranks_text(job: JobInfo) -> Text:
+    """A run on several ranks: a line per rank (host, pid, status) from job.json; empty otherwise."""
+    out = Text()
+    for r in job.ranks:
+        out.append(f"\n  rank {r.get('rank', '?')}  ", style="dim")
+        out.append(f"{r.get('host') or '?'}  pid {r.get('pid') or '—'}  ")
+        out.append_text(status_text(str(r.get("status") or "?")))
+        if r.get("exit_code"):
+            out.append(f"  exit code {r['exit_code']}", style="dim")
+    return out
+
+
 class JobTable(LiveTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Events", id="jobs_events",
@@ -175,6 +187,7 @@ class JobsScreen(Screen):
         if job.status == "failed" and job.error:
             title.append(f"  {job.error}", style="red")
         title.append("   (l: log.txt)" if self.view == "events" else "   (e: events)", style="dim")
+        title.append_text(ranks_text(job))
         self.query_one("#detail-title", Static).update(title)
         log = self.query_one("#detail", RichLog)
         items = self._tail.read()[-MAX_LINES:]

@@ -17,6 +17,7 @@ from textual.containers import Horizontal
 from textual.timer import Timer
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Select, Static
 
+from engine.distributed.settings import processes_flags
 from engine.errors import HumanizerError
 from engine.jobs import JobInfo
 from engine.train import settings as train_settings
@@ -172,7 +173,8 @@ class TrainForm:
         def _suggest_output(self) -> None: ...  # RunsScreen's
 
     class Submitted(FormSubmitted):
-        """values: validate_form's dict (model, data, method, preset, mount, iters, output, extra, resume)."""
+        """values: validate_form's dict (model, data, method, preset, mount, iters, output, extra, resume,
+        ranks: the --nproc/--hosts flags)."""
 
     preview_result: tuple | None  # (spec, method, rows, total, issues, error)
     _preview_timer: Timer | None
@@ -204,6 +206,9 @@ class TrainForm:
         with Horizontal(classes="form-row"):
             yield Label("flags")
             yield Input(placeholder="e.g. --rank 4 --learning-rate 2e-4", compact=True, id="f-extra")
+        with Horizontal(classes="form-row"):
+            yield Label("ranks")
+            yield Input(placeholder="N processes here, or a hostfile", compact=True, id="f-ranks")
         yield TickBox("resume the run in output", compact=True, id="f-resume")
         yield Button("Start  ctrl+s", id="f-start", compact=True, variant="primary")
         yield Static("", id="preview-summary")
@@ -489,8 +494,12 @@ class TrainForm:
         extra, extra_settings, problem = read_extra(self.query_one("#f-extra", Input).value)
         if problem:
             errors.append(("f-extra", f"flags: {problem}"))
+        ranks, problem = processes_flags(self.query_one("#f-ranks", Input).value)  # --nproc N / --hosts FILE
+        if problem:
+            errors.append(("f-ranks", f"ranks: {problem}"))
         settings = {"model": model, "data": data, "method": method, "preset": preset, "mount": mount,
-                    "iters": iters, "output": out, "extra": extra, "extra_settings": extra_settings, "resume": resume}
+                    "iters": iters, "output": out, "extra": extra, "extra_settings": extra_settings, "resume": resume,
+                    "ranks": ranks}
         return settings, errors
 
     def action_start(self) -> None:
@@ -508,7 +517,11 @@ class TrainForm:
         args += s["extra"]
         if s["resume"]:
             args.append("--resume")
+        args += s["ranks"]
         settings = {"model": s["model"], "data": data, "method": s["method"], "preset": s["preset"],
                     "iters": s["iters"], "output": str(s["output"]), "mount_adapter": s["mount"] or None,
                     "resume": s["resume"], **s["extra_settings"]}
+        if s["ranks"]:  # as the CLI records them: nproc an int, hosts the file
+            flag, value = s["ranks"]
+            settings[flag[2:]] = int(value) if flag == "--nproc" else value
         self.post_message(self.Submitted(s, f"lora train {s['method']}", args, settings))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tui.cli.common import add_json, add_settings_arguments, run_long
+from tui.cli.common import add_json, add_settings_arguments, for_engine, run_long
 
 
 def _prompts_epilog() -> str:
@@ -67,7 +67,7 @@ def cmd_data(ws, args, argv) -> int:
 
         settings = BuildSettings(**{f.name: getattr(args, f.name) for f in fields(BuildSettings)}).check()
         path = run_long(ws, f"data build {settings.template}", argv, args.json,
-                        lambda run: build(settings, ws, run))
+                        lambda run: build(for_engine(settings), ws, run))
         if not args.json:
             manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
             print(f"dataset ready: {path}")

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tui.cli.common import add_json, add_settings_arguments, run_long
+from tui.cli.common import add_json, add_settings_arguments, for_engine, run_long
 
 
 def _epilog() -> str:
@@ -56,7 +56,7 @@ def cmd_eval(ws, args, argv) -> int:
     values = {f.name: getattr(args, f.name) for f in fields(EvalSettings) if getattr(args, f.name, None) is not None}
     values["adapters"] = tuple(args.adapters or ())
     settings = EvalSettings(**values).check()
-    path = run_long(ws, "eval", argv, args.json, lambda run: run_eval(settings, ws, run))
+    path = run_long(ws, "eval", argv, args.json, lambda run: run_eval(for_engine(settings), ws, run))
     return print_report(path, args.json)
 
 

@@ -56,6 +56,8 @@ def cmd_jobs(ws, args, argv) -> int:
         print(f"{job.id}  {job.kind}  {job.status}  pid {job.pid}\n  argv: {' '.join(job.argv)}")
         if job.error:
             print(f"  error: {job.error}")
+        for r in job.ranks:  # a run on several ranks
+            print(f"  rank {r.get('rank')}: {r.get('host')}  pid {r.get('pid') or '-'}  {r.get('status')}")
         from tui.progress import format_event
 
         for ev in events:
