@@ -122,8 +122,7 @@ def run_side(nproc: int, spec_path: Path, work: Path, timeout: float) -> dict:
     out = work / f"result-{nproc}.json"
     cmd = [sys.executable, str(SCRIPT), "--child", "--spec", str(spec_path), "--out", str(out)]
     if nproc > 1:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from test_distributed import free_ports  # one free-port probe, shared with the tests
+        from engine.distributed.launch import free_ports
 
         launcher = Path(sys.executable).parent / "mlx.launch"
         cmd = [str(launcher), "--backend", "ring", "-n", str(nproc), "--starting-port", str(free_ports(nproc)),
