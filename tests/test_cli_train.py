@@ -63,7 +63,7 @@ def test_train_settings_are_the_cli_flags_and_the_form_flags():
 
     from engine.train import train
     from engine.train.settings import flag, setting_fields, value_type
-    from screens.train.form import EXTRA_FLAGS, FORM_FLAGS
+    from screens.train.fields import EXTRA_FLAGS, FORM_FLAGS
     from tests.settings_flags import assert_flags_are_fields
     from tui.cli.train import register
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from engine.jobs import job_info, start_job
 from screens.common.serving import serve_argv, serve_settings
-from screens.train.form import read_extra
+from screens.train.fields import read_extra
 from tests.pilot import wait_for
 from tests.test_demo import _pairs_rows
 from tests.test_jobs import slow_argv

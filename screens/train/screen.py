@@ -27,7 +27,8 @@ from engine.jobs import JobInfo
 from screens.common.charts import LineChart, Series, fmt_num
 from screens.common.panes import NarrowPanes
 from screens.common.runs import RunsScreen, append_outcome, append_timing, bar
-from screens.train.form import TrainForm, parse_extra
+from screens.train.fields import parse_extra
+from screens.train.form import TrainForm
 from screens.train.widgets import CHARTS, KL_TITLE, RunHistory, RunTable, is_train_job
 from screens.common.widgets import FitFooter, ModeHeader, StatusBar, cursor_key, fmt_time, status_text
 
