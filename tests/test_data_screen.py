@@ -27,7 +27,7 @@ from screens.data.form import check_all
 from screens.data.widgets import DataHistory, parts_text, samples_view
 from screens.common.forms import PickDialog
 from screens.train.screen import TrainScreen
-from screens.common.widgets import ConfirmDialog
+from screens.common.dialogs import ConfirmDialog
 from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tui.app import HumanizerApp
 

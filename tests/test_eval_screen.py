@@ -579,7 +579,7 @@ async def test_detector_jobs_from_the_palette(eval_ws, monkeypatch):
 # the first-start demo offer -----------------------------------------------------------------------
 async def test_demo_offered_once_on_an_empty_workspace(ws, monkeypatch):
     from screens.common.launch import humanizer_argv
-    from screens.common.widgets import ConfirmDialog
+    from screens.common.dialogs import ConfirmDialog
     from tui.app import HumanizerApp
     from tui.config import load_config
 
@@ -608,7 +608,7 @@ async def test_demo_offered_once_on_an_empty_workspace(ws, monkeypatch):
 
 
 async def test_no_demo_offer_with_adapters_or_by_default(eval_ws, ws):
-    from screens.common.widgets import ConfirmDialog
+    from screens.common.dialogs import ConfirmDialog
     from tui.app import HumanizerApp
 
     for app in (HumanizerApp(eval_ws, offer_demo=True), HumanizerApp(ws)):

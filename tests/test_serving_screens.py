@@ -30,7 +30,9 @@ from screens.chat.widgets import PairView, ReplyView, printable
 from screens.common.forms import FormDialog, PickDialog
 from screens.server.screen import ServerScreen, request_summary
 from screens.common.serving import ServerMonitor, start_server
-from screens.common.widgets import ConfirmDialog, JobProgress, StatusBar
+from screens.common.dialogs import ConfirmDialog
+from screens.common.progress import JobProgress
+from screens.common.widgets import StatusBar
 from tests.test_generate import make_adapters, make_lively_llama
 from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama

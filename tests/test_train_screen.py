@@ -19,7 +19,7 @@ from engine.jobs import find_job, list_jobs
 from engine.workspace import Workspace
 from screens.common.charts import STYLES, LineChart, Series, fmt_num, render_chart
 from screens.train.screen import RunHistory, TrainScreen, parse_extra
-from screens.common.widgets import ConfirmDialog
+from screens.common.dialogs import ConfirmDialog
 from tests.pilot import cli_settings, steady_cursors, text_of, until
 from tests.tiny import make_tiny_llama
 from tui.app import HumanizerApp

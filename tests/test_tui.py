@@ -13,7 +13,9 @@ from textual.widgets import DataTable, Input, RichLog
 from engine.jobs import find_job, start_job
 from screens.jobs.screen import JobsScreen
 from screens.models.screen import ModelsScreen
-from screens.common.widgets import ConfirmDialog, InputDialog, JobProgress, StatusBar
+from screens.common.dialogs import ConfirmDialog, InputDialog
+from screens.common.progress import JobProgress
+from screens.common.widgets import StatusBar
 from tests.pilot import notifications, until
 from tests.tiny import write_tiny_gguf
 from tui.app import HumanizerApp

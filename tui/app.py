@@ -28,7 +28,9 @@ from screens.models.screen import EMBEDDED, ModelsScreen
 from screens.server.screen import ServerScreen
 from screens.common.serving import ServerMonitor, running_server
 from screens.train.screen import TrainScreen
-from screens.common.widgets import ConfirmDialog, key_of, mode_ref, start_humanizer_job
+from screens.common.dialogs import ConfirmDialog
+from screens.common.progress import start_humanizer_job
+from screens.common.widgets import key_of, mode_ref
 from tui.config import ConfigError, keymap_line, load_config, set_value
 from tui.help import HelpScreen, help_rows
 from tui.keymap import APP_BINDINGS, MODES, check_keymap

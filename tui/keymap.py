@@ -48,7 +48,7 @@ def _binding_owners():
     from screens.models.screen import ModelsScreen, ModelTable
     from screens.server.screen import ServerScreen
     from screens.train.screen import RunTable, TrainScreen
-    from screens.common.widgets import ConfirmDialog, InputDialog
+    from screens.common.dialogs import ConfirmDialog, InputDialog
     from tui.help import HelpScreen
 
     return [HelpScreen, ModelsScreen, ModelTable, JobsScreen, JobTable, TrainScreen, RunTable, InputDialog, ConfirmDialog,

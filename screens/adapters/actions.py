@@ -16,7 +16,8 @@ from engine.jobs import JobInfo
 from screens.common.mounting import mount_reported, unmount_reported
 from screens.adapters.widgets import adapter_args, dry_run_listing, output_errors, output_path
 from screens.common.forms import Field, FormDialog
-from screens.common.widgets import JobProgress, LogTail, display_path, follow_job, mode_ref, start_humanizer_job
+from screens.common.progress import JobProgress, LogTail, follow_job, start_humanizer_job
+from screens.common.widgets import display_path, mode_ref
 
 if TYPE_CHECKING:
     from engine.adapters import AdapterInfo

@@ -43,7 +43,8 @@ from engine.serve.settings import DEFAULT_HOST, DEFAULT_PORT
 from screens.common.serving import (
     ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, server_defaults, start_server,
 )
-from screens.common.widgets import ConfirmDialog, FitFooter, ModeHeader, StatusBar, action_key, mode_ref
+from screens.common.dialogs import ConfirmDialog
+from screens.common.widgets import FitFooter, ModeHeader, StatusBar, action_key, mode_ref
 
 REDRAW_HZ = 4
 SHORT = 30  # below this many rows: a shorter input box

@@ -24,7 +24,8 @@ from textual.widgets import Button, DataTable, Input, Label, Select, Static
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, job_events, job_info
 from screens.common.launch import start_verb
-from screens.common.widgets import LiveTable, action_key, confirm_cancel, fmt_duration, mode_ref, sync_table
+from screens.common.dialogs import confirm_cancel
+from screens.common.widgets import LiveTable, action_key, fmt_duration, mode_ref, sync_table
 
 REDRAW_HZ = 3  # the view is redrawn at most this often
 NARROW = 110  # below this many columns: narrow layouts (Train, Convert: one pane at a time)

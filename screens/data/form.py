@@ -25,7 +25,9 @@ from engine.data.settings import NAME_RE, TEMPLATES, BuildSettings, setting_fiel
 from screens.data.widgets import corpus_line, dataset_line, folder_line
 from screens.common.forms import PickDialog, default_placeholder, field_id, settings_rows
 from screens.common.runs import FormHost, FormSubmitted
-from screens.common.widgets import ConfirmDialog, display_path, start_humanizer_job
+from screens.common.dialogs import ConfirmDialog
+from screens.common.progress import start_humanizer_job
+from screens.common.widgets import display_path
 
 FIELDS = setting_fields(form_only=True)
 BASIC = ("template", "source", "output", "model", "adapter", "endpoint", "samples", "rejected", "limit",

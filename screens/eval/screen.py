@@ -35,8 +35,9 @@ from screens.eval.widgets import (
     shown_detector,
 )
 from screens.common.runs import RunsScreen, RunsTable, form_css
+from screens.common.progress import start_humanizer_job
 from screens.common.widgets import (
-    FitFooter, ModeHeader, StatusBar, action_key, cursor_key, fmt_time, one_line, start_humanizer_job, status_text,
+    FitFooter, ModeHeader, StatusBar, action_key, cursor_key, fmt_time, one_line, status_text,
 )
 
 

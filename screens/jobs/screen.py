@@ -13,9 +13,10 @@ from textual.widgets import DataTable, RichLog, Static
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, last_progress
+from screens.common.dialogs import confirm_cancel
+from screens.common.progress import EventTail, LogTail
 from screens.common.widgets import (
-    FitFooter, LiveTable, TAIL_HZ, ModeHeader, EventTail, LogTail, StatusBar, cursor_key, fmt_duration, fmt_time,
-    confirm_cancel, format_event, progress_pct, status_text, sync_table,
+    FitFooter, LiveTable, TAIL_HZ, ModeHeader, StatusBar, cursor_key, fmt_duration, fmt_time, format_event, progress_pct, status_text, sync_table,
 )
 
 NARROW = 100  # below: no kind or started column (the id carries both)

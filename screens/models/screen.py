@@ -13,10 +13,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from engine.jobs import JobInfo
-from screens.common.widgets import (
-    FitFooter, LiveTable, InputDialog, JobProgress, ModeHeader, StatusBar, display_path, follow_job, mode_ref,
-    start_humanizer_job, sync_table,
-)
+from screens.common.dialogs import InputDialog
+from screens.common.progress import JobProgress, follow_job, start_humanizer_job
+from screens.common.widgets import FitFooter, LiveTable, ModeHeader, StatusBar, display_path, mode_ref, sync_table
 
 EMBEDDED = "smollm2-135m"
 MODEL_JOB_KINDS = ("models pull", "models import")

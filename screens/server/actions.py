@@ -17,7 +17,8 @@ from screens.common.mounting import mount_reported, unmount_reported
 from screens.common.forms import Field, FormDialog, PickDialog
 from screens.server.widgets import describe_mounted
 from screens.common.serving import mounted_names, server_defaults, start_server
-from screens.common.widgets import ConfirmDialog, key_of, mode_ref
+from screens.common.dialogs import ConfirmDialog
+from screens.common.widgets import key_of, mode_ref
 
 if TYPE_CHECKING:
     from screens.common.serving import ServerMonitor
