@@ -1,6 +1,6 @@
-"""What the Train and Convert screens share: a job's history read from its events, and
-RunsScreen, a screen that follows one kind of job (the run shown, a table of runs, the
-new-run form beside them).
+"""RunsScreen, what the run modes (Train, Convert, Data, Eval) share: a screen that follows
+one kind of job (the run shown, a table of runs, the new-run form beside them). A job's
+history is history.py's; the form's shared pieces are run_form.py's.
 
 A job's whole history is read once, in a worker thread, when it first appears; after
 that only what was appended since the last read, REDRAW_HZ times a second, and the view
@@ -11,161 +11,19 @@ is still going."""
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
-from typing import Protocol
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Horizontal
-from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.widgets import Button, DataTable, Input, Select, Static
 
-from engine.events import TERMINAL
-from engine.jobs import JobInfo, job_events, job_info
+from engine.jobs import JobInfo, job_info
 from screens.common.launch import start_verb
 from screens.common.dialogs import confirm_cancel
-from screens.common.widgets import LiveTable, action_key, fmt_duration, mode_ref, sync_table
+from screens.common.history import JobHistory
+from screens.common.widgets import LiveTable, action_key, sync_table
 
 REDRAW_HZ = 3  # the view is redrawn at most this often
 NARROW = 110  # below this many columns: narrow layouts (Train, Convert: one pane at a time)
-
-
-class JobHistory:
-    """One job's events, read incrementally: its settings (job.json), the latest progress,
-    and the error or done event. Subclasses keep what their view needs (feed)."""
-
-    def __init__(self, job: JobInfo) -> None:
-        self.job = job
-        self.args = dict(job.settings)  # the verb's settings (job.json), keyed as its flags
-        self.name = Path(self.args["output"]).name if self.args.get("output") else job.id
-        self.offset = 0
-        self.progress: dict | None = None
-        self.error: dict | None = None
-        self.done: dict | None = None
-        self.message: str | None = None
-        self.final = False  # the job ended and every event it wrote has been read
-
-    @classmethod
-    def read(cls, job: JobInfo):
-        """The whole history so far (call it in a worker thread: the file may be long)."""
-        h = cls(job)
-        try:
-            h.update(job_info(job.dir))
-        except OSError:
-            h = cls(job)
-        return h
-
-    def update(self, job: JobInfo | None = None) -> bool:
-        """Read what was appended since the last call (the job's status first, so a job
-        seen as ended is read to its end); True if anything new arrived."""
-        if self.final:
-            return False
-        if job is not None:
-            self.job = job
-        events, self.offset = job_events(self.job, self.offset)
-        for ev in events:
-            self.feed(ev)
-        if self.job.status in TERMINAL:
-            self.final = True
-        return bool(events)
-
-    def feed(self, ev: dict) -> None:
-        kind = ev.get("type")
-        if kind == "progress":
-            self.progress = ev
-        elif kind == "error":
-            self.error = ev
-        elif kind == "done" and self.done is None:
-            self.done = ev
-        elif kind == "log" and ev.get("message"):
-            self.message = str(ev["message"])
-
-
-# pieces of a run's title ------------------------------------------------------------------
-def bar(fraction: float, width: int) -> Text:
-    """A progress bar of `width` cells; the filled and empty parts differ in glyph too."""
-    fraction = min(1.0, max(0.0, fraction))
-    full = round(fraction * width)
-    return Text.assemble(("━" * full, "bold"), ("─" * (width - full), "dim"))
-
-
-def append_timing(line: Text, h: JobHistory, now: float) -> None:
-    """The ETA and time running so far, or how long the job took."""
-    job = h.job
-    if job.status in ("running", "starting"):
-        eta = (h.progress or {}).get("eta")
-        if eta is not None:
-            line.append(f"  ETA {fmt_duration(eta)}")
-        if job.started:
-            line.append(f"  running {fmt_duration(now - job.started)}", style="dim")
-    elif job.started and job.ended:
-        line.append(f"  {job.status} after {fmt_duration(job.ended - job.started)}", style="dim")
-
-
-def append_outcome(line: Text, h: JobHistory, cancelled: str) -> None:
-    """The error and its hint for a failed job; `cancelled` for a cancelled one."""
-    if h.job.status == "failed":
-        err = h.error or {}
-        line.append(f"\n✗ {err.get('message') or h.job.error or 'failed'}", style="bold red")
-        if err.get("hint"):
-            line.append(f"\n  hint: {err['hint']}", style="italic")
-    elif h.job.status == "cancelled":
-        line.append(f"\n⊘ cancelled: {cancelled}", style="italic")
-
-
-def form_head(title: str, app) -> ComposeResult:
-    """The top of a new-run form: its title, the error box and the model to start from."""
-    yield Static(title, classes="heading")
-    yield Static("", id="f-errors")
-    with Horizontal(classes="form-row"):
-        yield Label("model")
-        yield Select([], prompt=f"no models: pull one in {mode_ref(app, 'models')}", compact=True, id="f-model")
-
-
-def form_css(screen: str, label: int = 12) -> str:
-    """The new-run form's rules for `screen` (its labels `label` cells wide), shared by the
-    screens whose form is made from a settings dataclass."""
-    return f"""
-    {screen} .field {{ height: auto; }}
-    {screen} .form-row {{ height: 1; margin-top: 1; }}
-    {screen} .form-row Label {{ width: {label}; color: $text-muted; }}
-    {screen} .form-row Select, {screen} .form-row Input {{ width: 1fr; }}
-    {screen} .hint {{ height: auto; color: $text-muted; padding-left: {label}; }}
-    {screen} .field-help {{ display: none; }}
-    {screen} Checkbox {{ margin: 1 0 0 {label}; }}
-    {screen} Checkbox:focus {{ border: none !important; text-style: reverse; }}
-    {screen} #f-start {{ margin: 1 0 0 {label}; }}
-    {screen} #f-errors {{ height: auto; color: $error; }}
-    {screen}.-narrow .hint {{ padding-left: 0; }}
-    """
-
-
-class FormSubmitted(Message):
-    """A new-run form's values passed its checks: the screen holding the form handles it by
-    starting the job (`humanizer *args`, listed as `kind`), so the form itself starts nothing.
-    `values` are what the form checked: a settings dataclass (Data, Eval) or a dict (Train,
-    Convert). `settings`: what job.json records of the job before its process records its own
-    resolved settings (keyed as the verb's flags). Each form subclasses it as its own Submitted
-    (handler on_<form>_submitted)."""
-
-    def __init__(self, values, kind: str, args: list[str], settings: dict | None = None) -> None:
-        super().__init__()
-        self.values, self.kind, self.args, self.settings = values, kind, args, settings
-
-
-class FormHost(Protocol):
-    """What a new-run form mixin (Train, Convert, Data, Eval) uses of the RunsScreen it is
-    mixed into; tests/test_screen_mixins.py checks each screen has it all."""
-
-    models: list  # ModelInfo, from the last scan (the #f-model choices)
-    histories: dict[str, JobHistory]
-
-    def run_jobs(self) -> list[JobInfo]: ...
-    def show(self, job_id: str | None) -> None: ...
-    def _value(self, select_id: str): ...
-    def _clear_errors(self) -> None: ...
-    def _show_errors(self, errors: list[tuple[str, str]]) -> bool: ...
 
 
 class RunsTable(LiveTable):

@@ -22,7 +22,7 @@ from engine.convert.settings import ConvertSettings, parse_bits, setting_fields
 from engine.errors import HumanizerError
 from screens.convert.widgets import fmt_size
 from screens.common.forms import TickBox, field_help
-from screens.common.runs import FormHost, FormSubmitted, form_head
+from screens.common.run_form import FormHost, FormSubmitted, form_head
 from screens.common.widgets import display_path, mode_ref
 
 PLAN_DELAY = 0.3  # seconds after the last change of model, bits or group size

@@ -34,7 +34,8 @@ from screens.convert.widgets import (
     ConvertHistory, fmt_size, is_convert_job, legend, render_gauge, render_grid, render_sensitivity,
 )
 from screens.common.panes import NarrowPanes
-from screens.common.runs import RunsScreen, RunsTable, append_outcome, append_timing, bar
+from screens.common.history import append_outcome, append_timing, bar
+from screens.common.runs import RunsScreen, RunsTable
 from screens.common.widgets import FitFooter, ModeHeader, StatusBar, display_path, fmt_time, status_text
 
 PHASES = {"load": "loading", "statistics": "calibration pass", "measure": "measuring layers",

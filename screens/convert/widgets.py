@@ -16,7 +16,7 @@ from rich.text import Text
 from engine.convert.settings import setting_fields
 from engine.jobs import JobInfo
 from engine.workspace import human_bytes
-from screens.common.runs import JobHistory
+from screens.common.history import JobHistory
 
 DEFAULTS = {f.name: f.default for f in setting_fields()}  # what a job's settings leave out
 

@@ -24,7 +24,7 @@ from textual.widgets import Button, Checkbox, Input, Select, Static
 from engine.data.settings import NAME_RE, TEMPLATES, BuildSettings, setting_fields
 from screens.data.widgets import corpus_line, dataset_line, folder_line
 from screens.common.forms import PickDialog, default_placeholder, field_id, settings_rows
-from screens.common.runs import FormHost, FormSubmitted
+from screens.common.run_form import FormHost, FormSubmitted
 from screens.common.dialogs import ConfirmDialog
 from screens.common.progress import start_humanizer_job
 from screens.common.widgets import display_path

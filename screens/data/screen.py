@@ -25,7 +25,9 @@ from screens.data.widgets import (
     BuildTable, DataHistory, DatasetTable, RowTable, is_data_job, methods_text, one_line, parts_text, samples_view,
     sides_table, source_label,
 )
-from screens.common.runs import RunsScreen, append_outcome, append_timing, bar, form_css
+from screens.common.history import append_outcome, append_timing, bar
+from screens.common.run_form import form_css
+from screens.common.runs import RunsScreen
 from screens.common.widgets import (
     FitFooter, ModeHeader, StatusBar, action_key, cursor_key, display_path, fmt_time, status_text, sync_table,
 )

@@ -13,7 +13,8 @@ from rich.text import Text
 from textual.binding import Binding
 
 from engine.jobs import JobInfo
-from screens.common.runs import JobHistory, RunsTable
+from screens.common.history import JobHistory
+from screens.common.runs import RunsTable
 from screens.common.widgets import LiveTable, one_line
 
 MAX_SAMPLES = 6  # sample pairs kept per build (the view shows the newest few)

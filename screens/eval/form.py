@@ -19,7 +19,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from engine.eval.settings import NAME_RE, EvalSettings
 from screens.common.forms import default_placeholder, field_id, settings_rows
-from screens.common.runs import FormHost, FormSubmitted, form_head
+from screens.common.run_form import FormHost, FormSubmitted, form_head
 from screens.common.progress import start_humanizer_job
 from screens.common.widgets import mode_ref
 

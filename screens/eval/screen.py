@@ -34,7 +34,8 @@ from screens.eval.widgets import (
     CompareTable, EvalHistory, EvalRunTable, MetricTable, SampleTable, best_choice, detector_names, is_eval_job,
     shown_detector,
 )
-from screens.common.runs import RunsScreen, RunsTable, form_css
+from screens.common.run_form import form_css
+from screens.common.runs import RunsScreen, RunsTable
 from screens.common.progress import start_humanizer_job
 from screens.common.widgets import (
     FitFooter, ModeHeader, StatusBar, action_key, cursor_key, fmt_time, one_line, status_text,

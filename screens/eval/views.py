@@ -14,7 +14,7 @@ from screens.eval.widgets import (
     CompareTable, EvalHistory, MetricTable, SampleTable, compare_columns, compare_rows, detector_names,
     detectors_text, fmt, row_detail, run_summary, settings_diff, shown_detector, table_columns, table_rows,
 )
-from screens.common.runs import append_outcome, append_timing, bar
+from screens.common.history import append_outcome, append_timing, bar
 from screens.common.widgets import cursor_key, one_line, status_text, sync_table
 
 

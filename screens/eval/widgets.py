@@ -15,7 +15,8 @@ from textual.binding import Binding
 
 from engine.eval.run import REPORT, SAMPLES
 from engine.jobs import JobInfo
-from screens.common.runs import JobHistory, RunsTable
+from screens.common.history import JobHistory
+from screens.common.runs import RunsTable
 from screens.common.widgets import LiveTable
 
 DASH = "—"

@@ -19,7 +19,7 @@ from engine.errors import HumanizerError
 from engine.jobs import JobInfo
 from engine.train.config import METHODS, PRESETS
 from screens.common.forms import PickDialog, TickBox
-from screens.common.runs import FormHost, FormSubmitted, form_head
+from screens.common.run_form import FormHost, FormSubmitted, form_head
 from screens.common.widgets import display_path, mode_ref
 from screens.train.fields import (cell, check_dataset, dataset_methods, default_iters, holds_run, next_free_name,
                                   output_path, pick_method, preset_summary, read_extra)

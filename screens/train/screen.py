@@ -26,7 +26,8 @@ from engine.events import TERMINAL
 from engine.jobs import JobInfo
 from screens.common.charts import LineChart, Series, fmt_num
 from screens.common.panes import NarrowPanes
-from screens.common.runs import RunsScreen, append_outcome, append_timing, bar
+from screens.common.history import append_outcome, append_timing, bar
+from screens.common.runs import RunsScreen
 from screens.train.fields import parse_extra
 from screens.train.form import TrainForm
 from screens.train.widgets import CHARTS, KL_TITLE, RunHistory, RunTable, is_train_job

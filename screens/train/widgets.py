@@ -6,7 +6,8 @@ from __future__ import annotations
 from textual.binding import Binding
 
 from engine.jobs import JobInfo
-from screens.common.runs import JobHistory, RunsTable
+from screens.common.history import JobHistory
+from screens.common.runs import RunsTable
 
 # (id, title, [(metric, label)], methods, y_min, y_max)
 CHARTS = [
