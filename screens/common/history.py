@@ -9,7 +9,7 @@ from rich.text import Text
 
 from engine.events import TERMINAL
 from engine.jobs import JobInfo, job_events, job_info
-from screens.common.widgets import fmt_duration
+from screens.common.event_text import fmt_duration
 
 class JobHistory:
     """One job's events, read incrementally: its settings (job.json), the latest progress,

@@ -28,7 +28,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer
 from textual.widgets._footer import FooterKey
 
-from screens.common.event_text import BAD, DIM, HEAD, HINT, OK, STAMP, event_parts, fmt_duration  # noqa: F401 (fmt_duration: screens import it from here)
+from screens.common.event_text import BAD, DIM, HEAD, HINT, OK, STAMP, event_parts
 
 TAIL_HZ = 4  # how often a screen re-reads a job it is showing (never per event)
 

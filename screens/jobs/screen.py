@@ -15,8 +15,10 @@ from engine.events import TERMINAL
 from engine.jobs import JobInfo, last_progress
 from screens.common.dialogs import confirm_cancel
 from screens.common.progress import EventTail, LogTail
+from screens.common.event_text import fmt_duration
 from screens.common.widgets import (
-    FitFooter, LiveTable, TAIL_HZ, ModeHeader, StatusBar, cursor_key, fmt_duration, fmt_time, format_event, progress_pct, status_text, sync_table,
+    TAIL_HZ, FitFooter, LiveTable, ModeHeader, StatusBar, cursor_key, fmt_time, format_event, progress_pct,
+    status_text, sync_table,
 )
 
 NARROW = 100  # below: no kind or started column (the id carries both)

@@ -11,7 +11,8 @@ from rich.text import Text
 from engine.events import read_events, server_url
 from engine.jobs import JobInfo
 from engine.serve.settings import DEFAULT_HOST, DEFAULT_PORT
-from screens.common.widgets import fmt_duration, key_of, status_text
+from screens.common.event_text import fmt_duration
+from screens.common.widgets import key_of, status_text
 
 STATUS_LOOK = {  # request status -> (symbol, style); a symbol too, so NO_COLOR tells them apart
     "stop": ("✓", "green"), "length": ("✓", "green"), "disconnected": ("⊘", "dark_orange"),
