@@ -289,8 +289,10 @@ def _child_env(extra: dict | None = None) -> dict:
     return env
 
 
-def _child_cmd(script: Path, side: str, spec_path: Path, out_path: Path) -> list[str]:
-    return [sys.executable, str(script), "--child", side, "--spec", str(spec_path), "--out", str(out_path)]
+def _child_cmd(script: Path, side: str, spec_path: Path, out_path: Path, python=None) -> list[str]:
+    """`python` (default: this interpreter) runs the child: the mlx-optiq side runs in its own
+    venv (bench/optiq_env.py); ROOT is on the child's sys.path through this script's prelude."""
+    return [str(python or sys.executable), str(script), "--child", side, "--spec", str(spec_path), "--out", str(out_path)]
 
 
 def _failed(side: str, rc, log_path: Path, log=print) -> dict:
@@ -299,13 +301,14 @@ def _failed(side: str, rc, log_path: Path, log=print) -> dict:
     return {"side": side, "error": f"exit {rc}", "log_tail": tail}
 
 
-def run_child(script: Path, side: str, spec_path: Path, out_path: Path, timeout: float, log=print) -> dict:
+def run_child(script: Path, side: str, spec_path: Path, out_path: Path, timeout: float, log=print,
+              python=None) -> dict:
     """Run `script --child SIDE --spec SPEC --out OUT` alone, in a fresh interpreter with
     OpenBLAS preloaded; returns its JSON result (or {"error": ...})."""
     log_path = out_path.with_suffix(".log")
     with open(log_path, "w") as logf:
         try:
-            rc = subprocess.run(_child_cmd(script, side, spec_path, out_path), env=_child_env(), stdout=logf,
+            rc = subprocess.run(_child_cmd(script, side, spec_path, out_path, python), env=_child_env(), stdout=logf,
                                 stderr=subprocess.STDOUT, cwd=str(ROOT), timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
@@ -366,13 +369,13 @@ class Baton:
 
 
 def run_lockstep(script: Path, spec_path: Path, work: Path, sides=("ours", "peer"), timeout: float = 900,
-                 log=print) -> dict:
+                 log=print, pythons: dict | None = None) -> dict:
     """Start the sides one after the other (each runs alone until it is ready, so model
     loading, our DPO reference pass and mlx's first compile never overlap the other side),
     then alternate single steps between them until both have finished. Returns
     {side: result}, each result with "step_other_cpus" (per step it ran: the CPUs used by
     all OTHER processes on the machine during that step; 0 on a quiet machine) and
-    "other_cpus" (their mean)."""
+    "other_cpus" (their mean). `pythons` maps a side to the interpreter that runs it."""
     import select
 
     procs: dict[str, dict] = {}
@@ -404,7 +407,7 @@ def run_lockstep(script: Path, spec_path: Path, work: Path, sides=("ours", "peer
             out_path = work / f"{side}.json"
             logf = open(work / f"{side}.log", "w")
             env = _child_env({GO_FD_ENV: str(go_r), DONE_FD_ENV: str(done_w)})
-            proc = subprocess.Popen(_child_cmd(script, side, spec_path, out_path), env=env, stdout=logf,
+            proc = subprocess.Popen(_child_cmd(script, side, spec_path, out_path, (pythons or {}).get(side)), env=env, stdout=logf,
                                     stderr=subprocess.STDOUT, cwd=str(ROOT), pass_fds=(go_r, done_w))
             os.close(go_r)
             os.close(done_w)
