@@ -130,6 +130,7 @@ class Run:
     settings: dict | None = None  # the verb's resolved settings, recorded in job.json by start()
     listeners: list[Callable[[dict], None]] = field(default_factory=list)  # e.g. the CLI's progress view
     _events: Any = None
+    _done: dict | None = None  # the run's one "done" event, once emitted
 
     @classmethod
     def create(cls, runs_dir: Path, kind: str, argv: list[str], settings: dict | None = None) -> "Run":
@@ -227,7 +228,13 @@ class Run:
         return self.emit("artifact", path=str(path), **extra)
 
     def done(self, **summary):
-        return self.emit("done", **summary)
+        """The run's summary, emitted once: readers see one terminal event. The work's own (a
+        trainer's adapter and metrics, a convert's figures, each with "result", the path it
+        made) comes first; the CLI's generic `done(result=...)` after it then adds nothing."""
+        if self._done is not None:
+            return self._done
+        self._done = self.emit("done", **summary)
+        return self._done
 
     def record_ranks(self, ranks: list[dict]) -> dict:
         """A run on several ranks: each one's rank, host and pid, as a "ranks" event and in

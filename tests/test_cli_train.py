@@ -32,6 +32,7 @@ def test_sft_then_dpo_from_the_cli(ws, tmp_path):
     events = [json.loads(line) for line in sft.stdout.splitlines()]
     assert {"loss", "tokens_per_second"} <= set().union(*(e["values"] for e in events if e["type"] == "metric"))
     assert events[-1] == {**events[-1], "type": "done", "result": str(ws.adapters_dir / "t-sft")}
+    assert [e["type"] for e in events].count("done") == 1  # the trainer's summary is the run's one end
     dpo = _cli(ws, "lora", "train", str(model), "--data", str(tmp_path / "dpo"), "--method", "dpo", "--iters", "3",
                "--batch-size", "2", "--mount-adapter", str(ws.adapters_dir / "t-sft"),
                "--output", str(ws.adapters_dir / "t-dpo"))

@@ -287,5 +287,5 @@ def write_output(job: ConvertState) -> ConvertResult:
         run.progress(3, 3, "written", phase="evaluate")
     run.artifact(output, kind="model")
     shutil.rmtree(job.work, ignore_errors=True)
-    run.done(**summary)
+    run.done(result=str(output), **summary)
     return ConvertResult(output, summary)

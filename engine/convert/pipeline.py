@@ -85,7 +85,7 @@ def convert_with(model_spec, settings: ConvertSettings, *, run: Run = NullRun(),
         if settings.resume and meta and all(recorded.get(k) == v for k, v in settings.recorded().items()):
             run.log(f"{output} already holds the finished conversion: nothing to resume")
             summary = meta.get("summary", {})
-            run.done(**summary)
+            run.done(result=str(output), **summary)
             return ConvertResult(output, summary)
         raise HumanizerError(
             f"{output} already exists" + (" and holds a conversion with other settings" if meta else ""),

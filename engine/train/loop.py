@@ -186,7 +186,7 @@ def train(
         found, (has_checkpoints, final_steps) = writer_does(open_output, w, share=lambda r: (bool(r[0]), r[1]))
         if resume and final_steps is not None and (final_steps >= cfg["iters"] or not has_checkpoints):
             run.log(f"{output} already holds the finished adapter ({final_steps} steps): nothing to resume")
-            run.done(adapter=str(output), steps=final_steps)
+            run.done(result=str(output), adapter=str(output), steps=final_steps)
             return output
         s = _start(model_spec, data_spec, method, cfg, output, parent_info, skip_bad_rows, ws, run, scope, w)
         if resume and has_checkpoints:
@@ -382,5 +382,5 @@ def _finish(s: TrainState) -> Path:
     writer_does(lambda: write_final_adapter(s.output, lora.trainable_weights(s.model),
                                             A.adapter_config(s.adapter_cfg, meta)), s.world, share=lambda _: None)
     s.run.artifact(s.output, kind="adapter", method=s.method)
-    s.run.done(adapter=str(s.output), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    s.run.done(result=str(s.output), adapter=str(s.output), **{k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return s.output
