@@ -7,7 +7,8 @@ two side by side (A/B), with streaming replies.
   own seed; B may be A's choice too) and turns it off. (Not ctrl+b: that is tmux's prefix,
   and this app is often used over SSH inside tmux.)
 - A/B pairs are judged with a / b / t (tie) / s (skip) into a preference set, blind or not;
-  r runs the newest pair again (screens/chat_judge.py).
+  r runs the newest pair again (judge.py). A message sent while no server runs offers to start
+  one (start_server.py).
 - Replies stream over SSE in async workers that only append to a Reply; the screen
   redraws the replies that changed 4 times a second. Esc cancels the workers, which
   closes the streams (the server stops generating and frees the slot).
@@ -26,7 +27,6 @@ from __future__ import annotations
 from functools import partial
 
 from rich.text import Text
-from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -34,16 +34,12 @@ from textual.screen import Screen
 from textual.widgets import Static, TextArea
 from textual.worker import Worker
 
-from engine.errors import HumanizerError
+from engine.chat import Conversation, Message, Reply
 from screens.chat.conversations import ChatConversations
 from screens.chat.judge import JUDGE_BINDINGS, ChatJudge
-from engine.chat import Conversation, Message, Reply
-from screens.chat.widgets import PairView, ReplyView, UserView, chat_bar, stream_reply
-from engine.serve.settings import DEFAULT_HOST, DEFAULT_PORT
-from screens.common.serving import (
-    ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model, server_defaults, start_server,
-)
-from screens.common.dialogs import ConfirmDialog
+from screens.chat.start_server import ChatServerStart
+from screens.chat.widgets import PairView, ReplyView, Transcript, UserView, chat_bar, stream_reply
+from screens.common.serving import ServerMonitor, adapter_choices, first_choice, host_port, pick_default_model
 from screens.common.widgets import FitFooter, ModeHeader, StatusBar, action_key, mode_ref
 
 REDRAW_HZ = 4
@@ -51,26 +47,7 @@ SHORT = 30  # below this many rows: a shorter input box
 SEND_KEYS = "ctrl+s"
 
 
-class Transcript(VerticalScroll):
-    """The conversation. A printable key that no Chat binding takes is text, not a command:
-    it goes to the input (which takes the focus), and the app's plain keys (q quits, digits
-    switch modes) are not offered while the transcript has the focus."""
-
-    def check_consume_key(self, key: str, character: str | None) -> bool:
-        if not (character and character.isprintable()):
-            return False
-        # Chat's letter keys (a/b/t/s judge, r again, h blind) act only while there is A/B to
-        # judge; otherwise they are text too ("this..." typed here must not toggle blind mode)
-        return key not in self.screen.own_keys or not self.screen.judging()
-
-    def on_key(self, event: events.Key) -> None:
-        if self.check_consume_key(event.key, event.character):
-            event.stop()
-            event.prevent_default()
-            self.screen.type_into_input(event.character)
-
-
-class ChatScreen(ChatJudge, ChatConversations, Screen):
+class ChatScreen(ChatJudge, ChatConversations, ChatServerStart, Screen):
     DEFAULT_CSS = """
     ChatScreen #chat-bar { height: auto; padding: 0 1; background: $boost; }
     ChatScreen #transcript { height: 1fr; padding: 0 1; scrollbar-size-vertical: 1; }
@@ -313,57 +290,6 @@ class ChatScreen(ChatJudge, ChatConversations, Screen):
             self.query_one("#transcript").focus()
         else:
             box.focus()
-
-    # starting a server from here ---------------------------------------------------------------------
-    def _offer_server(self, text: str) -> None:
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.query_one("#chat-input", TextArea).text = ""
-                self.pending = text
-                self._draw_info()
-                self.run_worker(self._start_server, thread=True, group="chat-start-server", exclusive=True)
-
-        model = self.app.model or "the selected model"
-        self.app.push_screen(ConfirmDialog(
-            f"No server is running.\n\nStart one with [b]{model}[/b] and every workspace adapter that fits it? "
-            "Your message is sent when it is up. (Server, 5, has all the options.)",
-            yes="Start", no="Not now"), answered)
-
-    def _start_server(self) -> None:
-        """In a worker thread: the model, the adapters that fit it (parents first), then the job."""
-        from engine import adapters as A
-        from engine.models import list_models
-
-        ws = self.app.ws
-        try:
-            models = list_models(ws)
-            model = next((m for m in models if m.name == self.app.model), models[0] if models else None)
-            if model is None:
-                raise HumanizerError("no models yet", f"pull or import one in {mode_ref(self.app, 'models')}")
-            # one copy per set of weights, each delta with its own recorded parent
-            ordered = A.mountable_together([a for a in A.list_adapters(ws, model.path) if a.fits])
-            defaults = server_defaults(ws)
-            job = start_server(ws, str(model.path), [str(a.path) for a in ordered],
-                               defaults.get("host", DEFAULT_HOST), defaults.get("port", DEFAULT_PORT),
-                               max_concurrent=defaults.get("max_concurrent"))
-        except (HumanizerError, OSError) as e:
-            msg = getattr(e, "message", str(e))
-            self.app.call_from_thread(self._start_failed, msg)
-            return
-        self.app.call_from_thread(self._started, job, [a.name for a in ordered])
-
-    def _started(self, job, names: list[str]) -> None:
-        self.monitor.remember_key(job, None)
-        self.app.poll_jobs()
-        self.monitor.refresh_now()
-        self.notify(f"starting a server with {', '.join(names) or 'no adapters'} ({job.id})", timeout=4)
-
-    def _start_failed(self, message: str) -> None:
-        self.notify(f"could not start a server: {message}", severity="error", timeout=8)
-        if self.pending is not None:
-            self.query_one("#chat-input", TextArea).text = self.pending
-            self.pending = None
-        self._draw_info()
 
     # drawing ------------------------------------------------------------------------------------------
     def tick(self) -> None:

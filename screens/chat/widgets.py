@@ -10,7 +10,8 @@ import os
 import time
 
 from rich.text import Text
-from textual.containers import Horizontal, Vertical
+from textual import events
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Static
 
 from engine.chat import TITLE_CHARS, Conversation, Message, Reply
@@ -307,3 +308,21 @@ def chat_bar(conv: Conversation, a: str | None, b: str | None, choices: list[str
         t.append_text(prefs)
     return fit_lines(t, width)
 
+
+class Transcript(VerticalScroll):
+    """The conversation. A printable key that no Chat binding takes is text, not a command:
+    it goes to the input (which takes the focus), and the app's plain keys (q quits, digits
+    switch modes) are not offered while the transcript has the focus."""
+
+    def check_consume_key(self, key: str, character: str | None) -> bool:
+        if not (character and character.isprintable()):
+            return False
+        # Chat's letter keys (a/b/t/s judge, r again, h blind) act only while there is A/B to
+        # judge; otherwise they are text too ("this..." typed here must not toggle blind mode)
+        return key not in self.screen.own_keys or not self.screen.judging()
+
+    def on_key(self, event: events.Key) -> None:
+        if self.check_consume_key(event.key, event.character):
+            event.stop()
+            event.prevent_default()
+            self.screen.type_into_input(event.character)
