@@ -50,6 +50,7 @@ DEFAULTS = {
     "warmup_fraction": 0.05,
     "min_lr_ratio": 0.1,
     "weight_decay": 0.0,
+    "grad_checkpoint": False,
 }
 
 
@@ -124,6 +125,12 @@ def resolve_config(method: str, preset: str | None = "small", **overrides) -> di
         cfg[k] = int(cfg[k])
     if not 0.0 <= float(cfg["dropout"]) < 1.0:
         raise HumanizerError(f"dropout must be in [0, 1) (got {cfg['dropout']})")
+    cfg["grad_checkpoint"] = bool(cfg["grad_checkpoint"])
+    if cfg["grad_checkpoint"] and float(cfg["dropout"]) > 0:
+        raise HumanizerError(
+            f"--grad-checkpoint needs dropout 0 (this run has {float(cfg['dropout']):g}, preset '{preset}'): a "
+            "recomputed block would draw other dropout masks in the backward pass than in the forward",
+            "add --dropout 0, or leave out --grad-checkpoint")
     if float(cfg["learning_rate"]) <= 0 or float(cfg["beta"]) <= 0:
         raise HumanizerError("learning-rate and beta must be positive")
     if cfg["dpo_loss"] not in DPO_LOSSES:

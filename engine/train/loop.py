@@ -145,6 +145,7 @@ def train(
     steps_per_report: int | None = None,
     steps_per_save: int | None = None,
     seed: int | None = None,
+    grad_checkpoint: bool = False,
     resume: bool = False,
     skip_bad_rows: bool = False,
     run: Run = NullRun(),
@@ -166,7 +167,7 @@ def train(
         method, preset, iters=iters, rank=rank, scale=scale, dropout=dropout, num_layers=num_layers, keys=keys,
         learning_rate=learning_rate, batch_size=batch_size, max_seq_length=max_seq_length, beta=beta,
         dpo_loss=dpo_loss, val_batches=val_batches, steps_per_eval=steps_per_eval,
-        steps_per_report=steps_per_report, steps_per_save=steps_per_save, seed=seed,
+        steps_per_report=steps_per_report, steps_per_save=steps_per_save, seed=seed, grad_checkpoint=grad_checkpoint,
     )
     w = world()
     check_batch(cfg["batch_size"], w)

@@ -13,6 +13,7 @@ from engine.adapters import layers as lora
 from engine.errors import HumanizerError
 from engine.fastops import cpu_fast_ops
 from engine.train.losses import logits_head
+from engine.train.recompute import recompute_blocks
 
 
 def resolve_model_dir(model_spec, ws, run) -> Path:
@@ -92,4 +93,7 @@ def prepare_model(model_dir: Path, parent_info, method: str, cfg: dict, scope: c
     cfg["num_layers"] = n_blocks if cfg["num_layers"] <= 0 or cfg["num_layers"] > n_blocks else cfg["num_layers"]
     n_params = sum(v.size for v in lora.trainable_weights(model).values())
     run.log(f"LoRA rank {cfg['rank']} on {len(paths)} layers ({n_params:,} trainable parameters)")
+    if cfg["grad_checkpoint"]:
+        run.log(f"gradient checkpointing: {recompute_blocks(model)} blocks recompute their activations in the "
+                "backward pass")
     return model, head, base, parent_meta
