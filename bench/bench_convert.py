@@ -99,11 +99,13 @@ def count_bpw(model, total_params: int) -> float:
 
 
 def file_bpw(folder, total_params: int) -> float:
-    """bits per weight as the saved tensors really take them: every tensor's bytes in the
-    folder's safetensors (scales, biases and unquantized weights at their stored dtype)."""
+    """bits per weight as the saved weights really take them: every tensor's bytes in the
+    model*.safetensors that mlx_lm.load reads (scales, biases and unquantized weights at
+    their stored dtype; not our humanizer_rounding.safetensors sidecar)."""
     import mlx.core as mx
 
-    return 8 * sum(v.nbytes for f in Path(folder).glob("*.safetensors") for v in mx.load(str(f)).values()) / total_params
+    files = Path(folder).glob("model*.safetensors")
+    return 8 * sum(v.nbytes for f in files for v in mx.load(str(f)).values()) / total_params
 
 
 def as_float32(model):

@@ -165,11 +165,10 @@ def _mlx_lm_compat() -> bool:
     dropped silently: every `optiq convert` writes uniform 4-bit (seen in this bench).
     Wrapped here, under optiq's wrapper, a callable arriving as global_scale goes back to
     quant_predicate; nothing else changes. Returns whether the wrap was needed."""
+    import importlib
     import inspect
 
-    import mlx_lm.convert  # noqa: F401  (loads the submodule; the package attribute is the function)
-
-    mc = sys.modules["mlx_lm.convert"]
+    mc = importlib.import_module("mlx_lm.convert")  # the submodule (the package attribute is the function)
     names = list(inspect.signature(mc.quantize_model).parameters)
     if names[5:6] != ["global_scale"]:
         return False
