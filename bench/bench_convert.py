@@ -22,13 +22,23 @@ import, dequantized to float32; every number is measured against that float mode
   estimate_threshold for the same target bpw (on a float16 copy, so its
   compute_bits_per_weight counts floats at 16 bits as ours does), then quantize_model
   with its predicate. It only mixes two widths (low, high): by default the nearest
-  candidate widths below and above the budget (--dq-pairs to change).
+  candidate widths below and above the budget (--dq-pairs to change);
+- optiq (`--peers optiq`): mlx-optiq's own CLI, `optiq convert --method static` by default
+  (`--optiq-methods static,optiq` adds its exact per-layer KL sweep, far too slow on a
+  CPU: see bench/README.md), in its own venv (bench/optiq_env.py, `--optiq-python` to
+  override), on the float32 copy common.prepare_f32_model makes of the same model, with
+  the same candidate widths and group size. Its --target-bpw counts differently from ours,
+  so per budget it runs at its target as asked and at the targets whose outputs land
+  nearest below / above the budget counted our way (bench/optiq_convert.py says how).
 
 Every quantized model is evaluated dequantized to float32 (the same function as the
 quantized kernels, which are slow on CPU) on the same held-out tokens: engine.convert's
 default held-out text (engine/calibration_heldout.txt, not the calibration text), cut
 exactly as convert cuts it. bpw is counted for every method the way convert counts it:
-bits + 32/group_size per quantized weight, 16 for every other parameter, over all params.
+bits + 32/group_size per quantized weight, 16 for every other parameter, over all params;
+for the saved outputs (ours, optiq) also from the bytes of their safetensors.
+
+    .venv/bin/python bench/bench_convert.py --peers optiq --json out.json
 """
 
 from __future__ import annotations
@@ -48,8 +58,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, HERE):  # engine, and the bench's own modules (common, optiq_convert)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def _ensure_openblas():
@@ -85,6 +96,16 @@ def count_bpw(model, total_params: int) -> float:
                 seen += v.size
     assert seen == total_params, (seen, total_params)
     return bits / total_params
+
+
+def file_bpw(folder, total_params: int) -> float:
+    """bits per weight as the saved weights really take them: every tensor's bytes in the
+    model*.safetensors that mlx_lm.load reads (scales, biases and unquantized weights at
+    their stored dtype; not our humanizer_rounding.safetensors sidecar)."""
+    import mlx.core as mx
+
+    files = Path(folder).glob("model*.safetensors")
+    return 8 * sum(v.nbytes for f in files for v in mx.load(str(f)).values()) / total_params
 
 
 def as_float32(model):
@@ -123,6 +144,16 @@ def main() -> int:
                          "(default: nearest candidate widths below / above each budget)")
     ap.add_argument("--no-dynamic-quant", action="store_true")
     ap.add_argument("--no-allocation-only", action="store_true", help="skip the min/max-rounding rows of ours")
+    ap.add_argument("--peers", default="", help="also run these products beside ours: 'optiq' (mlx-optiq's "
+                    "`optiq convert`, in its own venv, bench/optiq_env.py)")
+    ap.add_argument("--optiq-python", default=None, help="an interpreter with mlx-optiq (default: the bench's venv)")
+    ap.add_argument("--optiq-methods", default="static",
+                    help="optiq --method values to run: static (rule-based, seconds) and/or optiq (its exact "
+                         "per-layer KL sweep: 210 layers x widths x --optiq-n-calibration forwards of 512 tokens)")
+    ap.add_argument("--optiq-n-calibration", type=int, default=1, help="optiq --n-calibration (method optiq)")
+    ap.add_argument("--optiq-reference", default="bf16", help="optiq --reference (method optiq)")
+    ap.add_argument("--optiq-timeout", type=float, default=1500, help="seconds for one optiq convert")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="bench cache (default: common.default_cache_dir())")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", default=None, help="keep our converted folders here")
     args = ap.parse_args()
@@ -171,6 +202,12 @@ def main() -> int:
         rows.append(r)
         print(json.dumps(r), flush=True)
 
+    def evaluate(method, budget, folder, **extra):
+        """A saved output, loaded with stock mlx_lm.load, counted and evaluated like every row."""
+        q, _ = mlx_load(str(folder))
+        bpw, hist = count_bpw(q, total), bits_hist(q)
+        add(method, budget, bpw, ppl(as_float32(q)), file_bpw=file_bpw(folder, total), bits_params=hist, **extra)
+
     # ours ----------------------------------------------------------------------------------
     tmp = Path(tempfile.mkdtemp(prefix="bench-convert-"))
     ours_timing = {}
@@ -193,14 +230,10 @@ def main() -> int:
                                              "loadavg_after": os.getloadavg()}
                 meta = json.loads((out / C.META_FILE).read_text())
                 kept = next(c for c in meta["method"]["selection"] if c["kept"])
-                q, _ = mlx_load(str(out))
-                bpw = count_bpw(q, total)
-                hist = bits_hist(q)
-                p = ppl(as_float32(q))
-                add(label, b, bpw, p, convert_ppl=s.get("ppl_result"), measure_seconds=s["measure_seconds"],
-                    reused=first_meta != out / C.META_FILE, bits_params=hist, kappas=kept["kappas"],
-                    check_kl=kept["check_kl"], candidates=len(meta["method"]["selection"]))
-                del q
+                evaluate(label, b, out, convert_ppl=s.get("ppl_result"), measure_seconds=s["measure_seconds"],
+                         convert_wall_seconds=round(wall, 1), reused=first_meta != out / C.META_FILE,
+                         kappas=kept["kappas"], check_kl=kept["check_kl"],
+                         candidates=len(meta["method"]["selection"]))
                 if args.keep:
                     shutil.copytree(out, Path(args.keep) / out.name, dirs_exist_ok=True)
     finally:
@@ -263,13 +296,33 @@ def main() -> int:
             dq_note = f"dynamic_quant failed: {type(e).__name__}: {e}"
             print(dq_note, flush=True)
 
+    # mlx-optiq -------------------------------------------------------------------------------
+    optiq_info = None
+    if "optiq" in args.peers.split(","):
+        from optiq_convert import run as run_optiq
+
+        work = Path(tempfile.mkdtemp(prefix="bench-convert-optiq-"))
+        try:
+            optiq_info = run_optiq(args, budgets, cands, gs, work, evaluate)
+        finally:
+            if args.keep:
+                shutil.copytree(work, Path(args.keep) / "optiq", dirs_exist_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
+
     # report --------------------------------------------------------------------------------
     print()
-    print("| budget | method | bpw (ours counting) | held-out ppl | increase over float |")
-    print("|---:|---|---:|---:|---:|")
+    print("| budget | method | bpw (ours counting) | bpw (bytes on disk) | held-out ppl | increase over float | wall s |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         bud = "-" if r["budget"] is None else f"{r['budget']:g}"
-        print(f"| {bud} | {r['method']} | {r['bpw']:.3f} | {r['ppl']:.3f} | {r['increase_pct']:+.2f}% |")
+        disk = f"{r['file_bpw']:.3f}" if "file_bpw" in r else "-"
+        wall = r.get("convert_wall_seconds", "-")
+        print(f"| {bud} | {r['method']} | {r['bpw']:.3f} | {disk} | {r['ppl']:.3f} | {r['increase_pct']:+.2f}% | {wall} |")
+    for b in budgets if optiq_info else []:
+        ours = next((r for r in rows if r["method"] == "ours" and r["budget"] == b), None)
+        for r in (r for r in rows if r["method"].startswith("optiq") and r["budget"] == b and ours):
+            print(f"{b:g}: ours/{r['method']} ppl-increase ratio {ours['increase_pct'] / r['increase_pct']:.3f} "
+                  f"(ours {ours['bpw']:.3f} bpw, optiq {r['bpw']:.3f} bpw)")
     print()
     for rounding, t in ours_timing.items():
         print(f"ours ({rounding}): sensitivity measurement + allocation {t['measure_seconds']} s "
@@ -283,7 +336,7 @@ def main() -> int:
         "model": str(model_dir), "params": total, "group_size": gs, "candidates": cands,
         "calibration_samples": len(calib), "seq_len": args.seq_len,
         "heldout_tokens": sum(len(c) - 1 for c in held), "float_ppl": float_ppl,
-        "ours_timing": ours_timing, "rows": rows, "dynamic_quant_note": dq_note,
+        "ours_timing": ours_timing, "rows": rows, "dynamic_quant_note": dq_note, "optiq": optiq_info,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
