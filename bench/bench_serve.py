@@ -20,9 +20,12 @@ OpenBLAS preloaded (`engine.blas.fast_blas_env(True)`); each reports what it map
 
 Adapters, per --presets (made once, cached in ~/.cache/humanizer-bench/serve/):
   sft   a real SFT adapter: `humanizer lora train smollm2-135m --data examples/sft`
-        (small: 4 iters; large: 2 iters; trained briefly, its weights are real but its
-        quality is irrelevant here: only speed is measured);
-  dpo   a real DPO delta on it: `--data examples/dpo --method dpo --mount-adapter sft`;
+        (small: 16 iters at learning rate 1e-3; large: 2 iters; trained briefly, their
+        quality is irrelevant: the small ones are trained just enough that base, sft and
+        sft+dpo give different greedy replies to every mixed-workload prompt, which the
+        isolation pass needs; see TRAINING);
+  dpo   a real DPO delta on it: `--data examples/dpo --method dpo --mount-adapter sft`
+        (small: 16 iters at 1e-4);
   sftdpo `humanizer lora combine sft dpo`: one plain adapter equal to sft+dpo stacked,
         which stock mlx-lm loads;
   fused `python -m mlx_lm fuse --model <f32> --adapter-path sftdpo`: sft+dpo baked into
@@ -80,6 +83,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -240,27 +244,49 @@ def _run(cmd: list[str], log, cwd=None, timeout=900) -> None:
         raise SystemExit(f"failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout[-3000:]}")
 
 
+# Per preset: (iters, SFT learning rate, DPO learning rate); None = the preset's own. The
+# small adapters (the mixed workload's) are trained until their greedy replies differ from
+# base and from each other on every workload prompt: the isolation pass can only see a
+# crossing between adapters whose replies differ. Speed does not depend on the values.
+TRAINING = {"small": (16, "1e-3", "1e-4"), "large": (2, None, None)}
+
+
+def _trained_as(folder: Path, iters: int, lr: str | None) -> bool:
+    try:
+        t = json.loads((folder / "adapter_config.json").read_text())["humanizer"]["training"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (folder / "adapters.safetensors").is_file() and t.get("iters") == iters and \
+        (lr is None or float(t.get("learning_rate", 0)) == float(lr))
+
+
 def prepare(work: Path, presets: list[str], model_spec: str, log=print) -> dict:
     src, f32 = common.prepare_f32_model(model_spec, common.default_cache_dir(), log=log)
     humanizer = Path(sys.executable).parent / "humanizer"
-    iters = {"small": 4, "large": 2}
     out = {"model_src": str(src), "model_f32": str(f32), "presets": {}}
     for p in presets:
         d = {k: work / f"{k}-{p}" for k in ("sft", "dpo", "sftdpo", "fused")}
-        common_args = ["--preset", p, "--batch-size", "1", "--max-seq-length", "256", "--val-batches", "0"]
-        if not (d["sft"] / "adapters.safetensors").is_file():
-            _run([humanizer, "lora", "train", model_spec, "--data", ROOT / "examples/sft", "--iters",
-                  str(iters.get(p, 2)), *common_args, "--output", d["sft"]], log)
-        if not (d["dpo"] / "adapters.safetensors").is_file():
-            _run([humanizer, "lora", "train", model_spec, "--data", ROOT / "examples/dpo", "--method", "dpo",
-                  "--mount-adapter", d["sft"], "--iters", str(iters.get(p, 2)), *common_args,
-                  "--output", d["dpo"]], log)
+        d["optiq_dpo"] = work / "optiq" / f"dpo-{p}"
+        iters, sft_lr, dpo_lr = TRAINING.get(p, (2, None, None))
+        common_args = ["--preset", p, "--batch-size", "1", "--max-seq-length", "256", "--val-batches", "0",
+                       "--iters", str(iters)]
+        stale = False  # a retrained adapter makes everything made from it stale
+        for key, lr, extra in (("sft", sft_lr, ["--data", ROOT / "examples/sft"]),
+                               ("dpo", dpo_lr, ["--data", ROOT / "examples/dpo", "--method", "dpo",
+                                                "--mount-adapter", d["sft"]])):
+            if stale or not _trained_as(d[key], iters, lr):
+                shutil.rmtree(d[key], ignore_errors=True)
+                _run([humanizer, "lora", "train", model_spec, *extra, *common_args,
+                      *(["--learning-rate", lr] if lr else []), "--output", d[key]], log)
+                stale = True
+        if stale:
+            for key in ("sftdpo", "fused", "optiq_dpo"):
+                shutil.rmtree(d[key], ignore_errors=True)
         if not (d["sftdpo"] / "adapters.safetensors").is_file():
             _run([humanizer, "lora", "combine", d["sft"], d["dpo"], "--output", d["sftdpo"]], log)
         if not (d["fused"] / "config.json").is_file():
             _run([sys.executable, "-m", "mlx_lm", "fuse", "--model", f32, "--adapter-path", d["sftdpo"],
                   "--save-path", d["fused"]], log)
-        d["optiq_dpo"] = work / "optiq" / f"dpo-{p}"
         if not (d["optiq_dpo"] / "adapters.safetensors").is_file():
             _undelta_copy(d["dpo"], d["optiq_dpo"], log)
         out["presets"][p] = {k: str(v) for k, v in d.items()}
@@ -619,7 +645,7 @@ def report_mixed(preset: str, s: dict) -> dict:
             iso = r.get("isolation") or {}
             print(f"  {side}: BLAS {r.get('blas')}, server start {r.get('server_start_s', 0):.1f} s, "
                   f"tokens by choice {r['tokens_by_choice']}"
-                  + (f", alone replies differ by adapter {iso['alone_differ_by_adapter']} of {iso['prompts']} prompts"
+                  + (f", alone replies differ by adapter {iso['alone_differ_by_adapter']} (prompts served with both)"
                      if iso else ""))
             for d in iso.get("diffs", [])[:3]:
                 print(f"    crossed: client {d['client']} prompt {d['prompt']} {d['choice']}: "

@@ -217,8 +217,10 @@ def crossed(load: dict, alone: dict) -> dict:
     for key, text in alone.items():
         prompt, choice = key.split("|")
         by_prompt.setdefault(int(prompt), {})[choice] = text
-    distinct = {c1 + " vs " + c2: sum(1 for d in by_prompt.values() if c1 in d and c2 in d and d[c1] != d[c2])
-                for c1, c2 in (("base", "sft"), ("base", "sft+dpo"), ("sft", "sft+dpo"))}
+    distinct = {}
+    for c1, c2 in (("base", "sft"), ("base", "sft+dpo"), ("sft", "sft+dpo")):
+        both = [d for d in by_prompt.values() if c1 in d and c2 in d]
+        distinct[f"{c1} vs {c2}"] = f"{sum(d[c1] != d[c2] for d in both)}/{len(both)}"
     return {"compared": len(load["outputs"]), "crossed": len(diffs), "diffs": diffs[:8],
             "alone_differ_by_adapter": distinct, "prompts": len(by_prompt)}
 
