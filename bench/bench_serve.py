@@ -614,8 +614,9 @@ def report_mixed(preset: str, s: dict) -> dict:
     crossed = {side: sum(r["isolation"]["crossed"] for r in runs) for side, runs in s.items()
                if runs and all(r.get("isolation") for r in runs)}
     if crossed:
-        print("  crossed outputs (reply under load != reply alone): " + ", ".join(
-            f"{side} {n}" for side, n in crossed.items()) + f"; ours goal 0: {'MET' if crossed.get('ours') == 0 else 'MISSED'}")
+        met = "MET" if crossed.get("ours") == 0 else "MISSED"
+        print("  crossed outputs (reply under load != reply alone): "
+              + ", ".join(f"{side} {n}" for side, n in crossed.items()) + f"; ours goal 0: {met}")
     stream = {}
     for side, runs in s.items():
         st = [r["stream"] for r in runs if r.get("stream")]
@@ -655,6 +656,12 @@ def report_mixed(preset: str, s: dict) -> dict:
         same = sum(alone["ours"].get(k) == v for k, v in alone[peer].items())
         s_ratios[f"alone replies ours == {peer}"] = f"{same}/{len(alone[peer])}"
         print(f"  alone replies equal across servers, ours == {peer}: {same}/{len(alone[peer])}")
+    if "ours" in alone:  # every server's replies under load against one reference: ours served alone
+        for side in [x for x in s if x != "ours"]:
+            outs = [o for r in s[side] for o in r["outputs"]]
+            same = sum(o["text"] == alone["ours"].get(f"{o['prompt']}|{o['choice']}") for o in outs)
+            s_ratios[f"{side} replies under load == ours alone"] = f"{same}/{len(outs)}"
+            print(f"  {side} replies under load equal to ours served alone: {same}/{len(outs)}")
     print()
     return s_ratios
 
