@@ -62,7 +62,9 @@ Adapters, per --presets (made once, cached in ~/.cache/humanizer-bench/serve/):
    served alone, one at a time, on the same server after the load; a request whose
    greedy reply under load differs from its reply alone is a crossed output. The
    sensitivity is printed too: on how many prompts the alone replies differ between
-   adapters (a crossing between adapters that give the same reply cannot be seen).
+   adapters (a crossing between adapters that give the same reply cannot be seen), and,
+   against one reference for all, every server's replies under load compared with ours
+   served alone (a server whose replies alone are already wrong shows there).
    Single stream through the server: --stream-reps streamed greedy requests per choice
    (the single-stream prompt, --stream-tokens new tokens), decode tok/s from the SSE
    chunks' arrival times, tokens from the usage chunk (serve_http.stream_decode).
