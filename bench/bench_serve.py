@@ -1,10 +1,15 @@
-"""Serving speed: our batched multi-adapter engine / `humanizer serve` vs mlx-lm.
+"""Serving speed: our batched multi-adapter engine / `humanizer serve` vs mlx-lm and mlx-optiq.
 
     .venv/bin/python bench/bench_serve.py [--json out.json] [--presets small,large]
+        [--peers mlx-lm[,optiq]] [--optiq-python PATH]
         [--rounds 2] [--reps 2] [--new-tokens 128]
         [--clients 8] [--requests 3] [--max-tokens 64] [--mixed-rounds 1]
+        [--skip-isolation] [--stream-reps 2] [--stream-tokens 64]
         [--skip-single] [--skip-mixed] [--skip-prefill]
         [--long-tokens 3000] [--short-tokens 16] [--prefill-reps 2] [--prefill-rounds 1]
+
+    # ours beside `optiq serve` (issue 14): mixed load, isolation, single stream via the servers
+    .venv/bin/python bench/bench_serve.py --peers optiq --skip-prefill --json serve.json
 
 Same weights on both sides: the embedded `smollm2-135m` (4-bit GGUF import). Our engine
 and server load it as they do by default on CPU (dequantized to float32 in memory,
@@ -15,13 +20,17 @@ OpenBLAS preloaded (`engine.blas.fast_blas_env(True)`); each reports what it map
 
 Adapters, per --presets (made once, cached in ~/.cache/humanizer-bench/serve/):
   sft   a real SFT adapter: `humanizer lora train smollm2-135m --data examples/sft`
-        (small: 4 iters; large: 2 iters; trained briefly, its weights are real but its
-        quality is irrelevant here: only speed is measured);
-  dpo   a real DPO delta on it: `--data examples/dpo --method dpo --mount-adapter sft`;
+        (small: 16 iters at learning rate 1e-3; large: 2 iters; trained briefly, their
+        quality is irrelevant: the small ones are trained just enough that base, sft and
+        sft+dpo give different greedy replies to every mixed-workload prompt, which the
+        isolation pass needs; see TRAINING);
+  dpo   a real DPO delta on it: `--data examples/dpo --method dpo --mount-adapter sft`
+        (small: 16 iters at 1e-4);
   sftdpo `humanizer lora combine sft dpo`: one plain adapter equal to sft+dpo stacked,
         which stock mlx-lm loads;
   fused `python -m mlx_lm fuse --model <f32> --adapter-path sftdpo`: sft+dpo baked into
-        float32 weights (mlx-lm's own fuse tool).
+        float32 weights (mlx-lm's own fuse tool);
+  optiq/dpo the dpo delta with its tensor names unprefixed, for optiq (see _undelta_copy).
 
 1. Single stream (greedy, one fixed chat prompt, --new-tokens new tokens, after one
    warm-up generation per configuration): decode tok/s = (tokens - 1) / (time of the
@@ -40,10 +49,25 @@ Adapters, per --presets (made once, cached in ~/.cache/humanizer-bench/serve/):
    smollm2-135m --adapter sft --adapter dpo` with the body field "adapter"; (b)
    `python -m mlx_lm.server --model <f32>` with the request fields "model": <f32 folder>
    and "adapters": <sft folder> | <sftdpo folder> | none (mlx-lm's way of choosing an
-   adapter per request: it reloads model + adapter when the choice changes). Measured:
-   aggregate completion tokens/s (all completion tokens / wall time from the first
-   request to the last response), request latency p50/p95, failures. Both servers bind
-   127.0.0.1 and are stopped at the end.
+   adapter per request: it reloads model + adapter when the choice changes); (c) with
+   --peers optiq, `optiq serve --model <f32> --adapter sft --adapter optiq/dpo` (mlx-optiq's
+   venv, bench/optiq_env.py) with its body field "adapters": "sft-small" |
+   "sft-small+dpo-small" (its stacking syntax) | "base". Measured: aggregate completion
+   tokens/s (all completion tokens / wall time from the first request to the last
+   response), request latency p50/p95, failures, and the CPUs other processes used
+   meanwhile (the server under test excluded). Every server binds 127.0.0.1 and is
+   stopped before the next starts; with --mixed-rounds > 1 the order rotates.
+   Then, on ours and optiq (the servers that keep both adapters resident):
+   isolation: each distinct (prompt, adapter) request of the workload (18 of the 24)
+   served alone, one at a time, on the same server after the load; a request whose
+   greedy reply under load differs from its reply alone is a crossed output. The
+   sensitivity is printed too: on how many prompts the alone replies differ between
+   adapters (a crossing between adapters that give the same reply cannot be seen), and,
+   against one reference for all, every server's replies under load compared with ours
+   served alone (a server whose replies alone are already wrong shows there).
+   Single stream through the server: --stream-reps streamed greedy requests per choice
+   (the single-stream prompt, --stream-tokens new tokens), decode tok/s from the SSE
+   chunks' arrival times, tokens from the usage chunk (serve_http.stream_decode).
 
 3. A short request beside a long prefill, before / after fair prefill: our engine only,
    once with prefill_policy="fcfs" (before: the oldest prompt's chunks to its end first)
@@ -61,43 +85,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import serve_http as http  # noqa: E402
 from common import child_blas, table, write_result  # noqa: E402
+from optiq_env import ensure_optiq_python, optiq_cli, optiq_versions  # noqa: E402
+from serve_http import CHOICES, MIXED_PROMPTS  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
-CHOICES = ("base", "sft", "sft+dpo")
-
 SINGLE_PROMPT = [{"role": "user", "content": (
     "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. "
     "Describe the sea, the weather, the keeper's daily routine and what the message says.")}]
-
-MIXED_PROMPTS = [
-    "Rewrite this so it sounds like a person wrote it: In today's fast-paced world, it is worth noting "
-    "that remote work plays a pivotal role in the future of the modern workplace.",
-    "Explain in a few paragraphs why the sky is blue, for a curious ten-year-old.",
-    "Write a short email to a colleague asking to move tomorrow's meeting to Friday afternoon.",
-    "Give me three ideas for a weekend trip near the mountains and say what to pack for each.",
-    "Rewrite this draft plainly: Our innovative solution is a testament to our commitment to "
-    "excellence and underscores the importance of customer-centric design.",
-    "Describe how to make a simple tomato soup, step by step.",
-    "Summarize the plot of a detective story you invent, in about one hundred words.",
-    "What are some good habits for learning a new language as an adult?",
-]
 
 
 # ------------------------------------------------------------------------ children
@@ -239,201 +246,156 @@ def _run(cmd: list[str], log, cwd=None, timeout=900) -> None:
         raise SystemExit(f"failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout[-3000:]}")
 
 
+# Per preset: (iters, SFT learning rate, DPO learning rate); None = the preset's own. The
+# small adapters (the mixed workload's) are trained until their greedy replies differ from
+# base and from each other on every workload prompt: the isolation pass can only see a
+# crossing between adapters whose replies differ. Speed does not depend on the values.
+TRAINING = {"small": (16, "1e-3", "1e-4"), "large": (2, None, None)}
+
+
+def _trained_as(folder: Path, iters: int, lr: str | None) -> bool:
+    try:
+        t = json.loads((folder / "adapter_config.json").read_text())["humanizer"]["training"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return (folder / "adapters.safetensors").is_file() and t.get("iters") == iters and \
+        (lr is None or float(t.get("learning_rate", 0)) == float(lr))
+
+
 def prepare(work: Path, presets: list[str], model_spec: str, log=print) -> dict:
     src, f32 = common.prepare_f32_model(model_spec, common.default_cache_dir(), log=log)
     humanizer = Path(sys.executable).parent / "humanizer"
-    iters = {"small": 4, "large": 2}
     out = {"model_src": str(src), "model_f32": str(f32), "presets": {}}
     for p in presets:
         d = {k: work / f"{k}-{p}" for k in ("sft", "dpo", "sftdpo", "fused")}
-        common_args = ["--preset", p, "--batch-size", "1", "--max-seq-length", "256", "--val-batches", "0"]
-        if not (d["sft"] / "adapters.safetensors").is_file():
-            _run([humanizer, "lora", "train", model_spec, "--data", ROOT / "examples/sft", "--iters",
-                  str(iters.get(p, 2)), *common_args, "--output", d["sft"]], log)
-        if not (d["dpo"] / "adapters.safetensors").is_file():
-            _run([humanizer, "lora", "train", model_spec, "--data", ROOT / "examples/dpo", "--method", "dpo",
-                  "--mount-adapter", d["sft"], "--iters", str(iters.get(p, 2)), *common_args,
-                  "--output", d["dpo"]], log)
+        d["optiq_dpo"] = work / "optiq" / f"dpo-{p}"
+        iters, sft_lr, dpo_lr = TRAINING.get(p, (2, None, None))
+        common_args = ["--preset", p, "--batch-size", "1", "--max-seq-length", "256", "--val-batches", "0",
+                       "--iters", str(iters)]
+        stale = False  # a retrained adapter makes everything made from it stale
+        for key, lr, extra in (("sft", sft_lr, ["--data", ROOT / "examples/sft"]),
+                               ("dpo", dpo_lr, ["--data", ROOT / "examples/dpo", "--method", "dpo",
+                                                "--mount-adapter", d["sft"]])):
+            if stale or not _trained_as(d[key], iters, lr):
+                shutil.rmtree(d[key], ignore_errors=True)
+                _run([humanizer, "lora", "train", model_spec, *extra, *common_args,
+                      *(["--learning-rate", lr] if lr else []), "--output", d[key]], log)
+                stale = True
+        if stale:
+            for key in ("sftdpo", "fused", "optiq_dpo"):
+                shutil.rmtree(d[key], ignore_errors=True)
         if not (d["sftdpo"] / "adapters.safetensors").is_file():
             _run([humanizer, "lora", "combine", d["sft"], d["dpo"], "--output", d["sftdpo"]], log)
         if not (d["fused"] / "config.json").is_file():
             _run([sys.executable, "-m", "mlx_lm", "fuse", "--model", f32, "--adapter-path", d["sftdpo"],
                   "--save-path", d["fused"]], log)
+        if not (d["optiq_dpo"] / "adapters.safetensors").is_file():
+            _undelta_copy(d["dpo"], d["optiq_dpo"], log)
         out["presets"][p] = {k: str(v) for k, v in d.items()}
     return out
+
+
+def _undelta_copy(delta: Path, out: Path, log) -> None:
+    """A copy of our DPO delta that optiq can mount. Ours stores a delta's tensors under
+    DELTA_PREFIX so that stock mlx-lm refuses to load it without its parent; optiq looks
+    its tensors up by the plain names and, finding none, mounts the delta on 0 layers
+    without an error (then "sft+dpo" serves sft alone). Same tensors, same config (optiq
+    reads lora_parameters.scale); only the names lose the prefix."""
+    import mlx.core as mx
+
+    from engine.adapters.folder import ADAPTER_FILE, CONFIG_FILE, load_weights
+    from engine.workspace import atomic_dir
+
+    log(f"  optiq copy of {delta} (tensor names without the delta prefix) -> {out}")
+    with atomic_dir(out) as tmp:
+        mx.save_safetensors(str(tmp / ADAPTER_FILE), load_weights(delta), metadata={"format": "mlx"})
+        (tmp / CONFIG_FILE).write_text((delta / CONFIG_FILE).read_text())
 
 
 # ------------------------------------------------------------------------ servers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _server_cmd(side: str, prep: dict, p: dict, port: int, args) -> list:
+    """The command line of one server; every server binds 127.0.0.1 and decodes up to 8 rows."""
+    addr = ["--host", "127.0.0.1", "--port", str(port)]
+    if side == "ours":
+        # adapters mounted under their folders' names (sft-<preset>, dpo-<preset>)
+        return [Path(sys.executable).parent / "humanizer", "serve", "--model", prep["model_src"], "--adapter",
+                p["sft"], "--adapter", p["dpo"], *addr, "--max-concurrent", "8"]
+    if side == "optiq":
+        # its multi-adapter path: both mounted on one base, picked per request; --max-concurrent 8
+        # is its default, spelled out (it sets mlx-lm's decode concurrency 8, prefill 2)
+        return [*optiq_cli(args.optiq_python), "serve", "--model", prep["model_f32"], "--adapter", p["sft"],
+                "--adapter", p["optiq_dpo"], *addr, "--max-tokens", str(args.max_tokens), "--max-concurrent", "8"]
+    return [sys.executable, "-m", "mlx_lm.server", "--model", prep["model_f32"], *addr,
+            "--max-tokens", str(args.max_tokens)]
 
 
-def _get(url: str, timeout: float = 5.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.status, r.read()
-
-
-def _post(url: str, body: dict, timeout: float):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, json.loads(r.read())
-
-
-def _blas_of_pid(pid: int) -> str:
-    """OpenBLAS path mapped by a server process (or what BLAS it mapped), from /proc/PID/maps."""
-    try:
-        maps = Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return "?"
-    libs = sorted({ln.split()[-1] for ln in maps.splitlines() if "blas" in ln.lower() and "/" in ln})
-    ob = [x for x in libs if "openblas" in x.lower()]
-    return ob[0] if ob else (", ".join(libs) or "none")
-
-
-class Server:
-    def __init__(self, name: str, cmd: list[str], health: str, log_path: Path, start_timeout: float = 180):
-        self.name, self.cmd, self.health = name, cmd, health
-        self.log_path = log_path
-        self.start_timeout = start_timeout
-        self.proc = None
-        self.blas = None
-
-    def __enter__(self):
-        self.logf = open(self.log_path, "w")
-        self.proc = subprocess.Popen([str(c) for c in self.cmd], env=common._child_env(), stdout=self.logf,
-                                     stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}")
-            try:
-                if _get(self.health, 2.0)[0] == 200:
-                    self.blas = _blas_of_pid(self.proc.pid)
-                    return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError(f"{self.name} did not come up in {self.start_timeout} s; see {self.log_path}")
-
-    def __exit__(self, *exc):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.logf.close()
-
-
-def workload(url: str, body_for, clients: int, requests: int, max_tokens: int, deadline_s: float) -> dict:
-    """Run the mixed workload against a chat-completions URL. body_for(choice) -> extra body fields."""
-    results, lock = [], threading.Lock()
-    t_start = time.perf_counter()
-    deadline = t_start + deadline_s
-
-    def client(i: int):
-        for j in range(requests):
-            choice = CHOICES[(i + j) % len(CHOICES)]
-            body = {"messages": [{"role": "user", "content": MIXED_PROMPTS[(i + 3 * j) % len(MIXED_PROMPTS)]}],
-                    "max_tokens": max_tokens, "temperature": 0.0, **body_for(choice)}
-            left = deadline - time.perf_counter()
-            rec = {"client": i, "choice": choice}
-            if left <= 0:
-                rec.update(ok=False, error="bench deadline passed before the request was sent")
-            else:
-                t0 = time.perf_counter()
-                try:
-                    status, data = _post(url, body, timeout=left)
-                    rec.update(ok=status == 200, latency_s=time.perf_counter() - t0, end=time.perf_counter(),
-                               tokens=int(data.get("usage", {}).get("completion_tokens", 0)),
-                               finish=(data.get("choices") or [{}])[0].get("finish_reason"))
-                except Exception as e:  # noqa: BLE001 - counted as a failure
-                    body_txt = ""
-                    if isinstance(e, urllib.error.HTTPError):
-                        body_txt = e.read()[:300].decode(errors="replace")
-                    rec.update(ok=False, latency_s=time.perf_counter() - t0, end=time.perf_counter(),
-                               error=f"{type(e).__name__}: {e} {body_txt}")
-            with lock:
-                results.append(rec)
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(max(0.0, deadline - time.perf_counter()) + 5)
-    ok = [r for r in results if r.get("ok")]
-    wall = (max(r["end"] for r in ok) - t_start) if ok else None
-    lat = sorted(r["latency_s"] for r in ok)
-    toks = sum(r["tokens"] for r in ok)
-
-    def pct(q):
-        return lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))] if lat else None
-
-    by_choice = {c: sum(r.get("tokens", 0) for r in ok if r["choice"] == c) for c in CHOICES}
-    return {"requests": clients * requests, "done": len(results), "ok": len(ok),
-            "failed": clients * requests - len(ok), "errors": [r["error"] for r in results if not r.get("ok")][:5],
-            "completion_tokens": toks, "tokens_by_choice": by_choice, "wall_s": wall,
-            "tokens_per_s": toks / wall if wall else None, "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95),
-            "latency_max_s": lat[-1] if lat else None}
+def _bodies(side: str, prep: dict, p: dict, port: int) -> dict:
+    """The body fields that pick base / sft / sft+dpo on each server."""
+    if side == "ours":
+        return {c: {"adapter": n} for c, n in http.adapter_names(port).items()}
+    if side == "optiq":
+        # its documented field is "adapters" (a name, "a+b" to stack, "base" for none); no
+        # "model" field, so mlx-lm under it keeps its one loaded model
+        return {c: {"adapters": n} for c, n in http.adapter_names(port).items()}
+    f32 = prep["model_f32"]  # mlx-lm: reloads model + adapter when the request's choice changes
+    return {"base": {"model": f32}, "sft": {"model": f32, "adapters": p["sft"]},
+            "sft+dpo": {"model": f32, "adapters": p["sftdpo"]}}
 
 
 def run_mixed(prep: dict, preset: str, args, work: Path, log=print) -> dict:
+    """Per round, each server in turn (order rotated): start it, one untimed warm-up request
+    per choice, the timed mixed workload, then (ours and optiq: the servers that keep both
+    adapters resident) the isolation pass and single-stream decode through the server."""
     p = prep["presets"][preset]
-    humanizer = Path(sys.executable).parent / "humanizer"
-    out = {"ours": [], "mlx-lm": []}
-    ours_body = {"base": {"adapter": "base"}, "sft": {"adapter": "sft"}, "sft+dpo": {"adapter": "sft+dpo"}}
-    f32 = prep["model_f32"]
-    peer_body = {"base": {"model": f32}, "sft": {"model": f32, "adapters": p["sft"]},
-                 "sft+dpo": {"model": f32, "adapters": p["sftdpo"]}}
+    sides = ["ours", *args.peer_list]
+    out = {side: [] for side in sides}
+    url_of = "http://127.0.0.1:{}/v1/chat/completions".format
     for rnd in range(args.mixed_rounds):
-        for side in ("ours", "mlx-lm") if rnd % 2 == 0 else ("mlx-lm", "ours"):
-            port = _free_port()
-            if side == "ours":
-                # adapters mounted under the names sft and dpo: copies of the folders' names
-                cmd = [humanizer, "serve", "--model", prep["model_src"], "--adapter", p["sft"], "--adapter",
-                       p["dpo"], "--host", "127.0.0.1", "--port", str(port), "--max-concurrent", "8"]
-                health, body = f"http://127.0.0.1:{port}/health", ours_body
-            else:
-                cmd = [sys.executable, "-m", "mlx_lm.server", "--model", f32, "--host", "127.0.0.1",
-                       "--port", str(port), "--max-tokens", str(args.max_tokens)]
-                health, body = f"http://127.0.0.1:{port}/health", peer_body
+        for side in sides[rnd % len(sides):] + sides[:rnd % len(sides)]:
+            port = http.free_port()
             log(f"  mixed {preset} round {rnd + 1}: {side} ...")
             t0 = time.perf_counter()
-            with Server(side, cmd, health, work / f"server-{side}-{preset}-{rnd}.log") as srv:
+            with http.Server(side, _server_cmd(side, prep, p, port, args), f"http://127.0.0.1:{port}/health",
+                             work / f"server-{side}-{preset}-{rnd}.log", cwd=ROOT) as srv:
                 start_s = time.perf_counter() - t0
-                if side == "ours":
-                    names = _ours_names(port)
-                    body = {c: {"adapter": names[c]} for c in CHOICES}
-                # one warm-up request per choice (not timed)
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                body = _bodies(side, prep, p, port)
+                url = url_of(port)
                 for c in CHOICES:
-                    _post(url, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
-                                "temperature": 0.0, **body[c]}, timeout=120)
-                res = workload(url, body.__getitem__, args.clients, args.requests, args.max_tokens,
-                               args.mixed_deadline)
-                res.update(server_start_s=start_s, blas=srv.blas)
-            log(f"    {res['ok']}/{res['requests']} ok, {res['completion_tokens']} tokens in "
-                f"{(res['wall_s'] or 0):.1f} s = {(res['tokens_per_s'] or 0):.1f} tok/s, "
-                f"p50 {(res['latency_p50_s'] or 0):.2f} s, p95 {(res['latency_p95_s'] or 0):.2f} s")
+                    http.http_post(url, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                                         "temperature": 0.0, **body[c]}, timeout=120)
+                sample, srv_cpu = common.cpu_sample(), common._proc_cpu_seconds(srv.proc.pid)
+                res = http.workload(url, body.__getitem__, args.clients, args.requests, args.max_tokens,
+                                    args.mixed_deadline)
+                res.update(server_start_s=start_s, blas=srv.blas, body=body,
+                           other_cpus=_others_than(sample, srv.proc.pid, srv_cpu))
+                log(f"    {res['ok']}/{res['requests']} ok, {res['completion_tokens']} tokens in "
+                    f"{(res['wall_s'] or 0):.1f} s = {(res['tokens_per_s'] or 0):.1f} tok/s, "
+                    f"p50 {(res['latency_p50_s'] or 0):.2f} s, p95 {(res['latency_p95_s'] or 0):.2f} s")
+                if side != "mlx-lm" and not args.skip_isolation:
+                    # after the timed part: served alone first, a prompt cache would speed up the load
+                    res["alone"] = http.alone_pass(url, body.__getitem__, args.clients, args.requests,
+                                                   args.max_tokens)
+                    res["isolation"] = http.crossed(res, res["alone"])
+                    log(f"    isolation: {res['isolation']['crossed']}/{res['isolation']['compared']} crossed; "
+                        f"alone replies differ by adapter on {res['isolation']['alone_differ_by_adapter']}")
+                if side != "mlx-lm" and args.stream_reps:
+                    res["stream"] = {c: [http.stream_decode(url, body[c], SINGLE_PROMPT, args.stream_tokens)
+                                         for _ in range(args.stream_reps)] for c in CHOICES}
+                    log("    single stream tok/s: " + ", ".join(
+                        f"{c} {_median([r['decode_tps'] for r in rs]) or 0:.1f}" for c, rs in res["stream"].items()))
             out[side].append(res)
     return out
 
 
-def _ours_names(port: int) -> dict:
-    """Map base/sft/sft+dpo to the names our server mounted the two folders under."""
-    _, raw = _get(f"http://127.0.0.1:{port}/v1/adapters")
-    data = json.loads(raw)
-    items = data.get("data", data.get("adapters", data)) if isinstance(data, dict) else data
-    names = [a.get("name") or a.get("id") for a in items] if isinstance(items, list) else list(items)
-    sft = next(n for n in names if n.startswith("sft"))
-    dpo = next(n for n in names if n.startswith("dpo"))
-    return {"base": "base", "sft": sft, "sft+dpo": f"{sft}+{dpo}"}
+def _others_than(sample, pid: int, cpu0: float | None) -> float | None:
+    """CPUs used on average since `sample` by processes other than this one and the server
+    under test (common.other_cpus_since counts the server too)."""
+    others, cpu1 = common.other_cpus_since(sample), common._proc_cpu_seconds(pid)
+    if others is None or cpu0 is None or cpu1 is None:
+        return None
+    return max(0.0, others - (cpu1 - cpu0) / (time.perf_counter() - sample[0]))
 
 
 # ------------------------------------------------------------------------ parent
@@ -530,8 +492,21 @@ def main() -> None:
     ap.add_argument("--short-tokens", type=int, default=16, help="prefill part: the short request's new tokens")
     ap.add_argument("--prefill-reps", type=int, default=2, help="prefill part: reps per policy per child")
     ap.add_argument("--prefill-rounds", type=int, default=1, help="prefill part: fcfs/fair child pairs")
+    ap.add_argument("--peers", default="mlx-lm",
+                    help="servers beside ours, comma-separated: mlx-lm (its stock server; also runs the "
+                         "in-process single-stream part), optiq (`optiq serve`, mlx-optiq's venv)")
+    ap.add_argument("--optiq-python", help="an interpreter with mlx-optiq (default: the bench's own venv, "
+                                           "made on first use, see bench/optiq_env.py)")
+    ap.add_argument("--skip-isolation", action="store_true",
+                    help="skip the greedy-outputs-alone pass (ours, optiq)")
+    ap.add_argument("--stream-reps", type=int, default=2,
+                    help="single stream through the server (ours, optiq): streamed requests per adapter choice")
+    ap.add_argument("--stream-tokens", type=int, default=64, help="single stream through the server: new tokens")
     ap.add_argument("--work", default=str(common.default_cache_dir() / "serve"))
     args = ap.parse_args()
+    args.peer_list = [x for x in args.peers.split(",") if x]
+    if unknown := set(args.peer_list) - {"mlx-lm", "optiq"}:
+        ap.error(f"unknown peer(s): {', '.join(sorted(unknown))}")
 
     if args.child:
         spec = json.loads(Path(args.spec).read_text())
@@ -550,15 +525,21 @@ def main() -> None:
           f"mixed: {args.clients} clients x {args.requests} requests, {args.max_tokens} max tokens, greedy, "
           f"{args.mixed_rounds} round(s); presets {presets}, mixed {mixed_presets}")
     print(f"load avg  {load0[0]:.2f} at start (other work shares this machine)")
+    versions = {}
+    if "optiq" in args.peer_list:
+        args.optiq_python = str(ensure_optiq_python(common.default_cache_dir(), args.optiq_python))
+        versions["optiq"] = optiq_versions(args.optiq_python)
+        print(f"optiq     {args.optiq_python}: {versions['optiq']}")
     if args.skip_single and args.skip_mixed:  # the prefill part needs the model only: no adapters, no f32 copy
         prep = {"model_src": _model_src(args.model)}
     else:
         prep = prepare(work, sorted(set(presets) | set(mixed_presets)), args.model)
         print(f"weights   ours: {prep['model_src']} (dequantized to float32 in memory, the default on CPU)\n"
               f"          mlx-lm: {prep['model_f32']} (the same float32 weights saved once)")
-    result = {"machine": info, "settings": vars(args), "prep": prep, "single": {}, "mixed": {}, "prefill": None}
+    result = {"machine": info, "settings": vars(args), "versions": versions, "prep": prep, "single": {},
+              "mixed": {}, "prefill": None, "load_avg_start": load0}
 
-    if not args.skip_single:
+    if not args.skip_single and "mlx-lm" in args.peer_list:  # the in-process part: ours vs mlx-lm only
         for p in presets:
             result["single"][p] = run_single(prep, p, args, work)
     if not args.skip_mixed:
@@ -604,33 +585,87 @@ def report(result: dict) -> None:
         s["ratios"] = ratios
         print(f"  greedy outputs (first 24 tokens), groups of equal: {s.get('greedy_agreement')}")
         print()
-    for p, s in result["mixed"].items():
-        rows = []
-        for side in ("ours", "mlx-lm"):
-            for i, r in enumerate(s[side]):
-                rows.append([f"{side} #{i + 1}", f"{r['ok']}/{r['requests']}", str(r["completion_tokens"]),
-                             f"{(r['wall_s'] or 0):.1f}", f"{(r['tokens_per_s'] or 0):.1f}",
-                             f"{(r['latency_p50_s'] or 0):.2f}", f"{(r['latency_p95_s'] or 0):.2f}"])
-        print(f"mixed workload, preset {p}")
-        print(table(rows, ["server", "ok", "tokens", "wall s", "tok/s", "p50 s", "p95 s"]))
-        ot = _median([r["tokens_per_s"] for r in s["ours"]])
-        mt = _median([r["tokens_per_s"] for r in s["mlx-lm"]])
-        failed = sum(r["failed"] for r in s["ours"])
-        if ot and mt:
-            s["ratio"] = ot / mt
-            print(f"  aggregate tok/s ours / mlx-lm: {ot / mt:.2f}x (goal >= 3x) {'MET' if ot / mt >= 3 else 'MISSED'};"
-                  f" our failures: {failed} (goal 0); mlx-lm failures: {sum(r['failed'] for r in s['mlx-lm'])}")
-        for side in ("ours", "mlx-lm"):
-            for r in s[side]:
-                if r["errors"]:
-                    print(f"  {side} errors: {r['errors']}")
-                print(f"  {side}: BLAS {r.get('blas')}, server start {r.get('server_start_s', 0):.1f} s, "
-                      f"tokens by choice {r['tokens_by_choice']}")
-        print()
+    result["mixed_summary"] = {p: report_mixed(p, s) for p, s in result["mixed"].items()}
     if result.get("prefill"):
         report_prefill(result["prefill"], result["settings"])
     print(f"total {result['total_s']:.0f} s; load avg at end {result['load_avg_end'][0]:.2f} "
           "(the machine was shared with other work)")
+
+
+def report_mixed(preset: str, s: dict) -> dict:
+    fmt = lambda x, f="{:.2f}": f.format(x) if x is not None else "-"  # noqa: E731
+    rows = []
+    for side, runs in s.items():
+        for i, r in enumerate(runs):
+            iso = r.get("isolation")
+            rows.append([f"{side} #{i + 1}", f"{r['ok']}/{r['requests']}", str(r["completion_tokens"]),
+                         fmt(r["wall_s"], "{:.1f}"), fmt(r["tokens_per_s"], "{:.1f}"), fmt(r["latency_p50_s"]),
+                         fmt(r["latency_p95_s"]), f"{iso['crossed']}/{iso['compared']}" if iso else "-",
+                         fmt(r.get("other_cpus"))])
+    print(f"mixed workload, preset {preset}")
+    print(table(rows, ["server", "ok", "tokens", "wall s", "tok/s", "p50 s", "p95 s", "crossed",
+                       "other CPUs"]))
+    tps = {side: _median([r["tokens_per_s"] for r in runs]) for side, runs in s.items()}
+    ratios = {}
+    for peer in [x for x in s if x != "ours"]:
+        if tps["ours"] and tps[peer]:
+            ratios[f"aggregate tok/s ours / {peer}"] = r = tps["ours"] / tps[peer]
+            print(f"  aggregate tok/s ours / {peer}: {r:.2f}x (goal >= 3x) {'MET' if r >= 3 else 'MISSED'}; "
+                  f"failures ours {sum(x['failed'] for x in s['ours'])} (goal 0), "
+                  f"{peer} {sum(x['failed'] for x in s[peer])}")
+    crossed = {side: sum(r["isolation"]["crossed"] for r in runs) for side, runs in s.items()
+               if runs and all(r.get("isolation") for r in runs)}
+    if crossed:
+        met = "MET" if crossed.get("ours") == 0 else "MISSED"
+        print("  crossed outputs (reply under load != reply alone): "
+              + ", ".join(f"{side} {n}" for side, n in crossed.items()) + f"; ours goal 0: {met}")
+    stream = {}
+    for side, runs in s.items():
+        st = [r["stream"] for r in runs if r.get("stream")]
+        if st:
+            stream[side] = {c: _median([x["decode_tps"] for d in st for x in d[c]]) for c in CHOICES}
+    if stream:
+        rows = [[side] + [fmt(d[c], "{:.1f}") for c in CHOICES]
+                + [fmt(d["sft+dpo"] / d["base"] if d["sft+dpo"] and d["base"] else None)]
+                for side, d in stream.items()]
+        print("  single stream through the server (decode tok/s, median, SSE chunks)")
+        print(table(rows, ["server", *CHOICES, "sft+dpo / base"]))
+        for side, d in stream.items():
+            if d["sft+dpo"] and d["base"]:
+                ratios[f"{side} stream sft+dpo / base"] = d["sft+dpo"] / d["base"]
+        for peer in [x for x in stream if x != "ours"]:
+            for c in CHOICES:
+                if stream["ours"].get(c) and stream[peer].get(c):
+                    ratios[f"stream {c} ours / {peer}"] = stream["ours"][c] / stream[peer][c]
+    for label, r in ratios.items():
+        if "stream" in label:
+            print(f"  {label}: {r:.2f}x")
+    s_ratios = {"ratios": ratios, "crossed": crossed, "stream_tps": stream}
+    for side, runs in s.items():
+        for r in runs:
+            if r["errors"]:
+                print(f"  {side} errors: {r['errors']}")
+            iso = r.get("isolation") or {}
+            print(f"  {side}: BLAS {r.get('blas')}, server start {r.get('server_start_s', 0):.1f} s, "
+                  f"tokens by choice {r['tokens_by_choice']}"
+                  + (f", alone replies differ by adapter {iso['alone_differ_by_adapter']} (prompts served with both)"
+                     if iso else ""))
+            for d in iso.get("diffs", [])[:3]:
+                print(f"    crossed: client {d['client']} prompt {d['prompt']} {d['choice']}: "
+                      f"load {d['under_load'][:60]!r} / alone {d['alone'][:60]!r}")
+    alone = {side: runs[0]["alone"] for side, runs in s.items() if runs and runs[0].get("alone")}
+    for peer in [x for x in alone if x != "ours"]:
+        same = sum(alone["ours"].get(k) == v for k, v in alone[peer].items())
+        s_ratios[f"alone replies ours == {peer}"] = f"{same}/{len(alone[peer])}"
+        print(f"  alone replies equal across servers, ours == {peer}: {same}/{len(alone[peer])}")
+    if "ours" in alone:  # every server's replies under load against one reference: ours served alone
+        for side in [x for x in s if x != "ours"]:
+            outs = [o for r in s[side] for o in r["outputs"]]
+            same = sum(o["text"] == alone["ours"].get(f"{o['prompt']}|{o['choice']}") for o in outs)
+            s_ratios[f"{side} replies under load == ours alone"] = f"{same}/{len(outs)}"
+            print(f"  {side} replies under load equal to ours served alone: {same}/{len(outs)}")
+    print()
+    return s_ratios
 
 
 def report_prefill(pre: dict, settings: dict) -> None:
