@@ -1,6 +1,7 @@
-"""DPO step time and peak memory: our stacked trainer vs mlx-lm-lora's DPO trainer.
+"""DPO step time and peak memory: our stacked trainer vs mlx-lm-lora's and mlx-optiq's DPO trainers.
 
     .venv/bin/python bench/bench_dpo.py [--json out.json] [--preset small|medium|large]
+        [--optiq-preset small|large|...] [--peers peer,optiq] [--optiq-python PATH]
         [--batch-size 4] [--prompt-len 128] [--response-len 128] [--warmup 2] [--steps 4]
 
 The setting is the humanizer recipe's second stage: DPO that continues from an SFT
@@ -19,6 +20,12 @@ adapter, on SmolLM2-135M (the embedded `smollm2-135m`) dequantized once to float
   On a CPU machine `train_dpo` reads `mx.device_info()["max_recommended_working_set_size"]`,
   which only Metal reports: the child wraps `mx.device_info` to add that key (the
   machine's RAM), a shim that changes nothing else (`mx.set_wired_limit` is a no-op on CPU).
+- mlx-optiq (bench/optiq_trainer.py, under its own venv's interpreter):
+  `optiq.lora.dpo.train_dpo` with mount_adapter, what `optiq lora train --method dpo
+  --mount-adapter SFT` runs: frozen SFT + trainable DPO LoRA stacked on each layer; every
+  step the reference (trainable scale 0, SFT on) forwards, then the policy
+  forward/backward, with its gradient checkpointing. --optiq-preset NAME gives every side
+  the LoRA shape of its `--preset NAME`.
 
 Same model weights, same token pairs (generated chat rows through our chat-template
 tokenization, cut to exactly --prompt-len prompt + --response-len response tokens, so
@@ -34,7 +41,8 @@ so only one side computes at any moment and a busy neighbour on the machine slow
 both alike (the CPU time all other processes used during each side's steps is printed).
 Step time: wall-clock from the moment a side is handed a step to its trainer's report of
 it (ours: its per-step progress event; mlx-lm-lora: `on_train_loss_report` with
-steps_per_report=1), after --warmup steps (mlx-lm-lora compiles its step on the first
+steps_per_report=1; mlx-optiq: its end-of-step buffer check, its metrics report being
+4 extra forwards), after --warmup steps (mlx-lm-lora compiles its step on the first
 one); the ratio uses the medians. Our one-off reference pass runs before the lock-step
 (ours starts first and alone), is timed separately and is also shown amortized over one
 epoch of the pairs.

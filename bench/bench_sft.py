@@ -1,9 +1,10 @@
-"""SFT LoRA training speed: our trainer (engine.train) vs mlx-lm's own LoRA trainer.
+"""SFT LoRA training speed: our trainer (engine.train) vs mlx-lm's and mlx-optiq's LoRA trainers.
 
     .venv/bin/python bench/bench_sft.py [--json out.json] [--preset small|medium|large]
+        [--optiq-preset small|large|...] [--peers peer,optiq] [--optiq-python PATH]
         [--batch-size 4] [--seq-len 256] [--warmup 2] [--steps 10]
 
-Both sides train the same LoRA (rank, scale, dropout, blocks, keys from our --preset,
+Every side trains the same LoRA (rank, scale, dropout, blocks, keys from our --preset,
 or the flags) on the same model (SmolLM2-135M, the embedded `smollm2-135m`,
 dequantized once to float32 and loaded from the same folder by both), on the same
 token rows (generated chat rows through our chat-template tokenization, every row cut
@@ -18,6 +19,11 @@ no padding (max_seq_length = --seq-len, so both trainers build (B, L) arrays and
   with `TrainingArgs` and its default loss and batch iterator (its compiled step),
   Adam (mlx_lm.lora's default optimizer), with a `TrainingCallback` (we do not go
   through `mlx_lm.lora.run()`, which replaces the callback).
+- mlx-optiq (bench/optiq_trainer.py, under its own venv's interpreter):
+  `optiq.lora.trainer.train_lora`, what `optiq lora train` runs: mlx-lm's training loop
+  with its own loss, gradient checkpointing on and mx.compile off (its defaults), fed the
+  bench's token rows; --optiq-preset NAME gives every side the LoRA shape of its
+  `--preset NAME`.
 
 Each side runs in its own fresh process with OpenBLAS preloaded (the same library for
 both; each child reports the BLAS it mapped). The two processes run in lock-step: each
