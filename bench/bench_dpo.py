@@ -1,6 +1,7 @@
-"""DPO step time and peak memory: our stacked trainer vs mlx-lm-lora's DPO trainer.
+"""DPO step time and peak memory: our stacked trainer vs mlx-lm-lora's and mlx-optiq's DPO trainers.
 
     .venv/bin/python bench/bench_dpo.py [--json out.json] [--preset small|medium|large]
+        [--optiq-preset small|large|...] [--peers peer,optiq] [--optiq-python PATH]
         [--batch-size 4] [--prompt-len 128] [--response-len 128] [--warmup 2] [--steps 4]
 
 The setting is the humanizer recipe's second stage: DPO that continues from an SFT
@@ -19,6 +20,12 @@ adapter, on SmolLM2-135M (the embedded `smollm2-135m`) dequantized once to float
   On a CPU machine `train_dpo` reads `mx.device_info()["max_recommended_working_set_size"]`,
   which only Metal reports: the child wraps `mx.device_info` to add that key (the
   machine's RAM), a shim that changes nothing else (`mx.set_wired_limit` is a no-op on CPU).
+- mlx-optiq (bench/optiq_trainer.py, under its own venv's interpreter):
+  `optiq.lora.dpo.train_dpo` with mount_adapter, what `optiq lora train --method dpo
+  --mount-adapter SFT` runs: frozen SFT + trainable DPO LoRA stacked on each layer; every
+  step the reference (trainable scale 0, SFT on) forwards, then the policy
+  forward/backward, with its gradient checkpointing. --optiq-preset NAME gives every side
+  the LoRA shape of its `--preset NAME`.
 
 Same model weights, same token pairs (generated chat rows through our chat-template
 tokenization, cut to exactly --prompt-len prompt + --response-len response tokens, so
@@ -34,7 +41,8 @@ so only one side computes at any moment and a busy neighbour on the machine slow
 both alike (the CPU time all other processes used during each side's steps is printed).
 Step time: wall-clock from the moment a side is handed a step to its trainer's report of
 it (ours: its per-step progress event; mlx-lm-lora: `on_train_loss_report` with
-steps_per_report=1), after --warmup steps (mlx-lm-lora compiles its step on the first
+steps_per_report=1; mlx-optiq: its end-of-step buffer check, its metrics report being
+4 extra forwards), after --warmup steps (mlx-lm-lora compiles its step on the first
 one); the ratio uses the medians. Our one-off reference pass runs before the lock-step
 (ours starts first and alone), is timed separately and is also shown amortized over one
 epoch of the pairs.
@@ -55,7 +63,9 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import optiq_trainer  # noqa: E402
 from common import Baton, child_blas, child_memory, step_stats, table, write_result  # noqa: E402
+from optiq_env import ensure_optiq_python, optiq_versions  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 PREP_VERSION = 1
@@ -270,29 +280,43 @@ def settings_from(args) -> dict:
 def main(argv=None) -> int:
     ap = common.trainer_bench_args(__doc__.split("\n\n")[0], "mlx-lm-lora",
                                    "where the float32 copy, the SFT adapter and the fused model are kept",
-                                   steps=4, timeout=1500, children=["prep", "ours", "peer"])
+                                   steps=4, timeout=1500, children=["prep", "ours", "peer", "optiq"])
     ap.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--response-len", type=int, default=128, help="chosen and rejected tokens each")
     ap.add_argument("--pairs", type=int, default=8, help="training pairs (our reference pass covers them all)")
+    optiq_trainer.add_args(ap)
     args = ap.parse_args(argv)
 
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be at least 1 (mlx-lm-lora's first step compiles)")
     if args.child:
         spec = _load_spec(args.spec)
-        fn = {"prep": child_prep, "ours": child_ours, "peer": child_peer}[args.child]
+        fn = {"prep": child_prep, "ours": child_ours, "peer": child_peer, "optiq": optiq_trainer.child_dpo}[args.child]
         write_result(args.out, fn(spec))
         return 0
 
+    sides = optiq_trainer.sides(args, ap)
+    names = {"ours": "ours", "peer": "mlx-lm-lora", "optiq": "mlx-optiq"}
     info = common.machine_info()
-    print("DPO (stacked on an SFT adapter): ours (engine.train) vs mlx-lm-lora (dpo_trainer.train_dpo)\n")
+    print("DPO (stacked on an SFT adapter): ours (engine.train) vs "
+          + ", ".join({"peer": "mlx-lm-lora (dpo_trainer.train_dpo)",
+                       "optiq": "mlx-optiq (optiq.lora.dpo.train_dpo)"}[p] for p in sides[1:]) + "\n")
     common.print_machine(info)
-    if not info["versions"].get("mlx-lm-lora"):
+    if "peer" in sides and not info["versions"].get("mlx-lm-lora"):
         print("\nmlx-lm-lora is not installed: .venv/bin/pip install -e '.[bench]'  (or: pip install mlx-lm-lora)")
         return 2
+    pythons = {}
+    if "optiq" in sides:
+        pythons["optiq"] = ensure_optiq_python(args.cache_dir, args.optiq_python)
+        info["optiq_versions"] = optiq_versions(pythons["optiq"])
+        print("optiq     " + ", ".join(f"{k} {v}" for k, v in info["optiq_versions"].items())
+              + f" ({pythons['optiq']})")
     src, model_dir = common.prepare_f32_model(args.model, args.cache_dir)
     s = settings_from(args)
+    optiq_py = pythons.get("optiq") or (ensure_optiq_python(args.cache_dir, args.optiq_python)
+                                        if args.optiq_preset else None)
+    optiq_shape = optiq_trainer.apply_preset(args, s, optiq_py)
     common.resolve_layout(model_dir, s)
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     pairs = common.tokenized(model_dir, common.chat_rows(s["pairs"], "dpo"), "dpo", work)
@@ -304,21 +328,30 @@ def main(argv=None) -> int:
     prep_dir = args.cache_dir / f"dpo-{hashlib.sha256(key_src.encode()).hexdigest()[:12]}"
     prep_dir.mkdir(parents=True, exist_ok=True)
     spec = {"model_dir": str(model_dir), "data": str(work / "data.json"), "work": str(work), "settings": s,
-            "sft_dir": str(prep_dir / "sft-adapter"), "fused_dir": str(prep_dir / "fused-model")}
+            "sft_dir": str(prep_dir / "sft-adapter"), "fused_dir": str(prep_dir / "fused-model"),
+            "optiq_mount_dir": str(prep_dir / "sft-adapter-optiq")}
     (work / "spec.json").write_text(json.dumps(spec))
 
     print(f"model     {src.name} dequantized to float32 ({model_dir}), {s['model_blocks']} blocks")
-    print(f"LoRA      preset {s['preset']}: rank {s['rank']}, scale {s['scale']}, dropout {s['dropout']}, "
-          f"last {s['num_layers']} blocks, keys {','.join(s['keys'])} (the SFT adapter and the DPO LoRA alike)")
+    shape_from = f"optiq's --preset {args.optiq_preset}" if args.optiq_preset else f"our preset {s['preset']}"
+    print(f"LoRA      {shape_from}: rank {s['rank']}, scale {s['scale']}, dropout {s['dropout']}, "
+          f"last {s['num_layers']} blocks, keys {','.join(s['keys'])} (the SFT adapter and the DPO LoRA alike, "
+          "every side)")
     print(f"data      {len(rows)} generated pairs: prompt {s['prompt_len']} + chosen/rejected {s['response_len']} "
           f"tokens each; batch {s['batch_size']} pairs = {2 * s['batch_size']} x {s['seq_len']} tokens/step, no padding")
     print(f"DPO       sigmoid loss, beta {s['beta']}, lr {s['learning_rate']} "
-          f"(ours: AdamW wd 0 + warmup/cosine; mlx-lm-lora: Adam, its CLI default)")
-    print(f"steps     {s['warmup']} warm-up + {s['steps']} timed per side, in lock-step (one step of ours, one of "
-          "mlx-lm-lora, ...)")
-    print("shim      mlx-lm-lora child: mx.device_info() wrapped to add 'max_recommended_working_set_size' "
-          "(Metal-only key that train_dpo reads; the CPU backend lacks it)")
-    print("timing    wall s/step from a side's turn to its trainer's report; each side in its own process "
+          f"(ours: AdamW wd 0 + warmup/cosine; mlx-lm-lora: Adam, its CLI default; mlx-optiq: AdamW + its "
+          "warmup/cosine)")
+    print(f"steps     {s['warmup']} warm-up + {s['steps']} timed per side, in lock-step (one step of each side "
+          f"in turn: {', '.join(names[x] for x in sides)})")
+    if "peer" in sides:
+        print("shim      mlx-lm-lora child: mx.device_info() wrapped to add 'max_recommended_working_set_size' "
+              "(Metal-only key that train_dpo reads; the CPU backend lacks it)")
+    if "optiq" in sides:
+        print("optiq     its train_dpo with mount_adapter (= `optiq lora train --method dpo --mount-adapter SFT`), "
+              "gradient checkpointing on (its default), the reference (trainable scale 0, SFT on) recomputed every "
+              "step; step timed at its end-of-step buffer check (its per-step metrics report off)")
+    print("timing    wall s/step from a side's turn to its end of step; each side in its own process "
           "(peak memory per process)\n")
 
     if not (Path(spec["fused_dir"]) / "config.json").is_file():
@@ -328,9 +361,12 @@ def main(argv=None) -> int:
         if "error" in res:
             print(f"  FAILED: {res['error']}")
             return 1
+    if "optiq" in sides:
+        optiq_trainer.mount_view(Path(spec["sft_dir"]), Path(spec["optiq_mount_dir"]), s["scale"])
 
-    print("running both sides, each in its own process (ours first: its reference pass runs alone) ...", flush=True)
-    runs = common.run_lockstep(SCRIPT, work / "spec.json", work, timeout=args.timeout)
+    print(f"running {len(sides)} sides, each in its own process (ours first: its reference pass runs alone) ...",
+          flush=True)
+    runs = common.run_lockstep(SCRIPT, work / "spec.json", work, sides=sides, timeout=args.timeout, pythons=pythons)
     for side, res in runs.items():
         if "error" in res:
             print(f"  {side} FAILED: {res['error']} (logs in {work})")
@@ -354,75 +390,108 @@ def main(argv=None) -> int:
             "median_s": st["median_s"], "mean_s": st["mean_s"], "min_s": st["min_s"], "max_s": st["max_s"],
             "steps_s": st["steps_s"], "mlx_peak_gb": res["memory"]["mlx_peak_gb"],
             "max_rss_gb": res["memory"]["max_rss_gb"], "trainable_params": res["trainable_params"],
-            "blas": res["blas"]["name"], "first_loss": res["losses"][0], "last_loss": res["losses"][-1],
+            "blas": res["blas"]["name"], "first_loss": res["losses"][0] if res["losses"] else None,
+            "last_loss": res["losses"][-1] if res["losses"] else None,
             "reference_logps": res["reference_logps"], "other_cpus": res["other_cpus"],
         }
 
-    ours, peer = agg("ours"), agg("peer")
+    a = {side: agg(side) for side in sides}
+    ours, others = a["ours"], sides[1:]
     ref_s = runs["ours"]["reference_pass"]["seconds"]
     ref_per_step = ref_s * s["batch_size"] / s["pairs"]  # one epoch: each pair's reference computed once
     ours["reference_pass_s"], ours["reference_per_step_one_epoch_s"] = ref_s, ref_per_step
-    speed = peer["median_s"] / ours["median_s"]
-    speed_mean = peer["mean_s"] / ours["mean_s"]
-    paired = common.paired_ratio(runs["peer"]["durations"], runs["ours"]["durations"], s["warmup"])
-    speed_amort = peer["median_s"] / (ours["median_s"] + ref_per_step)
-    mem = ours["mlx_peak_gb"] / peer["mlx_peak_gb"]
-    rss = ours["max_rss_gb"] / peer["max_rss_gb"]
-    ref_diff = max(abs(a - b) for w in ("chosen", "rejected")
-                   for a, b in zip(ours["reference_logps"][w], peer["reference_logps"][w]))
+    ratios = {}
+    for o in others:
+        x = a[o]
+        ratios[o] = {
+            "step_time": x["median_s"] / ours["median_s"], "step_time_mean": x["mean_s"] / ours["mean_s"],
+            "step_time_min": x["min_s"] / ours["min_s"],
+            "step_pairs": common.paired_ratio(runs[o]["durations"], runs["ours"]["durations"], s["warmup"]),
+            "cpu": x["cpu_median_s"] / ours["cpu_median_s"],
+            "with_reference_one_epoch": x["median_s"] / (ours["median_s"] + ref_per_step),
+            "mlx_peak_ours_over_side": ours["mlx_peak_gb"] / x["mlx_peak_gb"],
+            "rss_ours_over_side": ours["max_rss_gb"] / x["max_rss_gb"],
+            "reference_max_abs_diff": max(abs(p - q) for w in ("chosen", "rejected")
+                                          for p, q in zip(ours["reference_logps"][w], x["reference_logps"][w])),
+        }
     tokens = 2 * s["batch_size"] * s["seq_len"]
+
+    def loss_cell(x):
+        return "-" if x["first_loss"] is None else f"{x['first_loss']:.4f} -> {x['last_loss']:.4f}"
+
+    def row(label, fmt, key, rkey=None):
+        cells = [label, fmt(ours[key])] + [fmt(a[o][key]) for o in others]
+        return cells + [f"{ratios[o][rkey]:.2f}x" if rkey else "-" for o in others]
+
+    f2 = "{:.2f}".format
     rows_t = [
-        ["s/step, median", f"{ours['median_s']:.2f}", f"{peer['median_s']:.2f}", f"{speed:.2f}x"],
-        ["s/step, mean", f"{ours['mean_s']:.2f}", f"{peer['mean_s']:.2f}", f"{speed_mean:.2f}x"],
-        ["s/step, min", f"{ours['min_s']:.2f}", f"{peer['min_s']:.2f}", f"{peer['min_s'] / ours['min_s']:.2f}x"],
-        ["step pairs (same step n, back to back), median", "", "", f"{paired:.2f}x"],
-        ["CPU s/step, median (process, all threads)", f"{ours['cpu_median_s']:.2f}", f"{peer['cpu_median_s']:.2f}",
-         f"{peer['cpu_median_s'] / ours['cpu_median_s']:.2f}x"],
-        ["s/step + our reference pass (1 epoch)", f"{ours['median_s'] + ref_per_step:.2f}",
-         f"{peer['median_s']:.2f}", f"{speed_amort:.2f}x"],
-        ["tokens/s (chosen+rejected, median)", f"{tokens / ours['median_s']:.0f}", f"{tokens / peer['median_s']:.0f}",
-         f"{speed:.2f}x"],
-        ["peak memory, MLX (GB)", f"{ours['mlx_peak_gb']:.2f}", f"{peer['mlx_peak_gb']:.2f}", f"{mem:.2f}x"],
-        ["peak RSS (GB)", f"{ours['max_rss_gb']:.2f}", f"{peer['max_rss_gb']:.2f}", f"{rss:.2f}x"],
-        ["trainable parameters", f"{ours['trainable_params']:,}", f"{peer['trainable_params']:,}", "-"],
-        ["loss, first -> last step", f"{ours['first_loss']:.4f} -> {ours['last_loss']:.4f}",
-         f"{peer['first_loss']:.4f} -> {peer['last_loss']:.4f}", "-"],
+        row("s/step, median", f2, "median_s", "step_time"),
+        row("s/step, mean", f2, "mean_s", "step_time_mean"),
+        row("s/step, min", f2, "min_s", "step_time_min"),
+        ["step pairs (same step n, back to back), median", "", *[""] * len(others),
+         *[f"{ratios[o]['step_pairs']:.2f}x" for o in others]],
+        row("CPU s/step, median (process, all threads)", f2, "cpu_median_s", "cpu"),
+        ["s/step, ours + our reference pass (1 epoch)", f"{ours['median_s'] + ref_per_step:.2f}",
+         *[f2(a[o]["median_s"]) for o in others], *[f"{ratios[o]['with_reference_one_epoch']:.2f}x" for o in others]],
+        ["tokens/s (chosen+rejected, median)", f"{tokens / ours['median_s']:.0f}",
+         *[f"{tokens / a[o]['median_s']:.0f}" for o in others], *[f"{ratios[o]['step_time']:.2f}x" for o in others]],
+        row("peak memory, MLX (GB)", f2, "mlx_peak_gb", "mlx_peak_ours_over_side"),
+        row("peak RSS (GB)", f2, "max_rss_gb", "rss_ours_over_side"),
+        row("trainable parameters", "{:,}".format, "trainable_params"),
+        ["loss, first -> last step", loss_cell(ours), *[loss_cell(a[o]) for o in others], *["-"] * len(others)],
+        ["reference log-probs, max abs diff vs ours (nats)", "", *[""] * len(others),
+         *[f"{ratios[o]['reference_max_abs_diff']:.1e}" for o in others]],
     ]
     n_timed = s["steps"]
     print()
-    print(table(rows_t, ["measure", "ours", "mlx-lm-lora", "ratio"]))
-    print(f"\n{n_timed} timed steps per side. Time ratios = mlx-lm-lora / ours (higher: ours faster); "
-          "memory ratios = ours / mlx-lm-lora (lower: ours smaller).")
+    print(table(rows_t, ["measure", "ours", *[names[o] for o in others], *[f"{names[o]} vs ours" for o in others]]))
+    print(f"\n{n_timed} timed steps per side. Time ratios = side / ours (higher: ours faster); "
+          "memory ratios = ours / side (lower: ours smaller).")
     print(f"Our reference pass: {ref_s:.1f} s for {s['pairs']} pairs, once per run (cached on disk); "
           f"over one epoch that is {ref_per_step:.2f} s per step of {s['batch_size']} pairs. It runs alone, not in "
           f"lock-step: other processes used {common.fmt_cpus(runs['ours']['reference_pass'].get('other_cpus'))} "
           "CPUs meanwhile.")
-    print(f"Reference check: base+SFT log-probs of {2 * min(s['batch_size'], s['pairs'])} sequences, our cache vs "
-          f"mlx-lm-lora's reference model (SFT fused): max |difference| {ref_diff:.2e} nats.")
+    k = min(s["batch_size"], s["pairs"])
+    for o in others:
+        how = {"peer": "its reference model (base with the SFT adapter fused in)",
+               "optiq": "its reference forward (trainable scale 0, mounted SFT on)"}[o]
+        print(f"Reference check: base+SFT log-probs (summed over response tokens) of the first {k} pairs (chosen "
+              f"and rejected), our cache vs {names[o]}, {how}: max |difference| "
+              f"{ratios[o]['reference_max_abs_diff']:.2e} nats.")
+    if "optiq" in sides:
+        r = runs["optiq"]
+        print(f"mlx-optiq mount: {r.get('mount')}; its own tokenization of the decoded text gave the bench's ids "
+              f"for {r['own_tokenization_agrees']['same']}/{r['own_tokenization_agrees']['of']} sequences "
+              "(the bench's ids were used for all)")
     note = common.busy_note(runs.values(), info["cpus"])
     if note:
         print(note)
-    ok_t, ok_m = speed >= 1.5, mem <= 0.6
-    print(f"\nDPO step time, mlx-lm-lora/ours: {speed:.2f}x by median ({speed_mean:.2f}x by mean, {paired:.2f}x by "
-          f"step pairs)  (goal >= 1.5x: {'MET' if ok_t else 'MISSED'})")
-    print(f"DPO peak memory (MLX), ours/mlx-lm-lora: {mem:.2f}x  (goal <= 0.6x: {'MET' if ok_m else 'MISSED'}); "
-          f"peak RSS {rss:.2f}x")
+    goals = {}
+    for o in others:
+        ok_t, ok_m = ratios[o]["step_time"] >= 1.5, ratios[o]["mlx_peak_ours_over_side"] <= 0.6
+        goals[o] = {"step_time": ok_t, "memory": ok_m}
+        print(f"\nDPO step time, {names[o]}/ours: {ratios[o]['step_time']:.2f}x by median "
+              f"({ratios[o]['step_time_mean']:.2f}x by mean, {ratios[o]['step_pairs']:.2f}x by step pairs)  "
+              f"(goal >= 1.5x: {'MET' if ok_t else 'MISSED'})")
+        print(f"DPO peak memory (MLX), ours/{names[o]}: {ratios[o]['mlx_peak_ours_over_side']:.2f}x  "
+              f"(goal <= 0.6x: {'MET' if ok_m else 'MISSED'}); peak RSS {ratios[o]['rss_ours_over_side']:.2f}x")
 
-    common.save_json(args.json, {
-        "bench": "dpo", "machine": info, "settings": s, "model_dir": str(model_dir), "source_model": str(src),
-        "prep": {"sft_adapter": spec["sft_dir"], "fused_model": spec["fused_dir"]},
-        "shim": "mx.device_info wrapped in the mlx-lm-lora child to add max_recommended_working_set_size",
-        "timing": "both sides in their own processes, alternating single steps (lock-step); wall-clock seconds "
-                  "from the step's start token to the trainer's report of that step, after warm-up",
-        "runs": runs,
-        "ours": ours, "mlx_lm_lora": peer,
-        "ratio_step_time_peer_over_ours": speed, "ratio_step_time_mean": speed_mean,
-        "ratio_step_time_by_step_pairs": paired,
-        "ratio_step_time_with_reference_one_epoch": speed_amort,
-        "ratio_peak_mlx_memory_ours_over_peer": mem, "ratio_peak_rss_ours_over_peer": rss,
-        "reference_check_max_abs_diff": ref_diff,
-        "goals": {"step_time": 1.5, "memory": 0.6}, "goals_met": {"step_time": ok_t, "memory": ok_m},
-    })
+    out = {
+        "bench": "dpo", "machine": info, "settings": s, "optiq_preset": args.optiq_preset,
+        "optiq_preset_shape": optiq_shape, "sides": list(sides), "model_dir": str(model_dir), "source_model": str(src),
+        "prep": {"sft_adapter": spec["sft_dir"], "fused_model": spec["fused_dir"],
+                 "optiq_mount": spec["optiq_mount_dir"]},
+        "timing": "every side in its own process, single steps in turn (lock-step); wall-clock seconds "
+                  "from the step's start token to the trainer's report (mlx-optiq: its end-of-step buffer check) "
+                  "of that step, after warm-up",
+        "runs": runs, "ours": ours, "ratios": ratios, "goals": {"step_time": 1.5, "memory": 0.6}, "goals_met": goals,
+    }
+    if "peer" in sides:  # the names earlier JSON files used
+        out.update({"mlx_lm_lora": a["peer"], "shim": "mx.device_info wrapped in the mlx-lm-lora child to add "
+                                                      "max_recommended_working_set_size"})
+    if "optiq" in sides:
+        out["mlx_optiq"] = a["optiq"]
+    common.save_json(args.json, out)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

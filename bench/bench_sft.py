@@ -1,9 +1,10 @@
-"""SFT LoRA training speed: our trainer (engine.train) vs mlx-lm's own LoRA trainer.
+"""SFT LoRA training speed: our trainer (engine.train) vs mlx-lm's and mlx-optiq's LoRA trainers.
 
     .venv/bin/python bench/bench_sft.py [--json out.json] [--preset small|medium|large]
+        [--optiq-preset small|large|...] [--peers peer,optiq] [--optiq-python PATH]
         [--batch-size 4] [--seq-len 256] [--warmup 2] [--steps 10]
 
-Both sides train the same LoRA (rank, scale, dropout, blocks, keys from our --preset,
+Every side trains the same LoRA (rank, scale, dropout, blocks, keys from our --preset,
 or the flags) on the same model (SmolLM2-135M, the embedded `smollm2-135m`,
 dequantized once to float32 and loaded from the same folder by both), on the same
 token rows (generated chat rows through our chat-template tokenization, every row cut
@@ -18,6 +19,11 @@ no padding (max_seq_length = --seq-len, so both trainers build (B, L) arrays and
   with `TrainingArgs` and its default loss and batch iterator (its compiled step),
   Adam (mlx_lm.lora's default optimizer), with a `TrainingCallback` (we do not go
   through `mlx_lm.lora.run()`, which replaces the callback).
+- mlx-optiq (bench/optiq_trainer.py, under its own venv's interpreter):
+  `optiq.lora.trainer.train_lora`, what `optiq lora train` runs: mlx-lm's training loop
+  with its own loss, gradient checkpointing on and mx.compile off (its defaults), fed the
+  bench's token rows; --optiq-preset NAME gives every side the LoRA shape of its
+  `--preset NAME`.
 
 Each side runs in its own fresh process with OpenBLAS preloaded (the same library for
 both; each child reports the BLAS it mapped). The two processes run in lock-step: each
@@ -49,7 +55,9 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import optiq_trainer  # noqa: E402
 from common import Baton, child_blas, child_memory, step_stats, table, write_result  # noqa: E402
+from optiq_env import ensure_optiq_python, optiq_versions  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -178,25 +186,40 @@ def settings_from(args) -> dict:
 
 def main(argv=None) -> int:
     ap = common.trainer_bench_args(__doc__.split("\n\n")[0], "mlx-lm", "where the float32 copy is kept",
-                                   steps=10, timeout=1200, children=["ours", "peer"])
+                                   steps=10, timeout=1200, children=["ours", "peer", "optiq"])
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per row (= max_seq_length)")
     ap.add_argument("--prompt-len", type=int, default=64, help="masked prompt tokens per row")
     ap.add_argument("--rows", type=int, default=32, help="training rows")
+    optiq_trainer.add_args(ap)
     args = ap.parse_args(argv)
 
     if args.warmup < 1 or args.steps < 1:
         ap.error("--warmup and --steps must be at least 1 (mlx-lm's first step compiles)")
     if args.child:
         spec = _load_spec(args.spec)
-        write_result(args.out, (child_ours if args.child == "ours" else child_peer)(spec))
+        fn = {"ours": child_ours, "peer": child_peer, "optiq": optiq_trainer.child_sft}[args.child]
+        write_result(args.out, fn(spec))
         return 0
 
+    sides = optiq_trainer.sides(args, ap)
+    names = {"ours": "ours", "peer": "mlx-lm", "optiq": "mlx-optiq"}
     info = common.machine_info()
-    print("SFT LoRA training: ours (engine.train) vs mlx-lm (mlx_lm.tuner.trainer.train)\n")
+    print("SFT LoRA training: ours (engine.train) vs "
+          + ", ".join({"peer": "mlx-lm (mlx_lm.tuner.trainer.train)",
+                       "optiq": "mlx-optiq (optiq.lora.trainer.train_lora)"}[p] for p in sides[1:]) + "\n")
     common.print_machine(info)
+    pythons = {}
+    if "optiq" in sides:
+        pythons["optiq"] = ensure_optiq_python(args.cache_dir, args.optiq_python)
+        info["optiq_versions"] = optiq_versions(pythons["optiq"])
+        print("optiq     " + ", ".join(f"{k} {v}" for k, v in info["optiq_versions"].items())
+              + f" ({pythons['optiq']})")
     src, model_dir = common.prepare_f32_model(args.model, args.cache_dir)
     s = settings_from(args)
+    optiq_py = pythons.get("optiq") or (ensure_optiq_python(args.cache_dir, args.optiq_python)
+                                        if args.optiq_preset else None)
+    optiq_shape = optiq_trainer.apply_preset(args, s, optiq_py)
     common.resolve_layout(model_dir, s)
     work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     examples = common.tokenized(model_dir, common.chat_rows(s["rows"], "sft"), "sft", work)
@@ -205,26 +228,33 @@ def main(argv=None) -> int:
     spec = {"model_dir": str(model_dir), "data": str(work / "data.json"), "work": str(work), "settings": s}
     (work / "spec.json").write_text(json.dumps(spec))
 
+    shape_from = f"optiq's --preset {args.optiq_preset}" if args.optiq_preset else f"our preset {s['preset']}"
     print(f"model     {src.name} dequantized to float32 ({model_dir}), {s['model_blocks']} blocks")
-    print(f"LoRA      preset {s['preset']}: rank {s['rank']}, scale {s['scale']}, dropout {s['dropout']}, "
-          f"last {s['num_layers']} blocks, keys {','.join(s['keys'])}")
+    print(f"LoRA      {shape_from}: rank {s['rank']}, scale {s['scale']}, dropout {s['dropout']}, "
+          f"last {s['num_layers']} blocks, keys {','.join(s['keys'])} (every side)")
     print(f"data      {len(rows)} generated chat rows, each exactly {s['seq_len']} tokens "
           f"({s['prompt_len']} prompt, masked); batch {s['batch_size']} x {s['seq_len']} = "
           f"{s['batch_size'] * s['seq_len']} tokens/step, no padding")
-    print(f"steps     {s['warmup']} warm-up + {s['steps']} timed per side, in lock-step (one step of ours, one of "
-          f"mlx-lm, ...); lr {s['learning_rate']} (ours: AdamW wd 0 + warmup/cosine; mlx-lm: Adam)")
+    print(f"steps     {s['warmup']} warm-up + {s['steps']} timed per side, in lock-step (one step of each side in "
+          f"turn: {', '.join(names[x] for x in sides)}); lr {s['learning_rate']} (ours: AdamW wd 0 + warmup/cosine; "
+          "mlx-lm: Adam; mlx-optiq: AdamW)")
+    if "optiq" in sides:
+        print("optiq     its train_lora (= `optiq lora train`, method sft) driving mlx-lm's loop with its own loss, "
+              "gradient checkpointing on and mx.compile off (its defaults); fed the bench's token rows")
     print("timing    wall s/step between per-step reports; tokens/s = tokens/step / median s/step (one definition)\n")
 
-    print("running both sides, each in its own process (ours first) ...", flush=True)
-    runs = common.run_lockstep(SCRIPT, work / "spec.json", work, timeout=args.timeout)
+    print(f"running {len(sides)} sides, each in its own process (ours first) ...", flush=True)
+    runs = common.run_lockstep(SCRIPT, work / "spec.json", work, sides=sides, timeout=args.timeout, pythons=pythons)
     for side, res in runs.items():
         if "error" in res:
             print(f"  {side} FAILED: {res['error']} (logs in {work})")
             return 1
         res["stats"] = step_stats(res["durations"], s["warmup"])
         st = res["stats"]
-        print(f"  {res['side']:7s} {st['median_s']:.3f} s/step median (mean {st['mean_s']:.3f}); BLAS {res['blas']['name']}; "
-              f"other processes used {common.fmt_cpus(res['other_cpus'])} CPUs during its steps", flush=True)
+        print(f"  {res['side']:9s} {st['median_s']:.3f} s/step median (mean {st['mean_s']:.3f}); peak MLX "
+              f"{res['memory']['mlx_peak_gb']:.2f} GB, RSS {res['memory']['max_rss_gb']:.2f} GB; BLAS "
+              f"{res['blas']['name']}; other processes used {common.fmt_cpus(res['other_cpus'])} CPUs during its "
+              "steps", flush=True)
 
     def agg(side):
         res = runs[side]
@@ -243,59 +273,70 @@ def main(argv=None) -> int:
 
     tokens = s["batch_size"] * s["seq_len"]
     loss_tokens = s["batch_size"] * (s["seq_len"] - s["prompt_len"])
-    ours, peer = agg("ours"), agg("peer")
-    ratio = peer["median_s"] / ours["median_s"]
-    ratio_mean = peer["mean_s"] / ours["mean_s"]
-    paired = common.paired_ratio(runs["peer"]["durations"], runs["ours"]["durations"], s["warmup"])
+    a = {side: agg(side) for side in sides}
+    ours, others = a["ours"], sides[1:]
+    ratios = {o: {
+        "tokens_per_s": a[o]["median_s"] / ours["median_s"], "by_mean": a[o]["mean_s"] / ours["mean_s"],
+        "by_min": a[o]["min_s"] / ours["min_s"],
+        "step_pairs": common.paired_ratio(runs[o]["durations"], runs["ours"]["durations"], s["warmup"]),
+        "cpu": a[o]["cpu_median_s"] / ours["cpu_median_s"],
+        "mlx_peak_ours_over_side": ours["mlx_peak_gb"] / a[o]["mlx_peak_gb"],
+        "rss_ours_over_side": ours["max_rss_gb"] / a[o]["max_rss_gb"],
+    } for o in others}
 
-    def r(a, b):
-        return f"{a / b:.2f}x"
+    def row(label, fmt, key, rkey=None):
+        return ([label, fmt(ours[key])] + [fmt(a[o][key]) for o in others]
+                + [f"{ratios[o][rkey]:.2f}x" if rkey else "-" for o in others])
 
+    f3, f0 = "{:.3f}".format, "{:.0f}".format
     rows_t = [
-        ["s/step, median", f"{ours['median_s']:.3f}", f"{peer['median_s']:.3f}", r(peer["median_s"], ours["median_s"])],
-        ["s/step, mean", f"{ours['mean_s']:.3f}", f"{peer['mean_s']:.3f}", r(peer["mean_s"], ours["mean_s"])],
-        ["s/step, min", f"{ours['min_s']:.3f}", f"{peer['min_s']:.3f}", r(peer["min_s"], ours["min_s"])],
-        ["step pairs (same step n, back to back), median", "", "", f"{paired:.2f}x"],
-        ["CPU s/step, median (process, all threads)", f"{ours['cpu_median_s']:.3f}", f"{peer['cpu_median_s']:.3f}",
-         f"{peer['cpu_median_s'] / ours['cpu_median_s']:.2f}x"],
-        [f"tokens/s ({tokens} tokens/step, median)", f"{ours['tokens_per_s']:.0f}", f"{peer['tokens_per_s']:.0f}",
-         f"{ratio:.2f}x"],
-        ["tokens/s (same, from mean)", f"{ours['tokens_per_s_mean']:.0f}", f"{peer['tokens_per_s_mean']:.0f}",
-         f"{ratio_mean:.2f}x"],
-        [f"loss tokens/s ({loss_tokens}/step, median)", f"{ours['loss_tokens_per_s']:.0f}",
-         f"{peer['loss_tokens_per_s']:.0f}", f"{ratio:.2f}x"],
-        ["trainer's own tokens/s (*)", f"{ours['own_tokens_per_s']:.0f}", f"{peer['own_tokens_per_s']:.0f}", "-"],
-        ["peak memory, MLX (GB)", f"{ours['mlx_peak_gb']:.2f}", f"{peer['mlx_peak_gb']:.2f}",
-         r(ours["mlx_peak_gb"], peer["mlx_peak_gb"])],
-        ["peak RSS (GB)", f"{ours['max_rss_gb']:.2f}", f"{peer['max_rss_gb']:.2f}",
-         r(ours["max_rss_gb"], peer["max_rss_gb"])],
-        ["trainable parameters", f"{ours['trainable_params']:,}", f"{peer['trainable_params']:,}", "-"],
-        ["loss, first -> last step", f"{ours['first_loss']:.3f} -> {ours['last_loss']:.3f}",
-         f"{peer['first_loss']:.3f} -> {peer['last_loss']:.3f}", "-"],
+        row("s/step, median", f3, "median_s", "tokens_per_s"),
+        row("s/step, mean", f3, "mean_s", "by_mean"),
+        row("s/step, min", f3, "min_s", "by_min"),
+        ["step pairs (same step n, back to back), median", "", *[""] * len(others),
+         *[f"{ratios[o]['step_pairs']:.2f}x" for o in others]],
+        row("CPU s/step, median (process, all threads)", f3, "cpu_median_s", "cpu"),
+        row(f"tokens/s ({tokens} tokens/step, median)", f0, "tokens_per_s", "tokens_per_s"),
+        row("tokens/s (same, from mean)", f0, "tokens_per_s_mean", "by_mean"),
+        row(f"loss tokens/s ({loss_tokens}/step, median)", f0, "loss_tokens_per_s", "tokens_per_s"),
+        row("trainer's own tokens/s (*)", f0, "own_tokens_per_s"),
+        row("peak memory, MLX (GB)", "{:.2f}".format, "mlx_peak_gb", "mlx_peak_ours_over_side"),
+        row("peak RSS (GB)", "{:.2f}".format, "max_rss_gb", "rss_ours_over_side"),
+        row("trainable parameters", "{:,}".format, "trainable_params"),
+        ["loss, first -> last step", *[f"{a[x]['first_loss']:.3f} -> {a[x]['last_loss']:.3f}" for x in sides],
+         *["-"] * len(others)],
     ]
-    n_timed = s["steps"]
     print()
-    print(table(rows_t, ["measure", "ours", "mlx-lm", "ratio"]))
-    print(f"\n{n_timed} timed steps per side. Speed ratios = mlx-lm s/step / our s/step (= our tokens/s / mlx-lm "
-          "tokens/s; higher: ours faster); memory ratios = ours / mlx-lm.")
+    print(table(rows_t, ["measure", "ours", *[names[o] for o in others], *[f"{names[o]} vs ours" for o in others]]))
+    print(f"\n{s['steps']} timed steps per side. Speed ratios = side s/step / our s/step (= our tokens/s / side "
+          "tokens/s; higher: ours faster); memory ratios = ours / side (lower: ours smaller).")
     print("(*) each trainer's own figure, own definition: ours counts every non-pad token over the step's "
-          "compute time; mlx-lm counts loss tokens over its train time. Not comparable; for reference only.")
+          "compute time; mlx-lm (and mlx-optiq, which reports through mlx-lm's loop) counts loss tokens over its "
+          "train time. Not comparable; for reference only.")
     note = common.busy_note(runs.values(), info["cpus"])
     if note:
         print(note)
-    verdict = "MET" if ratio >= 1.0 else "MISSED"
-    print(f"\nSFT tokens/s, ours/mlx-lm: {ratio:.2f}x by median step time ({ratio_mean:.2f}x by mean, "
-          f"{paired:.2f}x by step pairs)  (goal >= 1.0x: {verdict})")
+    for o in others:
+        r = ratios[o]
+        print(f"\nSFT tokens/s, ours/{names[o]}: {r['tokens_per_s']:.2f}x by median step time ({r['by_mean']:.2f}x by "
+              f"mean, {r['step_pairs']:.2f}x by step pairs)  (goal >= 1.0x: "
+              f"{'MET' if r['tokens_per_s'] >= 1.0 else 'MISSED'}); peak MLX memory ours/{names[o]} "
+              f"{r['mlx_peak_ours_over_side']:.2f}x, RSS {r['rss_ours_over_side']:.2f}x")
 
-    common.save_json(args.json, {
-        "bench": "sft", "machine": info, "settings": s, "model_dir": str(model_dir), "source_model": str(src),
-        "timing": "both sides in their own processes, alternating single steps (lock-step); wall-clock seconds "
+    out = {
+        "bench": "sft", "machine": info, "settings": s, "optiq_preset": args.optiq_preset,
+        "optiq_preset_shape": optiq_shape, "sides": list(sides), "model_dir": str(model_dir), "source_model": str(src),
+        "timing": "every side in its own process, single steps in turn (lock-step); wall-clock seconds "
                   "from the step's start token to the trainer's report of that step, after warm-up; "
                   "tokens/s = batch_size * seq_len / median s/step",
-        "runs": runs,
-        "ours": ours, "mlx_lm": peer, "ratio_tokens_per_s_ours_over_peer": ratio,
-        "ratio_tokens_per_s_by_mean": ratio_mean, "ratio_by_step_pairs": paired, "goal": 1.0, "goal_met": ratio >= 1.0,
-    })
+        "runs": runs, "ours": ours, "ratios": ratios, "goal": 1.0,
+        "goal_met": {o: ratios[o]["tokens_per_s"] >= 1.0 for o in others},
+    }
+    if "peer" in sides:  # the names earlier JSON files used
+        out.update({"mlx_lm": a["peer"], "ratio_tokens_per_s_ours_over_peer": ratios["peer"]["tokens_per_s"]})
+    if "optiq" in sides:
+        out["mlx_optiq"] = a["optiq"]
+    common.save_json(args.json, out)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
