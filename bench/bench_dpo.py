@@ -158,7 +158,8 @@ def child_ours(spec: dict) -> dict:
         mount_adapter=spec["sft_dir"], rank=s["rank"], scale=s["scale"], dropout=s["dropout"],
         num_layers=s["num_layers"], keys=s["keys"], learning_rate=s["learning_rate"], batch_size=s["batch_size"],
         max_seq_length=s["seq_len"], beta=s["beta"], dpo_loss="sigmoid", val_batches=0, steps_per_eval=10**9,
-        steps_per_report=1, steps_per_save=10**9, seed=s["seed"], run=NullRun(listeners=[listener]),
+        steps_per_report=1, steps_per_save=10**9, seed=s["seed"], grad_checkpoint=s.get("grad_checkpoint", False),
+        run=NullRun(listeners=[listener]),
     )
     mem = child_memory()
     mem["mlx_peak_gb"] = max([mem["mlx_peak_gb"]] + [p / 1e9 for p in peaks])
@@ -351,6 +352,8 @@ def main(argv=None) -> int:
         print("optiq     its train_dpo with mount_adapter (= `optiq lora train --method dpo --mount-adapter SFT`), "
               "gradient checkpointing on (its default), the reference (trainable scale 0, SFT on) recomputed every "
               "step; step timed at its end-of-step buffer check (its per-step metrics report off)")
+    print("ours      gradient checkpointing " + ("on (--grad-checkpoint, like mlx-optiq's default)"
+                                                 if s["grad_checkpoint"] else "off (our default; --grad-checkpoint turns it on)"))
     print("timing    wall s/step from a side's turn to its end of step; each side in its own process "
           "(peak memory per process)\n")
 

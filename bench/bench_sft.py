@@ -105,7 +105,7 @@ def child_ours(spec: dict) -> dict:
         rank=s["rank"], scale=s["scale"], dropout=s["dropout"], num_layers=s["num_layers"], keys=s["keys"],
         learning_rate=s["learning_rate"], batch_size=s["batch_size"], max_seq_length=s["seq_len"],
         val_batches=0, steps_per_eval=10**9, steps_per_report=1, steps_per_save=10**9, seed=s["seed"],
-        run=NullRun(listeners=[listener]),
+        grad_checkpoint=s.get("grad_checkpoint", False), run=NullRun(listeners=[listener]),
     )
     timed = metrics[s["warmup"]:]
     mem = child_memory()
@@ -241,6 +241,8 @@ def main(argv=None) -> int:
     if "optiq" in sides:
         print("optiq     its train_lora (= `optiq lora train`, method sft) driving mlx-lm's loop with its own loss, "
               "gradient checkpointing on and mx.compile off (its defaults); fed the bench's token rows")
+    print("ours      gradient checkpointing " + ("on (--grad-checkpoint, like mlx-optiq's default)"
+                                                 if s["grad_checkpoint"] else "off (our default; --grad-checkpoint turns it on)"))
     print("timing    wall s/step between per-step reports; tokens/s = tokens/step / median s/step (one definition)\n")
 
     print(f"running {len(sides)} sides, each in its own process (ours first) ...", flush=True)

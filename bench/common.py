@@ -484,6 +484,9 @@ def trainer_bench_args(description: str, peer: str, cache_help: str, steps: int,
     ap.add_argument("--dropout", type=float)
     ap.add_argument("--num-layers", type=int)
     ap.add_argument("--keys", help="comma-separated, e.g. q_proj,v_proj")
+    ap.add_argument("--grad-checkpoint", action="store_true",
+                    help="ours with `lora train --grad-checkpoint` (each block recomputed in the backward pass, "
+                    "as mlx-optiq does by default); needs dropout 0")
     ap.add_argument("--warmup", type=int, default=2, help=f"untimed steps first ({peer} compiles its step)")
     ap.add_argument("--steps", type=int, default=steps, help="timed steps per side")
     ap.add_argument("--timeout", type=float, default=timeout, help="seconds for the whole run of both sides")
@@ -506,6 +509,7 @@ def lora_settings(args, method: str) -> dict:
         "num_layers": args.num_layers or p["num_layers"],
         "keys": args.keys.split(",") if args.keys else list(p["keys"]),
         "learning_rate": p["learning_rate"][method],
+        "grad_checkpoint": bool(getattr(args, "grad_checkpoint", False)),
     }
 
 
