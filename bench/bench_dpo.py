@@ -65,7 +65,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import optiq_trainer  # noqa: E402
 from common import Baton, child_blas, child_memory, step_stats, table, write_result  # noqa: E402
-from optiq_env import ensure_optiq_python, optiq_versions  # noqa: E402
+from optiq_env import ensure_optiq_python, optiq_side  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 PREP_VERSION = 1
@@ -307,12 +307,7 @@ def main(argv=None) -> int:
     if "peer" in sides and not info["versions"].get("mlx-lm-lora"):
         print("\nmlx-lm-lora is not installed: .venv/bin/pip install -e '.[bench]'  (or: pip install mlx-lm-lora)")
         return 2
-    pythons = {}
-    if "optiq" in sides:
-        pythons["optiq"] = ensure_optiq_python(args.cache_dir, args.optiq_python)
-        info["optiq_versions"] = optiq_versions(pythons["optiq"])
-        print("optiq     " + ", ".join(f"{k} {v}" for k, v in info["optiq_versions"].items())
-              + f" ({pythons['optiq']})")
+    pythons = optiq_side(sides, info, args.cache_dir, args.optiq_python)
     src, model_dir = common.prepare_f32_model(args.model, args.cache_dir)
     s = settings_from(args)
     optiq_py = pythons.get("optiq") or (ensure_optiq_python(args.cache_dir, args.optiq_python)

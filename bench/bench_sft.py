@@ -57,7 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import optiq_trainer  # noqa: E402
 from common import Baton, child_blas, child_memory, step_stats, table, write_result  # noqa: E402
-from optiq_env import ensure_optiq_python, optiq_versions  # noqa: E402
+from optiq_env import ensure_optiq_python, optiq_side  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 
@@ -209,12 +209,7 @@ def main(argv=None) -> int:
           + ", ".join({"peer": "mlx-lm (mlx_lm.tuner.trainer.train)",
                        "optiq": "mlx-optiq (optiq.lora.trainer.train_lora)"}[p] for p in sides[1:]) + "\n")
     common.print_machine(info)
-    pythons = {}
-    if "optiq" in sides:
-        pythons["optiq"] = ensure_optiq_python(args.cache_dir, args.optiq_python)
-        info["optiq_versions"] = optiq_versions(pythons["optiq"])
-        print("optiq     " + ", ".join(f"{k} {v}" for k, v in info["optiq_versions"].items())
-              + f" ({pythons['optiq']})")
+    pythons = optiq_side(sides, info, args.cache_dir, args.optiq_python)
     src, model_dir = common.prepare_f32_model(args.model, args.cache_dir)
     s = settings_from(args)
     optiq_py = pythons.get("optiq") or (ensure_optiq_python(args.cache_dir, args.optiq_python)

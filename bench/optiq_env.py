@@ -76,6 +76,17 @@ def ensure_optiq_python(cache_dir: Path | None = None, python: str | Path | None
     return exe
 
 
+def optiq_side(sides, info: dict, cache_dir: Path, python: str | Path | None) -> dict:
+    """{"optiq": its interpreter} when "optiq" is among `sides` (made or checked, its versions
+    recorded in `info` and printed), else {}: the `pythons` of common.run_lockstep."""
+    if "optiq" not in sides:
+        return {}
+    exe = ensure_optiq_python(cache_dir, python)
+    info["optiq_versions"] = optiq_versions(exe)
+    print("optiq     " + ", ".join(f"{k} {v}" for k, v in info["optiq_versions"].items()) + f" ({exe})")
+    return {"optiq": exe}
+
+
 def optiq_cli(python: str | Path) -> list[str]:
     """The `optiq` command of that venv (its console script beside the interpreter)."""
     script = Path(python).parent / "optiq"
