@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.errors import HumanizerError
+
 TERMINAL = ("done", "failed", "cancelled")
 
 # Every event type and its required fields, each with the JSON kinds its value may take. Every
@@ -202,7 +204,9 @@ class Run:
         else:
             self.emit("error", message=getattr(exc, "message", str(exc)), hint=getattr(exc, "hint", None))
             exc.reported = bool(self.listeners)  # shown to the user already; the caller need not repeat it
-            self.finish("failed", error=getattr(exc, "message", str(exc)))
+            # "reasoned": a HumanizerError (bad input, a refused setting), not a crash; a supervisor of
+            # ranks trusts it over another rank's exit that it caused (distributed/launch.py)
+            self.finish("failed", error=getattr(exc, "message", str(exc)), reasoned=isinstance(exc, HumanizerError))
         return False
 
     # events ---------------------------------------------------------------

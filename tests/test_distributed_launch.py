@@ -346,3 +346,28 @@ def test_cancel_stops_every_rank_of_a_supervised_run(ws):
     ended = cancel_job(ws, job.id)
     assert ended.status == "cancelled" and [r["status"] for r in ended.ranks] == ["cancelled", "cancelled"]
     assert not any(_alive(r["pid"]) for r in ranks)
+
+
+@pytest.mark.parametrize("rank0_exit, reasoned, blamed", [
+    ((None, False), True, "rank 0"),  # rank 0's exit line not seen yet, its error recorded as reasoned
+    ((None, True), True, "rank 0"),   # the launcher killed rank 0 on its way out
+    ((2, False), False, "rank 0"),    # exit code 2 says it (a HumanizerError)
+    ((None, True), False, "rank 1"),  # rank 0 crashed on the broken ring: rank 1's exit is the cause
+])
+def test_rank_0s_reasoned_error_beats_the_rank_it_brought_down(tmp_path, rank0_exit, reasoned, blamed):
+    """The race behind a flaky CI run: rank 0 raises its HumanizerError and exits; rank 1, its ring
+    broken, exits with 1 and the launcher reports rank 1 first."""
+    from types import SimpleNamespace
+
+    from engine.distributed.launch import Supervisor
+
+    (tmp_path / "job.json").write_text(json.dumps({"status": "failed", "error": "bad row 3", "reasoned": reasoned}))
+    exits = {1: (1, False)} | ({0: rank0_exit} if rank0_exit != (None, False) else {})
+    sup = SimpleNamespace(exits=exits, cancelled=False, done_event=None, run=SimpleNamespace(dir=tmp_path),
+                          _host=lambda r: "vm")
+    status, error, _, ours = Supervisor._outcome(sup)
+    assert status == "failed"
+    if blamed == "rank 0":
+        assert (error, ours) == ("bad row 3", False)
+    else:
+        assert error.startswith("rank 1 on host vm exited with code 1") and ours

@@ -252,9 +252,11 @@ class Supervisor:
             rank, code, killed = failed[0]  # the first to end badly; the launcher stopped the others
             info = read_json(self.run.dir / "job.json") or {}
             said = info.get("status") == "failed" and info.get("error")
-            # rank 0 said why: it failed first, or all ranks stopped on one error (a HumanizerError: exit
-            # code 2) and another rank, with nothing to write, was quicker to exit
-            if said and (rank == 0 or (self.exits.get(0, (None, False))[0] == 2 and not killed and code > 0)):
+            # rank 0 said why: it failed first, or it stopped on a reasoned error (a HumanizerError: exit
+            # code 2, or recorded as such when the launcher killed it on its way out) and another rank,
+            # with nothing to write (or its collective broken by rank 0's exit), was quicker to exit
+            reasoned = self.exits.get(0, (None, False))[0] == 2 or info.get("reasoned") is True
+            if said and (rank == 0 or (reasoned and not killed and code > 0)):
                 return "failed", info["error"], None, False
             how = ("was killed" if killed else f"was killed by signal {-code}" if code < 0
                    else f"exited with code {code}")
