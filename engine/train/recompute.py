@@ -8,7 +8,7 @@ Only this model's blocks change: each gets a subclass of its own class whose cal
 parameter names (and so checkpoints and adapters) stay the same. The block's trainable
 parameters go in as the checkpointed function's inputs, so their gradients flow.
 
-Dropout is refused with it (config.check_recompute): a recomputed block would draw other
+Dropout is refused with it (config.resolve_config): a recomputed block would draw other
 dropout masks in the backward pass than in the forward, a silently wrong gradient."""
 
 from __future__ import annotations

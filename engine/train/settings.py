@@ -70,7 +70,7 @@ class TrainSettings:
                                       metavar="N", group=CHECKS)
     seed: int | None = _opt("seed of the LoRA init, data order and dropout" + _default("seed"), None)
     grad_checkpoint: bool = _opt("recompute each block's activations in the backward pass: far less memory "
-                                 "for about a third more time a step (needs --dropout 0)", False)
+                                 "for about half again the time a step (needs --dropout 0)", False)
     resume: bool = _opt("continue the run in --output from its last checkpoint", False, form=True)
     skip_bad_rows: bool = _opt("drop rows with errors instead of stopping", False)
     nproc: int = nproc_field(form=True)  # where it runs (the CLI's): not a keyword of train()
